@@ -1,0 +1,133 @@
+"""The `asr` command line: train, validate, serve, and build or fetch data."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from asr import UserError
+from asr.config import ServerConfig, TrainConfig, ValidateConfig, click_options, from_dict
+
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def run_train(cfg: TrainConfig) -> None:
+    from asr.train import train
+
+    train(cfg, progress=sys.stderr.isatty() or bool(os.environ.get("ASR_PROGRESS")))
+
+
+def run_validate(cfg: ValidateConfig) -> None:
+    from asr.validate import validate
+
+    r = validate(cfg)
+    click.echo(f"file id:   {r.utterance.file_id}  ({r.utterance.path})")
+    click.echo(f"model:     {r.model_uri}")
+    click.echo(f"target:    {r.target}")
+    click.echo(f"predicted: {r.prediction}")
+    click.echo(f"WER {r.wer:.3f}  CER {r.cer:.3f}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main() -> None:
+    """Train, track, register, serve and validate DeepSpeech2-style speech recognition models with MLflow.
+
+    Runs are tracked in $MLFLOW_TRACKING_URI (default sqlite:///mlflow.db with artifacts in ./mlruns).
+    """
+
+
+@main.command()
+@click_options(TrainConfig)
+@friendly_errors
+def train(**options) -> None:
+    """Train a model, log it to MLflow, register it and (by policy) promote it to Production.
+
+    Example: asr train --train_data data/LibriSpeech/train-clean-100 --dev_data data/LibriSpeech/dev-clean
+    """
+    run_train(from_dict(TrainConfig, options))
+
+
+@main.command()
+@click_options(ValidateConfig)
+@friendly_errors
+def validate(**options) -> None:
+    """Transcribe one utterance by file id with a registered model and print predicted vs. target text.
+
+    Example: asr validate --file_id 1089-134686-0000 --dataset data/LibriSpeech/test-clean
+    """
+    run_validate(from_dict(ValidateConfig, options))
+
+
+@main.command()
+@click_options(ServerConfig)
+def server(**options) -> None:
+    """Run the MLflow tracking server and UI in the foreground (Ctrl-C stops it).
+
+    Open http://HOST:PORT and look under Models for the registered model.
+    """
+    cfg = from_dict(ServerConfig, options)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.backend_store_uri,
+            "--artifacts-destination", cfg.artifacts_destination, "--host", cfg.host, "--port", str(cfg.port)]
+    click.echo(f"MLflow UI on http://{cfg.host}:{cfg.port} (store {cfg.backend_store_uri}); Ctrl-C stops it")
+    os.execv(sys.executable, argv)
+
+
+@main.group()
+def data() -> None:
+    """Build the offline demo corpus or download LibriSpeech."""
+
+
+@data.command()
+@click.option("--root", type=click.Path(path_type=Path), default=Path("data/demo"), show_default=True,
+              help="folder the corpus is written to (splits train, dev, test)")
+@click.option("--seed", type=int, default=0, show_default=True, help="same seed, same corpus")
+@click.option("--train-minutes", "--train_minutes", type=float, default=60.0, show_default=True,
+              help="minutes of training audio")
+@click.option("--dev-minutes", "--dev_minutes", type=float, default=4.0, show_default=True)
+@click.option("--test-minutes", "--test_minutes", type=float, default=4.0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="synthesis processes")
+@friendly_errors
+def synth(root: Path, seed: int, train_minutes: float, dev_minutes: float, test_minutes: float,
+          workers: int) -> None:
+    """Synthesize the demo corpus (text-to-speech, LibriSpeech layout) so everything runs with no download."""
+    from asr.synth import SynthConfig, synthesize_corpus
+
+    summary = synthesize_corpus(SynthConfig(root, seed, train_minutes, dev_minutes, test_minutes, workers))
+    for split in ("train", "dev", "test"):
+        s = summary[split]
+        click.echo(f"{root / split}: {s['utterances']} utterances, {s['minutes']:.1f} min, "
+                   f"{len(s['voices'])} voices")
+
+
+@data.command()
+@click.option("--split", required=True, help="LibriSpeech split, e.g. test-clean or train-clean-100")
+@click.option("--root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="the split lands in ROOT/LibriSpeech/SPLIT")
+@click.option("--mirror", default=None, help="base URL of another mirror of openslr resource 12")
+@friendly_errors
+def download(split: str, root: Path, mirror: str | None) -> None:
+    """Download, verify (sha256) and extract a LibriSpeech split."""
+    from asr.download import DEFAULT_MIRROR, download_split
+
+    click.echo(f"ready: {download_split(split, root, mirror or DEFAULT_MIRROR)}")
+
+
+if __name__ == "__main__":
+    main()

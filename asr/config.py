@@ -1,0 +1,162 @@
+"""Typed configs: the one source of truth for every hyperparameter and command parameter.
+
+The CLI options, `main.py`, the MLproject parameters and the params logged to MLflow are all
+derived from these dataclasses, so a new field shows up everywhere at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field that carries its own --help text (and allowed values)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    train_data: str = opt("data/demo/train", "LibriSpeech-layout split folder(s) to train on, comma-separated")
+    dev_data: str = opt("data/demo/dev", "split folder scored every epoch (val_loss, wer, cer)")
+    test_data: str = opt("data/demo/test", "held-out split scored once after training ('' to skip)")
+    max_utterances: int = opt(0, "use at most this many training utterances (0 = all)")
+    # features
+    sample_rate: int = opt(16000, "audio is resampled to this rate (Hz) before feature extraction")
+    n_mfcc: int = opt(40, "MFCC coefficients per frame (the model's input channels)")
+    n_mels: int = opt(80, "mel filterbank size the MFCCs are computed from")
+    win_ms: float = opt(25.0, "analysis window length in milliseconds")
+    hop_ms: float = opt(10.0, "hop between frames in milliseconds")
+    # model
+    cnn_layers: int = opt(2, "residual CNN blocks")
+    cnn_channels: int = opt(32, "channels of every CNN layer")
+    rnn_layers: int = opt(3, "bidirectional GRU layers")
+    rnn_dim: int = opt(256, "hidden size of each GRU direction")
+    dropout: float = opt(0.1, "dropout probability in CNN, GRU and classifier layers")
+    # augmentation (training only)
+    freq_mask: int = opt(8, "SpecAugment: widest frequency mask in MFCC bins (0 = off)")
+    time_mask: int = opt(20, "SpecAugment: widest time mask in frames (0 = off)")
+    # optimisation
+    epoch: int = opt(10, "passes over the training data")
+    batch: int = opt(16, "utterances per batch")
+    learning_rate: float = opt(1e-3, "peak learning rate of the one-cycle schedule (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this value")
+    precision: str = opt("auto", "matmul precision; auto = bf16 autocast where the CPU/GPU supports it",
+                         ("auto", "fp32", "bf16"))
+    threads: int = opt(0, "torch intra-op threads (0 = one per physical core)")
+    seed: int = opt(0, "seed for weights, shuffling and augmentation")
+    # tracking
+    experiment: str = opt("SpeechRecognition", "MLflow experiment name")
+    run_name: str = opt("", "MLflow run name ('' = MLflow picks one)")
+    registered_model: str = opt("SpeechRecognitionModel", "Model Registry name every trained model is registered under")
+    promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
+                       "beats the current Production version's", ("if-better", "always", "never"))
+    output_dir: str = opt("outputs", "where the trained checkpoint is written before it is logged")
+
+
+@dataclass
+class ValidateConfig:
+    registered_model: str = opt("SpeechRecognitionModel", "registered model to load")
+    model_stage: str = opt("Production", "stage to load (ignored when model_version or model_alias is set)")
+    model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)")
+    model_version: str = opt("", "version number to load ('' = use the alias or stage)")
+    file_id: str = opt("1089-134686-0000", "LibriSpeech-style utterance id: SPEAKER-CHAPTER-UTTERANCE")
+    dataset: str = opt("", "split folder (or a folder of splits) holding the file id; '' = search data/demo "
+                       "and data/LibriSpeech")
+    experiment: str = opt("SpeechRecognition", "MLflow experiment the validation run is logged to")
+
+
+@dataclass
+class ServerConfig:
+    backend_store_uri: str = opt("sqlite:///mlflow.db", "where runs and registered models are stored")
+    artifacts_destination: str = opt("./mlruns", "where the server stores artifacts it receives")
+    host: str = opt("127.0.0.1", "interface to bind (0.0.0.0 exposes it to the network)")
+    port: int = opt(5000, "port to listen on")
+
+
+def fields(cls: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Builds a config from a dict, ignoring keys the class does not know (e.g. other commands' options)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def save(cfg: Any, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def click_options(*classes: type) -> Callable[[Callable], Callable]:
+    """Decorator adding one click option per field (a field shared by several configs appears once),
+    spelled both --snake_case (as MLproject and main.py use) and --kebab-case."""
+    import click
+
+    unique = {f.name: f for cls in reversed(classes) for f in fields(cls)}
+
+    def decorate(fn: Callable) -> Callable:
+        for f in reversed(list(unique.values())):
+            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            kind = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") else _TYPES[f.type]
+            fn = click.option(*names, f.name, type=kind, default=f.default, show_default=True,
+                              help=f.metadata["help"])(fn)
+        return fn
+
+    return decorate
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+# MLproject parameter types, by dataclass field type
+_MLPROJECT_TYPES = {"int": "float", "float": "float", "str": "string", "bool": "string"}
+
+
+def render_mlproject() -> str:
+    """The MLproject file, generated from the configs so its parameters can never drift from the code."""
+    def params(cls: type, indent: str) -> list[str]:
+        out = []
+        for f in fields(cls):
+            default = json.dumps(f.default)
+            out.append(f"{indent}{f.name}: {{type: {_MLPROJECT_TYPES[f.type]}, default: {default}}}")
+        return out
+
+    def flags(cls: type) -> str:
+        return " ".join(f"--{f.name} {{{f.name}}}" for f in fields(cls))
+
+    lines = [
+        "# Generated from asr/config.py by `python -m asr.config > MLproject`; edit the dataclasses, not this file.",
+        "name: speech-recognition",
+        "",
+        "conda_env: conda.yaml",
+        "",
+        "entry_points:",
+        "  server:",
+        "    parameters:",
+        *params(ServerConfig, "      "),
+        f"    command: \"python -m asr server {flags(ServerConfig)}\"",
+        "",
+        "  train:",
+        "    parameters:",
+        *params(TrainConfig, "      "),
+        f"    command: \"python main.py --train True {flags(TrainConfig)}\"",
+        "",
+        "  validate:",
+        "    parameters:",
+        *params(ValidateConfig, "      "),
+        f"    command: \"python main.py --train False {flags(ValidateConfig)}\"",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_mlproject(), end="")

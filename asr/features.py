@@ -1,0 +1,40 @@
+"""MFCC front end, shared by training and inference so both see identical features."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+
+
+class FeatureExtractor(torch.nn.Module):
+    """Waveform -> per-utterance normalized MFCCs, shape (n_mfcc, frames).
+
+    Mean/variance normalization per utterance removes much of the speaker and channel
+    colouring, which matters when the held-out voices differ from the training ones.
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mfcc: int = 40, n_mels: int = 80,
+                 win_ms: float = 25.0, hop_ms: float = 10.0):
+        super().__init__()
+        win = int(sample_rate * win_ms / 1000)
+        self.hop = int(sample_rate * hop_ms / 1000)
+        n_fft = 1 << (win - 1).bit_length()
+        self.mfcc = torchaudio.transforms.MFCC(
+            sample_rate=sample_rate, n_mfcc=n_mfcc,
+            melkwargs={"n_fft": n_fft, "win_length": win, "hop_length": self.hop, "n_mels": n_mels},
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> "FeatureExtractor":
+        return cls(cfg.sample_rate, cfg.n_mfcc, cfg.n_mels, cfg.win_ms, cfg.hop_ms)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for a waveform of `num_samples` (centered STFT)."""
+        return num_samples // self.hop + 1
+
+    @torch.no_grad()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        feats = self.mfcc(wave)
+        mean = feats.mean(dim=-1, keepdim=True)
+        std = feats.std(dim=-1, keepdim=True) if feats.shape[-1] > 1 else torch.ones_like(mean)
+        return (feats - mean) / (std + 1e-5)

@@ -1,0 +1,42 @@
+"""Validation by file id: transcribe one utterance with a registered model and score it against its transcript."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import pandas as pd
+
+from asr import tracking
+from asr.config import ValidateConfig
+from asr.data import Utterance, find_utterance
+from asr.metrics import cer, wer
+from asr.text import normalize
+
+
+@dataclass
+class ValidationResult:
+    utterance: Utterance
+    model_uri: str
+    prediction: str
+    target: str
+    wer: float
+    cer: float
+
+
+def validate(cfg: ValidateConfig) -> ValidationResult:
+    # Cheap checks first: a bad id or dataset fails before the model is loaded.
+    utterance = find_utterance(cfg.file_id, cfg.dataset or None)
+    tracking.setup(cfg.experiment)
+    uri = tracking.model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
+    model = tracking.load_model(uri)
+    prediction = str(model.predict(pd.DataFrame({"audio": [str(utterance.path)]}))["text"][0])
+    target = normalize(utterance.transcript)[0]
+    result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),
+                              cer([target], [prediction]))
+    with mlflow.start_run(run_name=f"validate-{cfg.file_id}"):
+        mlflow.set_tag("task", "validate")
+        mlflow.log_params({"model_uri": uri, "file_id": cfg.file_id, "audio": str(utterance.path)})
+        mlflow.log_metrics({"utterance_wer": result.wer, "utterance_cer": result.cer})
+        mlflow.log_dict({"file_id": cfg.file_id, "target": target, "prediction": prediction}, "validation.json")
+    return result

@@ -1,0 +1,28 @@
+"""Classic entry point, kept for existing scripts and the MLproject:
+
+    python main.py --epoch=20 --batch=20                      # train, register, promote
+    python main.py --train=False --registered_model=SpeechRecognitionModel \\
+        --model_stage=Production --file_id=1089-134686-0000   # validate one utterance
+"""
+
+import click
+
+from asr.cli import friendly_errors, run_train, run_validate
+from asr.config import TrainConfig, ValidateConfig, click_options, from_dict
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--train", type=click.BOOL, default=True, show_default=True,
+              help="True: train a model; False: validate a registered model on --file_id")
+@click_options(TrainConfig, ValidateConfig)
+@friendly_errors
+def main(train: bool, **options) -> None:
+    """Train (default) or validate a speech recognition model tracked in MLflow."""
+    if train:
+        run_train(from_dict(TrainConfig, options))
+    else:
+        run_validate(from_dict(ValidateConfig, options))
+
+
+if __name__ == "__main__":
+    main()

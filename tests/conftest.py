@@ -1,0 +1,235 @@
+"""Shared fixtures: where the real LibriSpeech sample lives, tiny training configs, isolated MLflow stores,
+and one real training run that several end-to-end tests share."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared/data/LibriSpeech"
+FILE_ID = "1089-134686-0000"
+TRANSCRIPT = ("HE HOPED THERE WOULD BE STEW FOR DINNER TURNIPS AND CARROTS AND BRUISED POTATOES AND FAT MUTTON "
+              "PIECES TO BE LADLED OUT IN THICK PEPPERED FLOUR FATTENED SAUCE")
+MODEL_NAME = "SpeechRecognitionModel"
+BIN = Path(sys.executable).parent  # the venv's bin: `asr`, `mlflow` and the `python` that `mlflow run` calls
+
+# Small enough to train in seconds on 2 CPU cores; fp32 so runs are reproducible on any CPU.
+TINY = dict(rnn_dim=32, rnn_layers=1, cnn_layers=1, cnn_channels=4, epoch=1, batch=2, max_utterances=2,
+            precision="fp32")
+
+# MLflow state that leaks through the environment into later tests and subprocesses.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+              "MLFLOW_RUN_ID")
+
+# No network here: keep MLflow from trying to send usage telemetry, in this process and its children.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def split_dir(name: str) -> Path:
+    """A split of the shared real LibriSpeech sample; skips the test when it is not there."""
+    path = LIBRISPEECH / name
+    if not path.is_dir():
+        pytest.skip(f"real LibriSpeech split not available at {path} (expected next to the repository in "
+                    "../shared/data/LibriSpeech)")
+    return path
+
+
+def short_split(dest: Path, source: Path, count: int) -> Path:
+    """A split folder holding the `count` shortest utterances of `source`: the transcripts are copied and
+    the audio files linked, so it is the real corpus, just less of it."""
+    import soundfile as sf
+
+    from asr.data import read_split
+
+    utts = sorted(read_split(source), key=lambda u: (sf.info(str(u.path)).frames, u.file_id))[:count]
+    for u in utts:
+        chapter = dest / u.speaker / u.chapter
+        chapter.mkdir(parents=True, exist_ok=True)
+        trans = f"{u.speaker}-{u.chapter}.trans.txt"
+        if not (chapter / trans).exists():
+            shutil.copy2(source / u.speaker / u.chapter / trans, chapter / trans)
+        (chapter / u.path.name).symlink_to(u.path)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def short_dev(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 4 shortest dev-clean utterances (2.7-4.8 s): training on them takes seconds, where a GRU
+    backward pass over the long ones takes far longer on CPU."""
+    return short_split(tmp_path_factory.mktemp("short-dev") / "dev-clean", split_dir("dev-clean"), 4)
+
+
+@pytest.fixture
+def tiny_config(short_dev: Path):
+    """Factory of TrainConfigs that train in seconds: the shortest dev-clean utterances as training and
+    dev data, no test split."""
+    return functools.partial(make_tiny_config, short_dev)
+
+
+def make_tiny_config(train_dir: Path, **overrides):
+    from asr.config import TrainConfig
+
+    values = dict(train_data=str(train_dir), dev_data=str(train_dir), test_data="", **TINY)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def tiny_args(cfg) -> list[str]:
+    """The same config as command-line options (`--name value` for every field)."""
+    from asr.config import to_dict
+
+    return [tok for k, v in to_dict(cfg).items() for tok in (f"--{k}", str(v))]
+
+
+def sqlite_uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def subprocess_env(tracking_uri: str | None = None) -> dict[str, str]:
+    """The environment for a CLI subprocess: no MLflow state inherited from this process, the venv first on
+    PATH (so `python` in the MLproject commands is this interpreter), and the given tracking store."""
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("ASR_PROGRESS", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def asr_command() -> list[str]:
+    """The installed `asr` console script (falls back to `python -m asr` when the script is missing)."""
+    script = BIN / "asr"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "asr"]
+
+
+def run_cli(args: list[str], cwd: Path, tracking_uri: str | None = None, timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=subprocess_env(tracking_uri), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@contextmanager
+def mlflow_store(root: Path) -> Iterator[str]:
+    """Points this process's MLflow at a SQLite store in `root` (cwd = root, so ./mlruns lands there too)
+    and puts every piece of global MLflow state back afterwards."""
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    saved_env = {k: os.environ.get(k) for k in MLFLOW_ENV}
+    saved_cwd = Path.cwd()
+    uri = sqlite_uri(root)
+    for k in MLFLOW_ENV:
+        os.environ.pop(k, None)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(root)
+    mlflow.set_tracking_uri(uri)
+    fluent._active_experiment_id = None  # set by mlflow.set_experiment; would point into another store
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.flush_async_logging()
+        mlflow.set_tracking_uri(None)
+        fluent._active_experiment_id = None
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.chdir(saved_cwd)
+
+
+@pytest.fixture(scope="session")
+def empty_store_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialized, empty MLflow SQLite database. Creating one runs every schema migration (several
+    seconds), so each test's fresh store starts as a copy of this file."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("empty-store")
+    with mlflow_store(root):
+        MlflowClient().search_experiments()
+    return root / "mlflow.db"
+
+
+def new_store(empty_store_db: Path, root: Path) -> str:
+    """A fresh MLflow store at root/mlflow.db; returns its tracking URI."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(empty_store_db, root / "mlflow.db")
+    return sqlite_uri(root)
+
+
+@pytest.fixture
+def isolated_mlflow(tmp_path: Path, empty_store_db: Path) -> Iterator[str]:
+    """A fresh, empty MLflow SQLite store in tmp_path, with cwd = tmp_path; yields its tracking URI."""
+    new_store(empty_store_db, tmp_path)
+    with mlflow_store(tmp_path) as uri:
+        yield uri
+
+
+@dataclass
+class TrainedStore:
+    root: Path           # the store's folder: mlflow.db, mlruns/, outputs/
+    uri: str             # its tracking URI
+    cfg: object          # the TrainConfig it was trained with
+    result: object       # asr.train.TrainResult
+    stdout: str          # what training printed
+    versions: dict       # registry right after training: version -> (stage, aliases, tags)
+    registered_aliases: dict
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, short_dev: Path, empty_store_db: Path) -> TrainedStore:
+    """One real training run (2 epochs x 2 steps on short dev-clean utterances, validated on all of
+    dev-clean, scored on test-clean) registered as version 1 of SpeechRecognitionModel in its own SQLite
+    store. Tests that change the registry start from `versions`, the snapshot taken right after training."""
+    import io
+    from contextlib import redirect_stdout
+
+    from mlflow import MlflowClient
+
+    from asr.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    new_store(empty_store_db, root)
+    cfg = make_tiny_config(short_dev, epoch=2, max_utterances=4, dev_data=str(split_dir("dev-clean")),
+                           test_data=str(split_dir("test-clean")), output_dir=str(root / "outputs"),
+                           run_name="tiny-e2e")
+    with mlflow_store(root):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            result = train(cfg, progress=False)
+        client = MlflowClient()
+        versions = {}
+        for mv in client.search_model_versions(f"name='{MODEL_NAME}'"):
+            full = client.get_model_version(MODEL_NAME, mv.version)
+            versions[str(full.version)] = (full.current_stage, list(full.aliases), dict(full.tags))
+        aliases = dict(client.get_registered_model(MODEL_NAME).aliases)
+    return TrainedStore(root, sqlite_uri(root), cfg, result, out.getvalue(), versions, aliases)
+
+
+@pytest.fixture
+def trained_store(trained: TrainedStore) -> Iterator[TrainedStore]:
+    """The shared trained store, made the current MLflow store (and cwd) for one test."""
+    with mlflow_store(trained.root):
+        yield trained
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the MLflow project (what `mlflow run .` needs), so runs never write into the repository."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("MLproject", "main.py", "conda.yaml"):
+        shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "asr", dest / "asr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest

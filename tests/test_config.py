@@ -1,0 +1,168 @@
+"""The dataclasses in asr/config.py are the single source of every option: the `asr` CLI, main.py and
+the MLproject must all mirror them, and the MLproject on disk must be the one they generate."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+
+import click
+import pytest
+import yaml
+
+from asr import config
+from asr.cli import main as asr_cli
+from asr.config import ServerConfig, TrainConfig, ValidateConfig, from_dict, render_mlproject
+from conftest import REPO, asr_command, subprocess_env
+
+MLPROJECT = REPO / "MLproject"
+ENTRY_POINTS = {"server": ServerConfig, "train": TrainConfig, "validate": ValidateConfig}
+
+
+def names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def load_main_py():
+    spec = importlib.util.spec_from_file_location("asr_main_py", REPO / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def help_options(args: list[str]) -> tuple[set[str], str]:
+    """Runs `... --help` for real and returns the option names it lists (every spelling) and the text."""
+    proc = subprocess.run(args + ["--help"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    listed = set()
+    for line in proc.stdout.splitlines():
+        if m := re.match(r"^  (--?[a-zA-Z][\w-]*(?:, --?[a-zA-Z][\w-]*)*)", line):
+            listed.update(m.group(1).split(", "))
+    return listed, proc.stdout
+
+
+# ---------------------------------------------------------------- MLproject is generated, never stale
+
+def test_mlproject_on_disk_is_the_generated_one():
+    assert MLPROJECT.read_text() == render_mlproject(), \
+        "MLproject is stale: regenerate it with `make mlproject` (python -m asr.config > MLproject)"
+
+
+def test_python_m_asr_config_prints_the_mlproject():
+    proc = subprocess.run([sys.executable, "-m", "asr.config"], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == render_mlproject()
+
+
+def test_mlproject_entry_points_mirror_the_dataclasses():
+    spec = yaml.safe_load(MLPROJECT.read_text())
+    assert spec["name"] == "speech-recognition"
+    assert spec["conda_env"] == "conda.yaml" and (REPO / "conda.yaml").is_file()
+    assert set(spec["entry_points"]) == set(ENTRY_POINTS)
+    for entry, cls in ENTRY_POINTS.items():
+        ep = spec["entry_points"][entry]
+        params = ep["parameters"]
+        assert list(params) == names(cls), entry
+        for f in dataclasses.fields(cls):
+            p = params[f.name]
+            if f.type in ("int", "float"):
+                assert p["type"] == "float", (entry, f.name)
+                assert float(p["default"]) == f.default, (entry, f.name)
+            else:
+                assert p["type"] == "string", (entry, f.name)
+                assert p["default"] == f.default, (entry, f.name)
+        # every parameter is passed once, as --name {name}
+        tokens = shlex.split(ep["command"])
+        flags = {tokens[i]: tokens[i + 1] for i in range(len(tokens) - 1) if tokens[i].startswith("--")}
+        for name in names(cls):
+            assert flags.get(f"--{name}") == f"{{{name}}}", (entry, name)
+            assert ep["command"].count(f"{{{name}}}") == 1, (entry, name)
+    assert spec["entry_points"]["train"]["command"].startswith("python main.py --train True ")
+    assert spec["entry_points"]["validate"]["command"].startswith("python main.py --train False ")
+    assert spec["entry_points"]["server"]["command"].startswith("python -m asr server ")
+
+
+@pytest.mark.parametrize("entry, cls", [("train", TrainConfig), ("validate", ValidateConfig)])
+def test_mlproject_default_command_parses_back_to_the_default_config(entry, cls):
+    """What `mlflow run -e ENTRY .` executes with no -P (MLflow's own rendering, shell quoting included)
+    is accepted by main.py and yields the dataclass defaults."""
+    from mlflow.projects import _project_spec
+
+    command = _project_spec.load_project(str(REPO)).get_entry_point(entry).compute_command({}, None)
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "main.py"]
+    main_py = load_main_py()
+    ctx = main_py.main.make_context("main.py", argv[2:])
+    assert ctx.params["train"] is (entry == "train")
+    assert from_dict(cls, ctx.params) == cls()
+
+
+# ---------------------------------------------------------------- the CLIs offer every field
+
+@pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("validate", ValidateConfig),
+                                          ("server", ServerConfig)])
+def test_asr_help_lists_every_field(command, cls):
+    listed, text = help_options(asr_command() + [command])
+    for f in dataclasses.fields(cls):
+        assert f"--{f.name}" in listed, f"`asr {command} --help` lacks --{f.name}"
+        if "_" in f.name:
+            assert f"--{f.name.replace('_', '-')}" in listed
+    # and nothing else but --help
+    expected = {f"--{n}" for n in names(cls)} | {f"--{n.replace('_', '-')}" for n in names(cls)}
+    assert listed - expected == {"-h", "--help"}
+    assert text.count("[default:") == len(names(cls))  # every option shows its default
+
+
+def test_main_py_help_lists_every_field():
+    listed, _ = help_options([sys.executable, str(REPO / "main.py")])
+    for cls in (TrainConfig, ValidateConfig):
+        for name in names(cls):
+            assert f"--{name}" in listed, f"main.py --help lacks --{name}"
+    assert "--train" in listed
+
+
+@pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("validate", ValidateConfig),
+                                          ("server", ServerConfig)])
+def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls):
+    params = {p.name: p for p in asr_cli.commands[command].params if p.name != "help"}
+    assert list(params) == names(cls)
+    for f in dataclasses.fields(cls):
+        p = params[f.name]
+        assert p.default == f.default, f.name
+        if f.metadata.get("choices"):
+            assert isinstance(p.type, click.Choice) and tuple(p.type.choices) == f.metadata["choices"]
+        else:
+            assert p.type.name == {"int": "integer", "float": "float", "str": "text"}[f.type], f.name
+        assert p.help == f.metadata["help"]
+
+
+def test_main_py_options_cover_both_configs_once():
+    params = [p.name for p in load_main_py().main.params if p.name != "help"]
+    assert len(params) == len(set(params))
+    assert set(params) == {"train"} | set(names(TrainConfig)) | set(names(ValidateConfig))
+
+
+def test_cli_options_build_the_config():
+    args = ["--epoch", "3", "--learning-rate", "0.01", "--promote", "never", "--run_name", "x", "--file_id", "1-2-3"]
+    ctx = load_main_py().main.make_context("main.py", args)
+    cfg = from_dict(TrainConfig, ctx.params)
+    assert (cfg.epoch, cfg.learning_rate, cfg.promote, cfg.run_name) == (3, 0.01, "never", "x")
+    assert from_dict(ValidateConfig, ctx.params).file_id == "1-2-3"
+    with pytest.raises(click.BadParameter):
+        asr_cli.commands["train"].make_context("train", ["--promote", "sometimes"])
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = TrainConfig(epoch=2, run_name="r", promote="always")
+    config.save(cfg, tmp_path / "config.json")
+    import json
+
+    assert from_dict(TrainConfig, json.loads((tmp_path / "config.json").read_text())) == cfg
+    # keys of other configs are ignored
+    assert from_dict(ValidateConfig, {**config.to_dict(cfg), "file_id": "1-2-3"}) == ValidateConfig(file_id="1-2-3")
