@@ -12,6 +12,7 @@ import torchaudio.functional as AF
 from asr import UserError
 
 SAMPLE_RATE = 16000
+MIN_SECONDS = 0.02  # shorter clips cannot fill one 512-point analysis window at 16 kHz
 
 
 class AudioError(UserError):
@@ -22,15 +23,15 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     """Returns a float32 mono waveform in [-1, 1] at `sample_rate`."""
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for unreadable files
+    except Exception as e:  # noqa: BLE001 -- soundfile raises several types for unreadable files
         raise AudioError(f"{path}: cannot read audio ({_first_line(e)})") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: audio file is empty")
-    return to_mono_16k(data, rate, sample_rate)
+    return to_mono_16k(data, rate, sample_rate, name=str(path))
 
 
-def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> torch.Tensor:
     """(samples, channels) or (samples,) array at `rate` -> mono tensor at `sample_rate`."""
+    if data.shape[0] < MIN_SECONDS * rate:
+        raise AudioError(f"{name}: audio is too short ({data.shape[0] / rate:.3f} s; at least {MIN_SECONDS} s needed)")
     wave = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if wave.ndim == 2:
         wave = wave.mean(dim=1)

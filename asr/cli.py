@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
 from asr import UserError
 from asr.config import ServerConfig, TrainConfig, ValidateConfig, click_options, from_dict
-
 
 
 def friendly_errors(fn: Callable) -> Callable:

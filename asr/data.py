@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -137,7 +137,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Pads features (B, n_mfcc, T) and labels (B, L) and keeps their true lengths."""
-    feats, labels = zip(*batch)
+    feats, labels = zip(*batch, strict=True)
     return {
         "features": torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2),
         "feature_lengths": torch.tensor([f.shape[-1] for f in feats]),
@@ -155,5 +155,14 @@ def length_sorted_batches(lengths: list[int], batch_size: int, seed: int | None)
     return batches
 
 
-__all__ = ["AudioError", "DataError", "Utterance", "SpeechDataset", "check_file_id", "collate", "find_utterance",
-           "length_sorted_batches", "read_split"]
+__all__ = [
+    "AudioError",
+    "DataError",
+    "SpeechDataset",
+    "Utterance",
+    "check_file_id",
+    "collate",
+    "find_utterance",
+    "length_sorted_batches",
+    "read_split",
+]

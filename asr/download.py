@@ -141,7 +141,8 @@ def _extract(archive: Path, root: Path) -> None:
                 target = os.path.normpath(os.path.join(base, m.name))
                 if os.path.commonpath([base, target]) != base or not (m.isfile() or m.isdir()):
                     raise DownloadError(
-                        f"Refusing to extract {archive}: unsafe member {m.name!r}; delete the archive and re-download it"
+                        f"Refusing to extract {archive}: unsafe member {m.name!r}; delete the archive and "
+                        "re-download it"
                     )
             if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: second line of defence
                 tar.extractall(base, members=members, filter="data")

@@ -25,7 +25,7 @@ class FeatureExtractor(torch.nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg) -> "FeatureExtractor":
+    def from_config(cls, cfg) -> FeatureExtractor:
         return cls(cfg.sample_rate, cfg.n_mfcc, cfg.n_mels, cfg.win_ms, cfg.hop_ms)
 
     def num_frames(self, num_samples: int) -> int:

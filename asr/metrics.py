@@ -6,9 +6,9 @@ import jiwer
 
 
 def _pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
-    # jiwer refuses empty references; an utterance with no words cannot contribute errors per word anyway.
-    kept = [(r, h) for r, h in zip(references, hypotheses, strict=True) if r.strip()]
-    return [r for r, _ in kept], [h for _, h in kept]
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    return list(references), list(hypotheses)
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:

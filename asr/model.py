@@ -18,19 +18,22 @@ class FeatureLayerNorm(nn.Module):
 
 
 class ResidualCNN(nn.Module):
-    """Two same-padded 3x3 convolutions with pre-norm and a skip connection."""
+    """Two same-padded 3x3 convolutions with pre-norm and a skip connection.
+
+    Padded frames are zeroed before each convolution: norm and GELU make them non-zero, and the
+    3x3 kernels would otherwise leak them into the last real frames (results would depend on the batch).
+    """
 
     def __init__(self, channels: int, n_feats: int, dropout: float):
         super().__init__()
-        self.block = nn.Sequential(
-            FeatureLayerNorm(n_feats), nn.GELU(), nn.Dropout(dropout),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            FeatureLayerNorm(n_feats), nn.GELU(), nn.Dropout(dropout),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
+        self.pre1 = nn.Sequential(FeatureLayerNorm(n_feats), nn.GELU(), nn.Dropout(dropout))
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.pre2 = nn.Sequential(FeatureLayerNorm(n_feats), nn.GELU(), nn.Dropout(dropout))
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(self.pre1(x) * mask)
+        return x + self.conv2(self.pre2(y) * mask)
 
 
 def reverse_within_length(lengths: torch.Tensor, total: int) -> torch.Tensor:
@@ -75,7 +78,7 @@ class SpeechModel(nn.Module):
         # Stride 2 in time halves the recurrent steps, which dominate the cost; characters stay well below 50/s.
         self.stem = nn.Conv2d(1, cnn_channels, 3, stride=2, padding=1)
         stem_feats = (n_feats + 2 * 1 - 3) // 2 + 1
-        self.cnn = nn.Sequential(*[ResidualCNN(cnn_channels, stem_feats, dropout) for _ in range(cnn_layers)])
+        self.cnn = nn.ModuleList([ResidualCNN(cnn_channels, stem_feats, dropout) for _ in range(cnn_layers)])
         self.proj = nn.Linear(cnn_channels * stem_feats, rnn_dim)
         self.rnns = nn.ModuleList(
             [BiGRU(rnn_dim if i == 0 else 2 * rnn_dim, rnn_dim, dropout) for i in range(rnn_layers)]
@@ -85,7 +88,7 @@ class SpeechModel(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg, n_classes: int) -> "SpeechModel":
+    def from_config(cls, cfg, n_classes: int) -> SpeechModel:
         return cls(cfg.n_mfcc, n_classes, cfg.cnn_layers, cfg.cnn_channels, cfg.rnn_layers, cfg.rnn_dim,
                    cfg.dropout)
 
@@ -95,10 +98,13 @@ class SpeechModel(nn.Module):
         return torch.div(lengths + 2 * p - k, s, rounding_mode="floor") + 1
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.cnn(self.stem(features.unsqueeze(1)))            # (B, C, F', T')
+        x = self.stem(features.unsqueeze(1))                       # (B, C, F', T')
+        out_lengths = self.output_lengths(lengths.to(x.device))
+        mask = (torch.arange(x.shape[-1], device=x.device) < out_lengths[:, None])[:, None, None, :].to(x.dtype)
+        for block in self.cnn:
+            x = block(x, mask)
         b, c, f, t = x.shape
         x = self.proj(x.permute(0, 3, 1, 2).reshape(b, t, c * f))  # (B, T', D)
-        out_lengths = self.output_lengths(lengths)
         for rnn in self.rnns:
             x = rnn(x, out_lengths)
         return self.classifier(x).float().log_softmax(dim=-1), out_lengths

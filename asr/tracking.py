@@ -62,9 +62,9 @@ def pip_requirements() -> list[str]:
 
 def log_model(checkpoint: Path, input_example_audio: Path) -> str:
     """Logs the checkpoint as a pyfunc model (audio in, text out) in the active run; returns its model URI."""
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-    import pandas as pd
 
     from asr.pyfunc import audio_to_base64
 
@@ -149,7 +149,7 @@ def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float,
     if promoted:
         promote(name, version)
     previous_wer = float(current.tags[WER_TAG]) if current is not None and WER_TAG in current.tags else None
-    return Promotion(version, promoted, policy, dev_wer, current.version if current else None, previous_wer)
+    return Promotion(version, promoted, policy, dev_wer, str(current.version) if current else None, previous_wer)
 
 
 def model_uri(name: str, stage: str = PRODUCTION_STAGE, alias: str = "", version: str = "") -> str:

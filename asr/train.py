@@ -81,7 +81,7 @@ def evaluate(model: SpeechModel, dataset: SpeechDataset, lengths: list[int], bat
             log_probs, out_lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
         total_loss += ctc(log_probs.transpose(0, 1), batch["labels"].to(device), out_lengths,
                           batch["label_lengths"].to(device)).item()
-        for i, hyp in zip(idx, greedy_decode(log_probs, out_lengths)):
+        for i, hyp in zip(idx, greedy_decode(log_probs, out_lengths), strict=True):
             u = dataset.utterances[i]
             rows.append((u.file_id, normalize(u.transcript)[0], hyp))
     refs, hyps = [r[1] for r in rows], [r[2] for r in rows]
@@ -115,7 +115,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
           f"{cfg.epoch} epochs x {steps_per_epoch} steps")
 
     with mlflow.start_run(run_name=cfg.run_name or None) as run:
-        mlflow.log_params({**to_dict(cfg), "parameters": n_params, "train_utterances": len(train_set)})
+        params = {**to_dict(cfg), "parameters": n_params, "train_utterances": len(train_set)}
+        logged = run.data.params  # `mlflow run` has already logged its entry point's (shell-quoted) parameters
+        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
         out_dir = Path(cfg.output_dir) / run.info.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
         save(cfg, out_dir / "config.json")

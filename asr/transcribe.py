@@ -20,7 +20,7 @@ class Transcriber:
         self.features = FeatureExtractor.from_config(cfg)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Transcriber":
+    def from_checkpoint(cls, path: str | Path) -> Transcriber:
         return cls(*load_checkpoint(path))
 
     @property

@@ -13,11 +13,11 @@ import sys
 import click
 import pytest
 import yaml
+from conftest import REPO, asr_command, subprocess_env
 
 from asr import config
 from asr.cli import main as asr_cli
 from asr.config import ServerConfig, TrainConfig, ValidateConfig, from_dict, render_mlproject
-from conftest import REPO, asr_command, subprocess_env
 
 MLPROJECT = REPO / "MLproject"
 ENTRY_POINTS = {"server": ServerConfig, "train": TrainConfig, "validate": ValidateConfig}

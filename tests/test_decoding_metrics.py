@@ -80,8 +80,8 @@ def test_wer_cer_are_corpus_level_like_jiwer():
 
 
 def test_corpus_rate_is_not_the_mean_of_utterance_rates():
-    mean_wer = sum(jiwer.wer(r, h) for r, h in zip(REFS, HYPS)) / len(REFS)
-    mean_cer = sum(jiwer.cer(r, h) for r, h in zip(REFS, HYPS)) / len(REFS)
+    mean_wer = sum(jiwer.wer(r, h) for r, h in zip(REFS, HYPS, strict=True)) / len(REFS)
+    mean_cer = sum(jiwer.cer(r, h) for r, h in zip(REFS, HYPS, strict=True)) / len(REFS)
     assert mean_wer == pytest.approx(0.5) and mean_cer == pytest.approx(0.25)
     assert wer(REFS, HYPS) != pytest.approx(mean_wer)
     assert cer(REFS, HYPS) != pytest.approx(mean_cer)

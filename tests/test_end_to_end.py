@@ -17,6 +17,21 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import (
+    BIN,
+    FILE_ID,
+    MODEL_NAME,
+    REPO,
+    TINY,
+    TRANSCRIPT,
+    asr_command,
+    copy_project,
+    mlflow_store,
+    new_store,
+    run_cli,
+    split_dir,
+    sqlite_uri,
+)
 from mlflow import MlflowClient
 
 from asr import tracking
@@ -28,8 +43,6 @@ from asr.pyfunc import audio_to_base64
 from asr.text import BLANK, VOCAB, normalize
 from asr.train import train
 from asr.transcribe import Transcriber
-from conftest import (BIN, FILE_ID, MODEL_NAME, REPO, TINY, TRANSCRIPT, asr_command, copy_project, mlflow_store,
-                      new_store, run_cli, sqlite_uri, split_dir, subprocess_env)
 
 EXPERIMENT = "SpeechRecognition"
 TARGET_LINE = f"target:    {TRANSCRIPT.lower()}"
@@ -122,7 +135,7 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
     dev = read_split(cfg.dev_data)
     assert len(table) == len(dev) == 13
     assert {"file_id", "target", "prediction"} <= set(table.columns)
-    targets = dict(zip(table["file_id"], table["target"]))
+    targets = dict(zip(table["file_id"], table["target"], strict=True))
     assert targets == {u.file_id: normalize(u.transcript)[0] for u in dev}
     assert all(set(p) <= VOCAB_CHARS for p in table["prediction"])
     test_table = client.load_table(run.info.experiment_id, "predictions_test.json", run_ids=[run.info.run_id])
@@ -296,7 +309,7 @@ def test_user_errors_are_one_line_with_exit_code_1(trained, tmp_path, empty_stor
         return run_cli(cmd, cwd=tmp_path, tracking_uri=sqlite_uri(store))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(cases, pool.map(run, cases)))
+        results = dict(zip(cases, pool.map(run, cases), strict=True))
     failures = []
     for name, proc in results.items():
         if problem := one_line_error(proc):
@@ -330,20 +343,23 @@ def test_mlflow_run_train_then_validate(tmp_path, short_dev, empty_store_db):
     assert validated.returncode == 0, validated.stderr[-3000:]
     assert TARGET_LINE in validated.stdout.splitlines()
 
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    runs = {r.data.tags["mlflow.project.entryPoint"]: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"train", "validate"}, "one run per entry point: the one `mlflow run` created"
-    train_run = runs["train"]
-    assert train_run.info.status == "FINISHED"
-    assert {"loss", "wer", "cer", "val_loss", "best_wer"} <= set(train_run.data.metrics)
-    assert train_run.data.params["epoch"] == "1" and train_run.data.params["train_data"] == str(short_dev)
-    assert {"utterance_wer", "utterance_cer"} <= set(runs["validate"].data.metrics)
-    default = client.get_experiment_by_name("Default")
-    assert default is None or not client.search_runs([default.experiment_id])
+    with mlflow_store(tmp_path):
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        all_runs = client.search_runs([exp.experiment_id])
+        runs = {r.data.tags.get("mlflow.project.entryPoint"): r for r in all_runs}
+        assert len(all_runs) == 2 and set(runs) == {"train", "validate"}, \
+            "one run per entry point: the one `mlflow run` created"
+        train_run = runs["train"]
+        assert train_run.info.status == "FINISHED"
+        assert {"loss", "wer", "cer", "val_loss", "best_wer"} <= set(train_run.data.metrics)
+        assert train_run.data.params["epoch"] == "1" and train_run.data.params["train_data"] == str(short_dev)
+        assert {"utterance_wer", "utterance_cer"} <= set(runs["validate"].data.metrics)
+        default = client.get_experiment_by_name("Default")
+        assert default is None or not client.search_runs([default.experiment_id])
 
-    mv = client.get_model_version_by_alias(MODEL_NAME, "production")
-    assert (str(mv.version), mv.current_stage, mv.run_id) == ("1", "Production", train_run.info.run_id)
+        mv = client.get_model_version_by_alias(MODEL_NAME, "production")
+        assert (str(mv.version), mv.current_stage, mv.run_id) == ("1", "Production", train_run.info.run_id)
     # the runs' artifacts stay in the temporary folder (MLflow puts them under ./mlruns of the project copy)
     assert local_path(train_run.info.artifact_uri).is_relative_to(tmp_path)
     assert (tmp_path / "outputs" / train_run.info.run_id / "model.pt").is_file()

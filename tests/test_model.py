@@ -180,7 +180,8 @@ def test_independence_check_catches_the_tutorial_batch_first_bug():
     broken = tutorial_variant(model, later_layers_batch_first=False)  # nn.GRU(batch_first=(i == 0))
     fixed = tutorial_variant(model, later_layers_batch_first=True)    # identical weights, batch_first=True
     assert not broken.rnns[1].gru.batch_first and fixed.rnns[1].gru.batch_first
-    assert all(torch.equal(a, b) for a, b in zip(broken.state_dict().values(), fixed.state_dict().values()))
+    weights = zip(broken.state_dict().values(), fixed.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in weights)
     # same shapes out: nothing but the cross-item check tells them apart
     feats, lengths = batch_of(torch.randn(N_FEATS, 50), torch.randn(N_FEATS, 50))
     assert run(broken, feats, lengths)[0].shape == run(fixed, feats, lengths)[0].shape
