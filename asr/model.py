@@ -73,10 +73,11 @@ class SpeechModel(nn.Module):
     """(B, n_mfcc, T) features -> (B, T', n_classes) log-probabilities, with T' = output_lengths(T)."""
 
     def __init__(self, n_feats: int, n_classes: int, cnn_layers: int = 2, cnn_channels: int = 32,
-                 rnn_layers: int = 3, rnn_dim: int = 256, dropout: float = 0.1):
+                 rnn_layers: int = 3, rnn_dim: int = 256, dropout: float = 0.1, time_stride: int = 2):
         super().__init__()
-        # Stride 2 in time halves the recurrent steps, which dominate the cost; characters stay well below 50/s.
-        self.stem = nn.Conv2d(1, cnn_channels, 3, stride=2, padding=1)
+        # Striding in time cuts the recurrent steps, which dominate the cost; speech has under ~20 characters/s,
+        # so 33-50 frames/s leave CTC room for blanks between repeated letters.
+        self.stem = nn.Conv2d(1, cnn_channels, 3, stride=(2, time_stride), padding=1)
         stem_feats = (n_feats + 2 * 1 - 3) // 2 + 1
         self.cnn = nn.ModuleList([ResidualCNN(cnn_channels, stem_feats, dropout) for _ in range(cnn_layers)])
         self.proj = nn.Linear(cnn_channels * stem_feats, rnn_dim)
@@ -90,7 +91,7 @@ class SpeechModel(nn.Module):
     @classmethod
     def from_config(cls, cfg, n_classes: int) -> SpeechModel:
         return cls(cfg.n_mfcc, n_classes, cfg.cnn_layers, cfg.cnn_channels, cfg.rnn_layers, cfg.rnn_dim,
-                   cfg.dropout)
+                   cfg.dropout, cfg.time_stride)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Exact frame counts after the strided stem: floor((T + 2p - k) / s) + 1."""

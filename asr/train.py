@@ -88,6 +88,11 @@ def evaluate(model: SpeechModel, dataset: SpeechDataset, lengths: list[int], bat
     return {"loss": total_loss / len(dataset), "wer": wer(refs, hyps), "cer": cer(refs, hyps)}, rows
 
 
+def log_predictions(rows: list[tuple[str, str, str]], name: str) -> None:
+    mlflow.log_table({"file_id": [r[0] for r in rows], "target": [r[1] for r in rows],
+                      "prediction": [r[2] for r in rows]}, name)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -124,11 +129,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         mlflow.log_artifact(str(out_dir / "config.json"))
         mlflow.log_dict({"vocab": list(VOCAB), "blank": BLANK}, "vocab.json")
 
-        best_wer, best_state, best_rows, step = math.inf, None, [], 0
+        best, best_state, best_rows, step = (math.inf, math.inf), None, [], 0
         for epoch in range(cfg.epoch):
             model.train()
             started = time.time()
-            batches = length_sorted_batches(train_lengths, cfg.batch, seed=cfg.seed + epoch)
+            # SortaGrad (Deep Speech 2): shortest utterances first in epoch 1 gets CTC off its blank plateau sooner.
+            batches = length_sorted_batches(train_lengths, cfg.batch, seed=cfg.seed + epoch if epoch else None)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epoch}", unit="batch", disable=not progress,
                        leave=False)
             for idx in bar:
@@ -152,22 +158,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             mlflow.log_metrics({"val_loss": dev["loss"], "wer": dev["wer"], "cer": dev["cer"]}, step=epoch + 1)
             print(f"epoch {epoch + 1}/{cfg.epoch}: loss {loss.item():.3f}  val_loss {dev['loss']:.3f}  "
                   f"WER {dev['wer']:.3f}  CER {dev['cer']:.3f}  ({time.time() - started:.0f} s)")
-            if dev["wer"] < best_wer or best_state is None:
-                best_wer, best_dev, best_rows = dev["wer"], dev, rows
+            if (dev["wer"], dev["cer"]) < best:  # CER breaks ties while WER is still stuck at 1.0
+                best, best_dev, best_rows = (dev["wer"], dev["cer"]), dev, rows
                 best_state = copy.deepcopy(model.state_dict())
 
         model.load_state_dict(best_state)
         mlflow.log_metrics({"best_wer": best_dev["wer"], "best_cer": best_dev["cer"]})
-        mlflow.log_table({"file_id": [r[0] for r in best_rows], "target": [r[1] for r in best_rows],
-                          "prediction": [r[2] for r in best_rows]}, "predictions_dev.json")
+        log_predictions(best_rows, "predictions_dev.json")
         test: dict[str, float] = {}
         if cfg.test_data:
             test_set = load_dataset(cfg.test_data, features)
             test, test_rows = evaluate(model, test_set, featurize(test_set, "test", progress), cfg.batch, amp,
                                        device)
             mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
-            mlflow.log_table({"file_id": [r[0] for r in test_rows], "target": [r[1] for r in test_rows],
-                              "prediction": [r[2] for r in test_rows]}, "predictions_test.json")
+            log_predictions(test_rows, "predictions_test.json")
             print(f"held-out test ({cfg.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
 
         checkpoint = save_checkpoint(out_dir / "model.pt", cfg, model.cpu())
