@@ -28,7 +28,8 @@ class TrainConfig:
     max_utterances: int = opt(0, "use at most this many training utterances (0 = all)")
     # features
     sample_rate: int = opt(16000, "audio is resampled to this rate (Hz) before feature extraction")
-    n_mfcc: int = opt(40, "MFCC coefficients per frame (the model's input channels)")
+    n_mfcc: int = opt(13, "MFCC coefficients per frame (the model's input channels); few keep the spectral envelope, "
+                       "not the pitch harmonics that differ between voices")
     n_mels: int = opt(80, "mel filterbank size the MFCCs are computed from")
     win_ms: float = opt(25.0, "analysis window length in milliseconds")
     hop_ms: float = opt(10.0, "hop between frames in milliseconds")
@@ -38,14 +39,14 @@ class TrainConfig:
     cnn_channels: int = opt(16, "channels of every CNN layer")
     rnn_layers: int = opt(2, "bidirectional GRU layers")
     rnn_dim: int = opt(192, "hidden size of each GRU direction")
-    dropout: float = opt(0.1, "dropout probability in CNN, GRU and classifier layers")
+    dropout: float = opt(0.05, "dropout probability in CNN, GRU and classifier layers")
     # augmentation (training only)
-    freq_mask: int = opt(8, "SpecAugment: widest frequency mask in MFCC bins (0 = off)")
-    time_mask: int = opt(20, "SpecAugment: widest time mask in frames (0 = off)")
+    freq_mask: int = opt(2, "SpecAugment: widest frequency mask in MFCC bins (0 = off)")
+    time_mask: int = opt(10, "SpecAugment: widest time mask in frames (0 = off)")
     # optimisation
     epoch: int = opt(12, "passes over the training data")
     batch: int = opt(16, "utterances per batch")
-    learning_rate: float = opt(2e-3, "peak learning rate of the one-cycle schedule (AdamW)")
+    learning_rate: float = opt(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip the gradient norm to this value")
     precision: str = opt("auto", "matmul precision; auto = bf16 autocast where the CPU/GPU supports it",
