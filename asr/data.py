@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from asr import UserError, text
-from asr.audio import AudioError, load_audio
+from asr.audio import load_audio
 from asr.features import FeatureExtractor
 
 FILE_ID = re.compile(r"^\d+-\d+-\d+$")
@@ -154,15 +154,3 @@ def length_sorted_batches(lengths: list[int], batch_size: int, seed: int | None)
         random.Random(seed).shuffle(batches)
     return batches
 
-
-__all__ = [
-    "AudioError",
-    "DataError",
-    "SpeechDataset",
-    "Utterance",
-    "check_file_id",
-    "collate",
-    "find_utterance",
-    "length_sorted_batches",
-    "read_split",
-]
