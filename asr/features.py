@@ -13,8 +13,7 @@ class FeatureExtractor(torch.nn.Module):
     colouring, which matters when the held-out voices differ from the training ones.
     """
 
-    def __init__(self, sample_rate: int = 16000, n_mfcc: int = 40, n_mels: int = 80,
-                 win_ms: float = 25.0, hop_ms: float = 10.0):
+    def __init__(self, *, sample_rate: int, n_mfcc: int, n_mels: int, win_ms: float, hop_ms: float):
         super().__init__()
         win = int(sample_rate * win_ms / 1000)
         self.hop = int(sample_rate * hop_ms / 1000)
@@ -26,7 +25,8 @@ class FeatureExtractor(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> FeatureExtractor:
-        return cls(cfg.sample_rate, cfg.n_mfcc, cfg.n_mels, cfg.win_ms, cfg.hop_ms)
+        return cls(sample_rate=cfg.sample_rate, n_mfcc=cfg.n_mfcc, n_mels=cfg.n_mels, win_ms=cfg.win_ms,
+                   hop_ms=cfg.hop_ms)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of `num_samples` (centered STFT)."""

@@ -69,16 +69,22 @@ class BiGRU(nn.Module):
         return self.dropout(torch.cat([fwd, bwd], dim=-1))
 
 
+def conv_output_length(length, conv: nn.Conv2d, dim: int):
+    """Exact output size of `conv` along `dim` (0 = frequency, 1 = time): floor((n + 2p - k) / s) + 1."""
+    k, s, p = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim]
+    return (length + 2 * p - k) // s + 1
+
+
 class SpeechModel(nn.Module):
     """(B, n_mfcc, T) features -> (B, T', n_classes) log-probabilities, with T' = output_lengths(T)."""
 
-    def __init__(self, n_feats: int, n_classes: int, cnn_layers: int = 2, cnn_channels: int = 32,
-                 rnn_layers: int = 3, rnn_dim: int = 256, dropout: float = 0.1, time_stride: int = 2):
+    def __init__(self, n_feats: int, n_classes: int, *, cnn_layers: int, cnn_channels: int, rnn_layers: int,
+                 rnn_dim: int, dropout: float, time_stride: int):
         super().__init__()
         # Striding in time cuts the recurrent steps, which dominate the cost; speech has under ~20 characters/s,
         # so 33-50 frames/s leave CTC room for blanks between repeated letters.
         self.stem = nn.Conv2d(1, cnn_channels, 3, stride=(2, time_stride), padding=1)
-        stem_feats = (n_feats + 2 * 1 - 3) // 2 + 1
+        stem_feats = conv_output_length(n_feats, self.stem, 0)
         self.cnn = nn.ModuleList([ResidualCNN(cnn_channels, stem_feats, dropout) for _ in range(cnn_layers)])
         self.proj = nn.Linear(cnn_channels * stem_feats, rnn_dim)
         self.rnns = nn.ModuleList(
@@ -90,13 +96,12 @@ class SpeechModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, n_classes: int) -> SpeechModel:
-        return cls(cfg.n_mfcc, n_classes, cfg.cnn_layers, cfg.cnn_channels, cfg.rnn_layers, cfg.rnn_dim,
-                   cfg.dropout, cfg.time_stride)
+        return cls(cfg.n_mfcc, n_classes, cnn_layers=cfg.cnn_layers, cnn_channels=cfg.cnn_channels,
+                   rnn_layers=cfg.rnn_layers, rnn_dim=cfg.rnn_dim, dropout=cfg.dropout, time_stride=cfg.time_stride)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Exact frame counts after the strided stem: floor((T + 2p - k) / s) + 1."""
-        k, s, p = self.stem.kernel_size[1], self.stem.stride[1], self.stem.padding[1]
-        return torch.div(lengths + 2 * p - k, s, rounding_mode="floor") + 1
+        """Exact frame counts after the strided stem."""
+        return conv_output_length(lengths, self.stem, 1)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.stem(features.unsqueeze(1))                       # (B, C, F', T')

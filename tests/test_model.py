@@ -31,7 +31,7 @@ def make_model(rnn_layers: int = 2, cnn_layers: int = 1, seed: int = 0) -> Speec
     (freshly initialized ones are exactly 1 and 0, which hides whatever depends on them)."""
     torch.manual_seed(seed)
     model = SpeechModel(N_FEATS, len(VOCAB), cnn_layers=cnn_layers, cnn_channels=4, rnn_layers=rnn_layers,
-                        rnn_dim=RNN_DIM, dropout=0.1)
+                        rnn_dim=RNN_DIM, dropout=0.1, time_stride=2)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.LayerNorm):
@@ -81,7 +81,7 @@ def padding_change(model: SpeechModel, seed: int = 2) -> float:
 @pytest.mark.parametrize("n_mfcc, hop_ms", [(40, 10.0), (13, 20.0)])
 @pytest.mark.parametrize("num_samples", [400, 4000, 16000, 16001, 23457])
 def test_feature_extractor_shape_matches_num_frames(n_mfcc, hop_ms, num_samples):
-    fe = FeatureExtractor(sample_rate=16000, n_mfcc=n_mfcc, n_mels=40, hop_ms=hop_ms)
+    fe = FeatureExtractor(sample_rate=16000, n_mfcc=n_mfcc, n_mels=40, win_ms=25.0, hop_ms=hop_ms)
     feats = fe(torch.randn(num_samples))
     assert feats.shape == (n_mfcc, fe.num_frames(num_samples))
     assert feats.dtype == torch.float32
