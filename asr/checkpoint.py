@@ -1,31 +1,115 @@
-"""Checkpoints: config + weights in one file, loadable without unpickling arbitrary objects."""
+"""Checkpoints, loadable without unpickling arbitrary objects (`torch.load(..., weights_only=True)`).
+
+Two kinds: a model checkpoint (config + vocabulary + weights: what is logged and served) and a training
+state (`last.pt`: that plus optimizer, scheduler, scaler, position in the epoch, RNG states and the MLflow
+run id: everything needed to continue exactly where training stopped). Both are written atomically.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from asr import UserError
 from asr.config import TrainConfig, from_dict, to_dict
 from asr.model import SpeechModel
 from asr.text import VOCAB
 
+LAST = "last.pt"   # training state, rewritten every few steps and at every epoch end
+BEST = "best.pt"   # model checkpoint of the best epoch so far
+MODEL = "model.pt" # the final model (best epoch's weights): what gets logged and registered
 
-def save_checkpoint(path: Path, cfg: TrainConfig, model: SpeechModel) -> Path:
-    """Writes atomically (temp file, then rename) so a crash never leaves a half-written checkpoint."""
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be written, found or used."""
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """Writes to a temp file, fsyncs, then renames, so a crash or a full disk never leaves a half-written file
+    in place of the previous good one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": to_dict(cfg), "vocab": list(VOCAB), "model": model.state_dict()}, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = " (the previous one is intact)" if path.exists() else ""
+        raise CheckpointError(f"could not write checkpoint {path}{kept}: {e.strerror or e}") from None
     return path
 
 
+def model_state(cfg: TrainConfig, model: SpeechModel) -> dict[str, Any]:
+    return {"config": to_dict(cfg), "vocab": list(VOCAB),
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, model: SpeechModel) -> Path:
+    return atomic_save(model_state(cfg, model), path)
+
+
+def _load(path: str | Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # truncated or foreign files raise a variety of pickle/zip errors
+        raise CheckpointError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
+    if tuple(state.get("vocab", ())) != VOCAB:
+        raise CheckpointError(f"{path}: checkpoint vocabulary differs from this version's; it cannot be decoded")
+    return state
+
+
 def load_checkpoint(path: str | Path) -> tuple[TrainConfig, SpeechModel]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if tuple(state["vocab"]) != VOCAB:
-        raise ValueError(f"{path}: checkpoint vocabulary differs from this version's; it cannot be decoded")
+    state = _load(path)
     cfg = from_dict(TrainConfig, state["config"])
     model = SpeechModel.from_config(cfg, len(VOCAB))
     model.load_state_dict(state["model"])
     return cfg, model.eval()
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    state = _load(path)
+    if "optimizer" not in state:
+        raise CheckpointError(f"{path} holds a model, not a training state to resume from (expected {LAST})")
+    if state["progress"].get("registered"):
+        raise CheckpointError(f"{path}: run {state['run_id']} already finished (registered as version "
+                              f"{state['progress']['registered']}); nothing to resume")
+    return state
+
+
+def find_resumable(spec: str, output_dir: str) -> Path:
+    """`--resume` target: a last.pt, a run folder holding one, or 'latest' (newest last.pt under output_dir)."""
+    if spec == "latest":
+        found = sorted(Path(output_dir).glob(f"*/{LAST}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise CheckpointError(f"--resume latest: no {LAST} under {output_dir}/; nothing to resume")
+        # the newest run, finished or not: resuming a finished one says so rather than picking an older run
+        return found[-1]
+    path = Path(spec)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise CheckpointError(f"--resume {spec}: {path} not found (give OUTPUT_DIR/RUN_ID, its {LAST}, or latest)")
+    return path

@@ -26,6 +26,9 @@ class TrainConfig:
     dev_data: str = opt("data/demo/dev", "split folder scored every epoch (val_loss, wer, cer)")
     test_data: str = opt("data/demo/test", "held-out split scored once after training ('' to skip)")
     max_utterances: int = opt(0, "use at most this many training utterances (0 = all)")
+    max_seconds: float = opt(30.0, "skip (and count) training utterances longer than this many seconds")
+    feature_cache: str = opt("", "folder for an on-disk feature cache keyed by the feature settings ('' = off)")
+    workers: int = opt(1, "single-threaded worker processes computing features (0 = in the main process)")
     # features
     sample_rate: int = opt(16000, "audio is resampled to this rate (Hz) before feature extraction")
     n_mfcc: int = opt(13, "MFCC coefficients per frame (the model's input channels); few keep the spectral envelope, "
@@ -40,17 +43,25 @@ class TrainConfig:
     rnn_layers: int = opt(2, "bidirectional GRU layers")
     rnn_dim: int = opt(192, "hidden size of each GRU direction")
     dropout: float = opt(0.05, "dropout probability in CNN, GRU and classifier layers")
-    # augmentation (training only)
-    freq_mask: int = opt(2, "SpecAugment: widest frequency mask in MFCC bins (0 = off)")
-    time_mask: int = opt(10, "SpecAugment: widest time mask in frames (0 = off)")
+    # augmentation (training only; every strength 0 = off)
+    freq_mask: int = opt(2, "SpecAugment: widest frequency mask in MFCC bins")
+    time_mask: int = opt(10, "SpecAugment: widest of the two time masks, in frames")
+    gain_db: float = opt(0.0, "waveform gain drawn from [-gain_db, +gain_db] dB")
+    noise_snr_db: float = opt(0.0, "white noise at an SNR drawn from [noise_snr_db, noise_snr_db + 20] dB")
+    shift_ms: float = opt(0.0, "random time shift of up to this many milliseconds either way")
+    speed_perturb: float = opt(0.0, "speed factor drawn from [1 - speed_perturb, 1 + speed_perturb] (Kaldi-style)")
     # optimisation
     epoch: int = opt(12, "passes over the training data")
-    batch: int = opt(16, "utterances per batch")
+    batch: int = opt(16, "most utterances per batch")
+    max_batch_seconds: float = opt(0.0, "most padded audio seconds per batch, from length-sorted buckets (0 = batch "
+                                   "by utterance count alone)")
+    accumulate: int = opt(1, "batches whose gradients are summed before each optimizer step")
     learning_rate: float = opt(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip the gradient norm to this value")
-    precision: str = opt("auto", "matmul precision; auto = bf16 autocast where the CPU/GPU supports it",
-                         ("auto", "fp32", "bf16"))
+    patience: int = opt(0, "stop after this many epochs without a better dev WER/CER (0 = run every epoch)")
+    precision: str = opt("auto", "autocast precision (weights and loss stay fp32); auto = bf16 where the CPU/GPU "
+                         "has it, else fp32; fp16 is for GPUs", ("auto", "fp32", "bf16", "fp16"))
     threads: int = opt(0, "torch intra-op threads (0 = one per physical core)")
     seed: int = opt(0, "seed for weights, shuffling and augmentation")
     # tracking
@@ -59,7 +70,10 @@ class TrainConfig:
     registered_model: str = opt("SpeechRecognitionModel", "Model Registry name every trained model is registered under")
     promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
                        "beats the current Production version's", ("if-better", "always", "never"))
-    output_dir: str = opt("outputs", "where the trained checkpoint is written before it is logged")
+    output_dir: str = opt("outputs", "checkpoints go to OUTPUT_DIR/RUN_ID (last.pt to resume from, best.pt)")
+    checkpoint_every: int = opt(200, "also checkpoint every this many optimizer steps (0 = at epoch ends only)")
+    resume: str = opt("", "continue an interrupted run: OUTPUT_DIR/RUN_ID, its last.pt, or 'latest' (the run's "
+                      "saved settings are used)")
 
 
 @dataclass

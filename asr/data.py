@@ -6,16 +6,22 @@ for any audio extension soundfile reads.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import random
 import re
-from collections.abc import Iterator
+import signal
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from asr import UserError, text
 from asr.audio import load_audio
+from asr.augment import WaveAugment, item_generator
 from asr.features import FeatureExtractor
 
 FILE_ID = re.compile(r"^\d+-\d+-\d+$")
@@ -114,25 +120,90 @@ def find_utterance(file_id: str, dataset: str | Path | None = None) -> Utterance
 
 
 class SpeechDataset(torch.utils.data.Dataset):
-    """(features, labels) pairs; features are computed once and kept, since epochs revisit every item."""
+    """(features, labels) pairs.
 
-    def __init__(self, utterances: list[Utterance], features: FeatureExtractor):
+    Without waveform augmentation, features are computed once (`precompute`) and kept in memory as fp16,
+    since every epoch revisits every item. With it, each item is augmented afresh from a generator seeded by
+    (seed, epoch, index), so DataLoader workers and resumed runs reproduce exactly the same batches.
+    """
+
+    def __init__(self, utterances: list[Utterance], features: FeatureExtractor, augment: WaveAugment | None = None,
+                 seed: int = 0):
         self.utterances = utterances
         self.features = features
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed = seed
+        self.epoch = 0  # set by the training loop before each epoch's DataLoader is created
         self.labels = [text.encode(text.normalize(u.transcript)[0]) for u in utterances]
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: list[torch.Tensor | None] = [None] * len(utterances)
 
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i not in self._cache:
-            wave = load_audio(self.utterances[i].path, self.features.mfcc.sample_rate)
-            self._cache[i] = self.features(wave).to(torch.float16)
-        return self._cache[i].float(), torch.tensor(self.labels[i], dtype=torch.long)
+    def compute(self, i: int) -> torch.Tensor:
+        wave = load_audio(self.utterances[i].path, self.features.mfcc.sample_rate)
+        if self.augment is not None:
+            wave = self.augment(wave, item_generator(self.seed, self.epoch, i))
+        return self.features(wave)
 
-    def frames(self, i: int) -> int:
-        return self[i][0].shape[-1]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.compute(i) if self.augment is not None else self._cached(i).float()
+        return feats, torch.tensor(self.labels[i], dtype=torch.long)
+
+    def _cached(self, i: int) -> torch.Tensor:
+        if self._cache[i] is None:
+            self._cache[i] = self.features(load_audio(self.utterances[i].path,
+                                                      self.features.mfcc.sample_rate)).to(torch.float16)
+        return self._cache[i]
+
+    def precompute(self, workers: int = 0, cache_dir: str = "", progress: bool = False, desc: str = "features"
+                   ) -> list[int]:
+        """Computes every item's un-augmented features (in `workers` processes, or from the on-disk cache)
+        and returns their frame counts, which batching needs."""
+        cache = _cache_file(cache_dir, self) if cache_dir else None
+        if cache is not None and cache.is_file():
+            self._cache = torch.load(cache, weights_only=True)["features"]
+        missing = [i for i, f in enumerate(self._cache) if f is None]
+        if missing:
+            loader = torch.utils.data.DataLoader(_Featurize(self), sampler=missing, batch_size=None,
+                                                 num_workers=workers, worker_init_fn=single_threaded_worker)
+            for i, feats in tqdm(zip(missing, loader, strict=True), total=len(missing), desc=desc, unit="utt",
+                                 disable=not progress, leave=False):
+                self._cache[i] = feats
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                torch.save({"file_ids": [u.file_id for u in self.utterances], "features": self._cache}, tmp)
+                os.replace(tmp, cache)
+        return [f.shape[-1] for f in self._cache]
+
+
+class _Featurize(torch.utils.data.Dataset):
+    def __init__(self, dataset: SpeechDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.dataset._cached(i)
+
+
+def single_threaded_worker(_: int) -> None:
+    """Workers share 2-16 cores with the training step's intra-op threads: one thread each avoids
+    oversubscription, and Ctrl-C is left to the main process, which checkpoints before exiting."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _cache_file(cache_dir: str, dataset: SpeechDataset) -> Path:
+    """One file per (feature settings, list of audio files with their sizes and times): any change misses."""
+    settings = hashlib.sha256(repr(dataset.features.settings()).encode()).hexdigest()[:16]
+    files = hashlib.sha256()
+    for u in dataset.utterances:
+        st = u.path.stat()
+        files.update(f"{u.file_id}\0{u.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return Path(cache_dir) / settings / f"{files.hexdigest()[:24]}.pt"
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -148,9 +219,35 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.T
 
 def length_sorted_batches(lengths: list[int], batch_size: int, seed: int | None) -> list[list[int]]:
     """Batches of similar-length items (little padding), in random batch order when seeded."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if seed is not None:
-        random.Random(seed).shuffle(batches)
-    return batches
+    return plan_batches(lengths, range(len(lengths)), max_items=batch_size, max_frames=0, seed=seed)
 
+
+def plan_batches(lengths: list[int], items: Iterable[int], *, max_items: int, max_frames: int, seed: int | None,
+                 bucket_width: float = 0.1) -> list[list[int]]:
+    """Length-bucketed batches of `items` holding at most `max_items` utterances and, when `max_frames` is set,
+    at most `max_frames` padded frames (longest item x count), so padding stays small and long utterances
+    cannot blow memory.
+
+    Seeded: items are shuffled within buckets of ~10% length spread and the batch order is shuffled, so
+    batches differ every epoch. Unseeded: shortest first (SortaGrad, and deterministic evaluation).
+    """
+    order = sorted(items, key=lambda i: (lengths[i], i))
+    if seed is not None:
+        rng = random.Random(seed)
+        rng.shuffle(order)
+        order.sort(key=lambda i: int(math.log(max(lengths[i], 1)) / math.log1p(bucket_width)))
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0
+    for i in order:
+        longest_with = max(longest, lengths[i])
+        if batch and (len(batch) >= max_items or (max_frames and longest_with * (len(batch) + 1) > max_frames)):
+            batches.append(batch)
+            batch, longest_with = [], lengths[i]
+        batch.append(i)
+        longest = longest_with
+    if batch:
+        batches.append(batch)
+    if seed is not None:
+        rng.shuffle(batches)
+    return batches

@@ -15,6 +15,7 @@ class FeatureExtractor(torch.nn.Module):
 
     def __init__(self, *, sample_rate: int, n_mfcc: int, n_mels: int, win_ms: float, hop_ms: float):
         super().__init__()
+        self._settings = dict(sample_rate=sample_rate, n_mfcc=n_mfcc, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms)
         win = int(sample_rate * win_ms / 1000)
         self.hop = int(sample_rate * hop_ms / 1000)
         n_fft = 1 << (win - 1).bit_length()
@@ -27,6 +28,10 @@ class FeatureExtractor(torch.nn.Module):
     def from_config(cls, cfg) -> FeatureExtractor:
         return cls(sample_rate=cfg.sample_rate, n_mfcc=cfg.n_mfcc, n_mels=cfg.n_mels, win_ms=cfg.win_ms,
                    hop_ms=cfg.hop_ms)
+
+    def settings(self) -> dict[str, float]:
+        """What the features depend on (keys the on-disk feature cache)."""
+        return {**self._settings, "version": 1}
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a waveform of `num_samples` (centered STFT)."""

@@ -1,14 +1,21 @@
-"""Training: CTC + AdamW + one-cycle LR, validated every epoch, then logged, registered and promoted in MLflow."""
+"""Training: CTC + AdamW + one-cycle LR, validated every epoch, then logged, registered and promoted in MLflow.
+
+Resumable (`last.pt` every few steps and every epoch holds everything needed to continue bit-for-bit),
+interruptible (SIGINT/SIGTERM finish the step, checkpoint and mark the run KILLED) and data-parallel
+under `torchrun` (see asr/distributed.py).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import random
+import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -16,10 +23,12 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from asr import tracking
-from asr.checkpoint import save_checkpoint
-from asr.config import TrainConfig, save, to_dict
-from asr.data import SpeechDataset, collate, length_sorted_batches, read_split
+from asr import UserError, tracking
+from asr import checkpoint as ckpt
+from asr import distributed as dist
+from asr.augment import WaveAugment
+from asr.config import TrainConfig, from_dict, save, to_dict
+from asr.data import SpeechDataset, collate, plan_batches, read_split, single_threaded_worker
 from asr.decoding import greedy_decode
 from asr.features import FeatureExtractor
 from asr.metrics import cer, wer
@@ -27,18 +36,39 @@ from asr.model import SpeechModel
 from asr.text import BLANK, VOCAB, normalize
 
 
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM: the run was checkpointed and can be resumed."""
+
+
 @dataclass
 class TrainResult:
     run_id: str
     dev: dict[str, float]
     test: dict[str, float]
-    promotion: tracking.Promotion
+    promotion: tracking.Promotion | None  # None on the non-main ranks of a distributed run
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+    epoch: int = 0               # current epoch (0-based)
+    batch: int = 0               # batches of that epoch already trained on
+    step: int = 0                # optimizer steps taken
+    best: tuple[float, float] = (math.inf, math.inf)  # best dev (WER, CER)
+    best_epoch: int = 0
+    bad_epochs: int = 0          # epochs since the best one (early stopping)
+    skipped_steps: int = 0       # steps dropped for a non-finite loss or gradient
+    registered: str = ""         # model version, once the run is complete (nothing left to resume)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 where the hardware does it natively (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs); None = fp32."""
     if precision == "fp32":
         return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
+        return torch.float16
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
@@ -46,17 +76,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
 
 
-def load_dataset(dirs: str, features: FeatureExtractor, limit: int = 0, seed: int = 0) -> SpeechDataset:
+def autocast(device: torch.device, amp: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+
+
+def load_dataset(dirs: str, features: FeatureExtractor, limit: int = 0, seed: int = 0,
+                 augment: WaveAugment | None = None) -> SpeechDataset:
     utterances = [u for d in dirs.split(",") if d.strip() for u in read_split(d.strip())]
     if limit and limit < len(utterances):
         utterances = sorted(random.Random(seed).sample(utterances, limit), key=lambda u: u.file_id)
-    return SpeechDataset(utterances, features)
+    return SpeechDataset(utterances, features, augment, seed)
 
 
-def featurize(dataset: SpeechDataset, name: str, progress: bool) -> list[int]:
-    """Computes (and caches) every item's features up front; returns frame counts for batching."""
-    return [dataset.frames(i) for i in tqdm(range(len(dataset)), desc=f"features {name}", unit="utt",
-                                               disable=not progress, leave=False)]
+def wave_augment(cfg: TrainConfig) -> WaveAugment:
+    return WaveAugment(gain_db=cfg.gain_db, noise_snr_db=cfg.noise_snr_db, shift_ms=cfg.shift_ms,
+                       speed=cfg.speed_perturb, sample_rate=cfg.sample_rate)
 
 
 def spec_augment(cfg: TrainConfig) -> nn.Module:
@@ -68,22 +102,71 @@ def spec_augment(cfg: TrainConfig) -> nn.Module:
     return nn.Sequential(*masks)
 
 
+def ctc_min_frames(labels: list[int]) -> int:
+    """CTC needs a frame per label plus a blank between repeated labels."""
+    return len(labels) + sum(a == b for a, b in zip(labels, labels[1:], strict=False))
+
+
+def trainable_items(dataset: SpeechDataset, lengths: list[int], model: SpeechModel, cfg: TrainConfig
+                    ) -> tuple[list[int], dict[str, int]]:
+    """Indices worth training on, and counts of those skipped: too long for memory, or too short for their
+    transcript under CTC (they could only ever produce an infinite loss)."""
+    max_frames = cfg.max_seconds * 1000 / cfg.hop_ms
+    out = model.output_lengths(torch.tensor(lengths)).tolist()
+    items, skipped = [], {"skipped_too_long": 0, "skipped_too_short": 0}
+    for i, (frames, out_frames) in enumerate(zip(lengths, out, strict=True)):
+        if frames > max_frames:
+            skipped["skipped_too_long"] += 1
+        elif out_frames < ctc_min_frames(dataset.labels[i]):
+            skipped["skipped_too_short"] += 1
+        else:
+            items.append(i)
+    return items, skipped
+
+
+def epoch_batches(cfg: TrainConfig, lengths: list[int], items: list[int], epoch: int, world: int) -> list[list[int]]:
+    """The epoch's global batches. SortaGrad (Deep Speech 2): epoch 1 runs shortest-first, which gets CTC off its
+    blank plateau sooner; later epochs are shuffled. Batches too small to give every rank an item are dropped."""
+    max_frames = int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)
+    batches = plan_batches(lengths, items, max_items=cfg.batch, max_frames=max_frames,
+                           seed=None if epoch == 0 else cfg.seed + epoch)
+    return [b for b in batches if len(b) >= world]
+
+
+def steps_in(n_batches: int, accumulate: int) -> int:
+    return math.ceil(n_batches / accumulate)
+
+
+def ctc_loss_sum(log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: dict[str, torch.Tensor],
+                 device: torch.device) -> torch.Tensor:
+    """Sum over the batch of each utterance's CTC loss per target label, in fp32. Dividing the sum by the
+    *global* batch size (not this rank's share) makes data-parallel gradients equal single-process ones."""
+    losses = nn.functional.ctc_loss(log_probs.float().transpose(0, 1), batch["labels"].to(device), out_lengths,
+                                    batch["label_lengths"].to(device), blank=BLANK, reduction="none",
+                                    zero_infinity=True)
+    return (losses / batch["label_lengths"].to(device).clamp(min=1)).sum()
+
+
 @torch.no_grad()
-def evaluate(model: SpeechModel, dataset: SpeechDataset, lengths: list[int], batch_size: int,
-             amp: torch.dtype | None, device: torch.device) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-    """Loss and corpus-level WER/CER on a split, plus (file id, reference, prediction) rows."""
+def evaluate(model: nn.Module, dataset: SpeechDataset, lengths: list[int], cfg: TrainConfig,
+             amp: torch.dtype | None, ctx: dist.Context) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    """Loss and corpus-level WER/CER on a split (each rank scores its share), plus (id, reference, prediction)."""
     model.eval()
-    ctc = nn.CTCLoss(blank=BLANK, zero_infinity=True, reduction="sum")
     total_loss, rows = 0.0, []
-    for idx in length_sorted_batches(lengths, batch_size, seed=None):
+    for idx in plan_batches(lengths, range(len(dataset)), max_items=cfg.batch, seed=None,
+                            max_frames=int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)):
+        idx = dist.shard(idx, ctx)
+        if not idx:
+            continue
         batch = collate([dataset[i] for i in idx])
-        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-            log_probs, out_lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
-        total_loss += ctc(log_probs.transpose(0, 1), batch["labels"].to(device), out_lengths,
-                          batch["label_lengths"].to(device)).item()
+        with autocast(ctx.device, amp):
+            log_probs, out_lengths = model(batch["features"].to(ctx.device), batch["feature_lengths"].to(ctx.device))
+        total_loss += ctc_loss_sum(log_probs, out_lengths, batch, ctx.device).item()
         for i, hyp in zip(idx, greedy_decode(log_probs, out_lengths), strict=True):
             u = dataset.utterances[i]
             rows.append((u.file_id, normalize(u.transcript)[0], hyp))
+    rows = sorted(r for part in dist.gather(rows, ctx) for r in part)
+    total_loss = dist.all_sum([total_loss], ctx)[0]
     refs, hyps = [r[1] for r in rows], [r[2] for r in rows]
     return {"loss": total_loss / len(dataset), "wer": wer(refs, hyps), "cer": cer(refs, hyps)}, rows
 
@@ -93,92 +176,242 @@ def log_predictions(rows: list[tuple[str, str, str]], name: str) -> None:
                       "prediction": [r[2] for r in rows]}, name)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    torch.manual_seed(cfg.seed)
+@contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM set a flag instead of killing the process: the loop finishes its step and checkpoints."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def intra_op_threads(cfg: TrainConfig, loader_workers: int) -> int:
+    """On few cores, oversubscription is what kills throughput: busy loader workers each take a core."""
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = autocast_dtype(cfg.precision, device)
-    tracking.setup(cfg.experiment)  # fail on a bad tracking store before any compute
+        return cfg.threads
+    return max(1, torch.get_num_threads() - loader_workers)
+
+
+def training_state(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, progress: Progress,
+                   run_id: str) -> dict[str, Any]:
+    return {**ckpt.model_state(cfg, model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "progress": to_dict(progress), "rng": ckpt.rng_states(), "run_id": run_id}
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    state = None
+    if cfg.resume:
+        resume_from = ckpt.find_resumable(cfg.resume, cfg.output_dir)
+        state = ckpt.load_training_state(resume_from)
+        cfg = from_dict(TrainConfig, {**state["config"], "resume": cfg.resume})  # the run's own settings
+    ctx = dist.init()
+    progress = progress and ctx.main
+    say = print if ctx.main else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    amp = autocast_dtype(cfg.precision, ctx.device)
+    if ctx.main:
+        tracking.setup(cfg.experiment)  # fail on a bad tracking store before any compute
 
     features = FeatureExtractor.from_config(cfg)
-    train_set = load_dataset(cfg.train_data, features, cfg.max_utterances, cfg.seed)
+    augment = wave_augment(cfg)
+    train_set = load_dataset(cfg.train_data, features, cfg.max_utterances, cfg.seed, augment)
     dev_set = load_dataset(cfg.dev_data, features)
-    train_lengths = featurize(train_set, "train", progress)
-    dev_lengths = featurize(dev_set, "dev", progress)
-    print(f"train: {len(train_set)} utterances from {cfg.train_data}; dev: {len(dev_set)} from {cfg.dev_data}")
+    train_lengths = train_set.precompute(cfg.workers, cfg.feature_cache, progress, "features train")
+    dev_lengths = dev_set.precompute(cfg.workers, cfg.feature_cache, progress, "features dev")
+    loader_workers = cfg.workers if augment.enabled else 0  # cached features need no workers
+    torch.set_num_threads(intra_op_threads(cfg, loader_workers))
 
-    model = SpeechModel.from_config(cfg, len(VOCAB)).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch)
+    model = SpeechModel.from_config(cfg, len(VOCAB)).to(ctx.device)
+    items, skipped = trainable_items(train_set, train_lengths, model, cfg)
+    if not items:
+        raise UserError(f"no usable training utterances in {cfg.train_data}: {skipped}")
+    plans = [len(epoch_batches(cfg, train_lengths, items, e, ctx.world)) for e in range(cfg.epoch)]
+    total_steps = sum(steps_in(n, cfg.accumulate) for n in plans)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate,
-                                                    total_steps=cfg.epoch * steps_per_epoch, pct_start=0.2)
-    ctc = nn.CTCLoss(blank=BLANK, zero_infinity=True)
-    augment = spec_augment(cfg)
-    print(f"model: {n_params / 1e6:.2f} M parameters; {device.type}, {'bf16' if amp else 'fp32'}; "
-          f"{cfg.epoch} epochs x {steps_per_epoch} steps")
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=total_steps,
+                                                    pct_start=0.2)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16)
+    pos = Progress()
+    best_state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        pos = Progress(**{**state["progress"], "best": tuple(state["progress"]["best"])})
+        if (resume_from.parent / ckpt.BEST).is_file():
+            best_state = torch.load(resume_from.parent / ckpt.BEST, map_location="cpu", weights_only=True)["model"]
+    ddp = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+    specaug = spec_augment(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"train: {len(items)} utterances from {cfg.train_data} ({sum(skipped.values())} skipped: {skipped}); "
+        f"dev: {len(dev_set)} from {cfg.dev_data}")
+    say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
+        f"{amp and str(amp).removeprefix('torch.') or 'fp32'}, {torch.get_num_threads()} threads; "
+        f"{cfg.epoch} epochs, {total_steps} steps")
 
-    with mlflow.start_run(run_name=cfg.run_name or None) as run:
-        params = {**to_dict(cfg), "parameters": n_params, "train_utterances": len(train_set)}
-        logged = run.data.params  # `mlflow run` has already logged its entry point's (shell-quoted) parameters
-        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-        out_dir = Path(cfg.output_dir) / run.info.run_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save(cfg, out_dir / "config.json")
-        mlflow.log_artifact(str(out_dir / "config.json"))
-        mlflow.log_dict({"vocab": list(VOCAB), "blank": BLANK}, "vocab.json")
+    run_id = ""
+    if ctx.main:
+        run = mlflow.start_run(run_id=state["run_id"]) if state else mlflow.start_run(run_name=cfg.run_name or None)
+        run_id = run.info.run_id
+    out_dir = resume_from.parent if state else Path(cfg.output_dir) / run_id
+    try:
+        if ctx.main and state is None:
+            params = {**to_dict(cfg), "parameters": n_params, "train_utterances": len(items)}
+            logged = run.data.params  # `mlflow run` has already logged its entry point's (shell-quoted) parameters
+            mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+            mlflow.log_metrics({k: float(v) for k, v in skipped.items()})
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save(cfg, out_dir / "config.json")
+            mlflow.log_artifact(str(out_dir / "config.json"))
+            mlflow.log_dict({"vocab": list(VOCAB), "blank": BLANK}, "vocab.json")
+        elif ctx.main:
+            say(f"resuming run {run_id} from {resume_from}: epoch {pos.epoch + 1}, step {pos.step}")
 
-        best, best_state, best_rows, step = (math.inf, math.inf), None, [], 0
-        for epoch in range(cfg.epoch):
-            model.train()
-            started = time.time()
-            # SortaGrad (Deep Speech 2): shortest utterances first in epoch 1 gets CTC off its blank plateau sooner.
-            batches = length_sorted_batches(train_lengths, cfg.batch, seed=cfg.seed + epoch if epoch else None)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epoch}", unit="batch", disable=not progress,
-                       leave=False)
-            for idx in bar:
-                batch = collate([train_set[i] for i in idx])
-                feats = augment(batch["features"].unsqueeze(1)).squeeze(1) if len(augment) else batch["features"]
-                with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-                    log_probs, out_lengths = model(feats.to(device), batch["feature_lengths"].to(device))
-                loss = ctc(log_probs.float().transpose(0, 1), batch["labels"].to(device), out_lengths,
-                           batch["label_lengths"].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                mlflow.log_metrics({"loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0]},
-                                   step=step, synchronous=False)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        def checkpoint() -> Path:
+            path = out_dir / ckpt.LAST
+            if ctx.main:
+                ckpt.atomic_save(training_state(cfg, model, optimizer, scheduler, scaler, pos, run_id), path)
+            return path
 
-            dev, rows = evaluate(model, dev_set, dev_lengths, cfg.batch, amp, device)
-            mlflow.log_metrics({"val_loss": dev["loss"], "wer": dev["wer"], "cer": dev["cer"]}, step=epoch + 1)
-            print(f"epoch {epoch + 1}/{cfg.epoch}: loss {loss.item():.3f}  val_loss {dev['loss']:.3f}  "
-                  f"WER {dev['wer']:.3f}  CER {dev['cer']:.3f}  ({time.time() - started:.0f} s)")
-            if (dev["wer"], dev["cer"]) < best:  # CER breaks ties while WER is still stuck at 1.0
-                best, best_dev, best_rows = (dev["wer"], dev["cer"]), dev, rows
-                best_state = copy.deepcopy(model.state_dict())
+        if state is not None:
+            ckpt.restore_rng(state["rng"])  # after model init and everything else that drew from it
+        with stop_requests() as stop:
+            while pos.epoch < cfg.epoch:
+                model.train()
+                train_set.epoch = pos.epoch
+                batches = epoch_batches(cfg, train_lengths, items, pos.epoch, ctx.world)
+                loader = torch.utils.data.DataLoader(
+                    train_set, batch_sampler=[dist.shard(b, ctx) for b in batches[pos.batch:]], collate_fn=collate,
+                    num_workers=loader_workers, worker_init_fn=single_threaded_worker,
+                    # its own generator, so that creating the loader does not advance the global RNG
+                    pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
+                started, audio_frames, first_batch = time.time(), 0, pos.batch
+                bar = tqdm(total=len(batches) - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epoch}", unit="batch",
+                           disable=not progress, leave=False)
+                loss_sum, loaded = 0.0, iter(loader)
+                for k in range(pos.batch, len(batches)):
+                    group_start = k - k % cfg.accumulate
+                    group = min(cfg.accumulate, len(batches) - group_start)
+                    batch = next(loaded)
+                    feats = batch["features"]
+                    if len(specaug):
+                        feats = specaug(feats.unsqueeze(1)).squeeze(1)
+                    last_of_group = k == group_start + group - 1
+                    with (nullcontext() if last_of_group or ctx.world == 1 else ddp.no_sync()):
+                        with autocast(ctx.device, amp):
+                            log_probs, out_lengths = ddp(feats.to(ctx.device, non_blocking=True),
+                                                         batch["feature_lengths"].to(ctx.device))
+                        loss = ctc_loss_sum(log_probs, out_lengths, batch, ctx.device) * (
+                            ctx.world / (len(batches[k]) * group))
+                        scaler.scale(loss).backward()
+                    loss_sum += loss.item() / ctx.world
+                    audio_frames += int(batch["feature_lengths"].sum())
+                    pos.batch = k + 1
+                    bar.update()
+                    if not last_of_group:
+                        continue
+                    scaler.unscale_(optimizer)
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    mean_loss = dist.all_sum([loss_sum], ctx)[0]
+                    if math.isfinite(norm.item()) and math.isfinite(mean_loss):
+                        scaler.step(optimizer)
+                    else:
+                        pos.skipped_steps += 1
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    pos.step += 1
+                    if ctx.main:
+                        mlflow.log_metrics({"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
+                                            "skipped_steps": pos.skipped_steps}, step=pos.step, synchronous=False)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}")
+                    loss_sum = 0.0
+                    if dist.any_rank(bool(stop), ctx):
+                        raise TrainingInterrupted(interrupted(stop, pos, checkpoint(), out_dir))
+                    if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                        checkpoint()
+                bar.close()
+                elapsed = time.time() - started
+                audio_seconds = dist.all_sum([audio_frames * cfg.hop_ms / 1000], ctx)[0]
 
+                dev, _ = evaluate(ddp, dev_set, dev_lengths, cfg, amp, ctx)
+                improved = (dev["wer"], dev["cer"]) < pos.best  # CER breaks ties while WER is still stuck at 1.0
+                if improved:
+                    pos.best, pos.best_epoch, pos.bad_epochs = (dev["wer"], dev["cer"]), pos.epoch + 1, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                    if ctx.main:
+                        ckpt.atomic_save(ckpt.model_state(cfg, model), out_dir / ckpt.BEST)
+                else:
+                    pos.bad_epochs += 1
+                if ctx.main:
+                    mlflow.log_metrics({"val_loss": dev["loss"], "wer": dev["wer"], "cer": dev["cer"],
+                                        "audio_seconds_per_second": audio_seconds / elapsed}, step=pos.epoch + 1)
+                say(f"epoch {pos.epoch + 1}/{cfg.epoch}: val_loss {dev['loss']:.3f}  WER {dev['wer']:.3f}  "
+                    f"CER {dev['cer']:.3f}  ({elapsed:.0f} s, {audio_seconds / elapsed:.0f} audio-s/s over "
+                    f"{len(batches) - first_batch} batches){'  *' if improved else ''}")
+                pos.epoch, pos.batch = pos.epoch + 1, 0
+                stop_early = cfg.patience and pos.bad_epochs >= cfg.patience
+                if stop_early:
+                    say(f"early stop: no better dev WER/CER for {cfg.patience} epochs (best: epoch {pos.best_epoch})")
+                    pos.epoch = cfg.epoch
+                checkpoint()
+                if dist.any_rank(bool(stop), ctx):
+                    raise TrainingInterrupted(interrupted(stop, pos, out_dir / ckpt.LAST, out_dir))
+
+        result = finish(cfg, model, best_state, pos, dev_set, features, amp, ctx, run_id, out_dir, progress)
+        if ctx.main:
+            pos.registered = result.promotion.version
+            checkpoint()
+            mlflow.end_run()
+        return result
+    except TrainingInterrupted:
+        if ctx.main:
+            mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        if ctx.main:
+            mlflow.end_run("FAILED")
+        raise
+    finally:
+        dist.shutdown()
+
+
+def interrupted(stop: list[int], pos: Progress, path: Path, out_dir: Path) -> str:
+    name = signal.Signals(stop[0]).name if stop else "another rank"
+    return (f"stopped by {name} at step {pos.step} (epoch {pos.epoch + 1}); training state saved to {path}. "
+            f"Resume with: asr train --resume {out_dir}")
+
+
+def finish(cfg: TrainConfig, model: SpeechModel, best_state: dict | None, pos: Progress, dev_set: SpeechDataset,
+           features: FeatureExtractor, amp: torch.dtype | None, ctx: dist.Context, run_id: str, out_dir: Path,
+           progress: bool) -> TrainResult:
+    """Scores the best epoch's weights on dev and test, then logs, registers and promotes them."""
+    if best_state is not None:
         model.load_state_dict(best_state)
-        mlflow.log_metrics({"best_wer": best_dev["wer"], "best_cer": best_dev["cer"]})
-        log_predictions(best_rows, "predictions_dev.json")
-        test: dict[str, float] = {}
-        if cfg.test_data:
-            test_set = load_dataset(cfg.test_data, features)
-            test, test_rows = evaluate(model, test_set, featurize(test_set, "test", progress), cfg.batch, amp,
-                                       device)
-            mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
-            log_predictions(test_rows, "predictions_test.json")
-            print(f"held-out test ({cfg.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
-
-        checkpoint = save_checkpoint(out_dir / "model.pt", cfg, model.cpu())
-        uri = tracking.log_model(checkpoint, dev_set.utterances[0].path)
-        promotion = tracking.register_and_promote(uri, cfg.registered_model, run.info.run_id, best_dev["wer"],
-                                                  cfg.promote)
-        mlflow.set_tags({"registered_model": cfg.registered_model, "model_version": promotion.version,
-                         "promoted": str(promotion.promoted)})
-        print(f"{cfg.registered_model} {promotion.describe()}")
-    return TrainResult(run.info.run_id, best_dev, test, promotion)
+    dev, dev_rows = evaluate(model, dev_set, dev_set.precompute(), cfg, amp, ctx)
+    test: dict[str, float] = {}
+    if cfg.test_data:
+        test_set = load_dataset(cfg.test_data, features)
+        test, test_rows = evaluate(model, test_set, test_set.precompute(cfg.workers, cfg.feature_cache, progress,
+                                                                        "features test"), cfg, amp, ctx)
+    if not ctx.main:
+        return TrainResult(run_id, dev, test, None)
+    mlflow.log_metrics({"best_wer": dev["wer"], "best_cer": dev["cer"], "best_epoch": pos.best_epoch})
+    log_predictions(dev_rows, "predictions_dev.json")
+    if test:
+        mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
+        log_predictions(test_rows, "predictions_test.json")
+        print(f"held-out test ({cfg.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
+    checkpoint = ckpt.atomic_save(ckpt.model_state(cfg, model), out_dir / ckpt.MODEL)
+    uri = tracking.log_model(checkpoint, dev_set.utterances[0].path)
+    promotion = tracking.register_and_promote(uri, cfg.registered_model, run_id, dev["wer"], cfg.promote)
+    mlflow.set_tags({"registered_model": cfg.registered_model, "model_version": promotion.version,
+                     "promoted": str(promotion.promoted)})
+    print(f"{cfg.registered_model} {promotion.describe()}")
+    return TrainResult(run_id, dev, test, promotion)
