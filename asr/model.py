@@ -27,7 +27,7 @@ class ResidualCNN(nn.Module):
     def __init__(self, channels: int, n_feats: int, dropout: float):
         super().__init__()
         self.pre1 = nn.Sequential(FeatureLayerNorm(n_feats), nn.GELU(), nn.Dropout(dropout))
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)  # pre2's LayerNorm would cancel a bias
         self.pre2 = nn.Sequential(FeatureLayerNorm(n_feats), nn.GELU(), nn.Dropout(dropout))
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
