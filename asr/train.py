@@ -137,6 +137,13 @@ def steps_in(n_batches: int, accumulate: int) -> int:
     return math.ceil(n_batches / accumulate)
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int):
+    """Warm up over 20% of the steps, then anneal. (Warm-up of at least a step and a half: OneCycleLR divides by
+    zero on very short runs otherwise.)"""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=total_steps,
+                                               pct_start=min(0.9, max(0.2, 1.5 / total_steps)))
+
+
 def ctc_loss_sum(log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: dict[str, torch.Tensor],
                  device: torch.device) -> torch.Tensor:
     """Sum over the batch of each utterance's CTC loss per target label, in fp32. Dividing the sum by the
@@ -233,8 +240,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     plans = [len(epoch_batches(cfg, train_lengths, items, e, ctx.world)) for e in range(cfg.epoch)]
     total_steps = sum(steps_in(n, cfg.accumulate) for n in plans)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=total_steps,
-                                                    pct_start=0.2)
+    scheduler = one_cycle(optimizer, cfg.learning_rate, total_steps)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16)
     pos = Progress()
     best_state = None

@@ -1,0 +1,231 @@
+"""The training path: duration batching, skipping, the non-finite guard, accumulation, early stopping, the
+feature cache, and the two promises of issue 3: a killed run resumes to the same weights as an uninterrupted
+one, and two data-parallel processes reach the same weights as one process with the same global batches.
+Real LibriSpeech audio, real MLflow SQLite stores, real subprocesses and signals."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import BIN, asr_command, make_tiny_config, new_store, subprocess_env, tiny_args
+from mlflow import MlflowClient
+
+from asr import UserError
+from asr import checkpoint as ckpt
+from asr.data import SpeechDataset, plan_batches, read_split
+from asr.features import FeatureExtractor
+from asr.train import ctc_min_frames, train
+
+# No randomness left but the data order: what data parallelism and accumulation must reproduce exactly.
+EXACT = dict(dropout=0.0, freq_mask=0, time_mask=0, precision="fp32", threads=1)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Same training, up to float summation order. Adam turns the ~1e-9 noise on a gradient that is nearly zero
+    into a step of up to the learning rate on a handful of weights, so: almost every weight equal to 1e-6, and no
+    weight off by more than a tenth of one step (a wrongly weighted batch moves thousands by a whole step)."""
+    wa, wb = weights(a), weights(b)
+    diffs = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+    assert (diffs > 1e-6).float().mean() < 1e-3, f"{int((diffs > 1e-6).sum())} of {diffs.numel()} weights differ"
+    assert diffs.max() < 3e-4, f"max weight difference {diffs.max():.2e}"
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    runs = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_duration_batches_bound_padding_and_cover_every_item_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(100, 3000) for _ in range(500)]
+    items = list(range(0, 500, 2))  # only these may appear
+    for seed in (None, 1, 2):
+        batches = plan_batches(lengths, items, max_items=32, max_frames=20000, seed=seed)
+        assert sorted(i for b in batches for i in b) == items
+        for b in batches:
+            assert len(b) <= 32
+            assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 20000
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        assert padded < 1.15 * sum(lengths[i] for i in items)  # length buckets: little padding
+    assert plan_batches(lengths, items, max_items=32, max_frames=20000, seed=1) != \
+        plan_batches(lengths, items, max_items=32, max_frames=20000, seed=2)
+    # unseeded = shortest first (SortaGrad)
+    firsts = [lengths[b[0]] for b in plan_batches(lengths, items, max_items=8, max_frames=0, seed=None)]
+    assert firsts == sorted(firsts)
+
+
+def test_ctc_min_frames_counts_a_blank_between_repeats():
+    assert ctc_min_frames([1, 2, 3]) == 3
+    assert ctc_min_frames([5, 5, 5]) == 5
+    assert ctc_min_frames([]) == 0
+
+
+def test_feature_cache_is_keyed_by_feature_settings(short_dev: Path, tmp_path: Path):
+    utts = read_split(short_dev)
+    fe = FeatureExtractor(sample_rate=16000, n_mfcc=13, n_mels=40, win_ms=25, hop_ms=10)
+    first = SpeechDataset(utts, fe)
+    lengths = first.precompute(cache_dir=str(tmp_path))
+    files = list(tmp_path.rglob("*.pt"))
+    assert len(files) == 1
+    again = SpeechDataset(utts, fe)
+    assert again.precompute(cache_dir=str(tmp_path)) == lengths
+    assert all(torch.equal(again[i][0], first[i][0]) for i in range(len(utts)))
+    other = FeatureExtractor(sample_rate=16000, n_mfcc=20, n_mels=40, win_ms=25, hop_ms=10)
+    assert SpeechDataset(utts, other).precompute(cache_dir=str(tmp_path))  # a new key, not a stale hit
+    assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+
+# ---------------------------------------------------------------- in-process training behaviour
+
+
+def test_long_and_ctc_infeasible_utterances_are_skipped_and_counted(tiny_config, isolated_mlflow: str,
+                                                                      tmp_path: Path, capsys):
+    # 4 utterances of 2.7-4.8 s: 3.5 s drops the longer ones; a time stride of 8 leaves too few frames for
+    # the transcripts of the rest (12.5 frames/s against ~15 characters/s)
+    cfg = tiny_config(max_utterances=4, max_seconds=3.5, output_dir=str(tmp_path / "out"))
+    train(cfg, progress=False)
+    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("SpeechRecognition").experiment_id])[0]
+    too_long = run.data.metrics["skipped_too_long"]
+    assert too_long >= 1 and run.data.params["train_utterances"] == str(4 - int(too_long))
+    with pytest.raises(UserError, match="no usable training utterances"):
+        train(tiny_config(max_utterances=4, time_stride=8, output_dir=str(tmp_path / "out2")), progress=False)
+
+
+def test_non_finite_steps_are_skipped_counted_and_logged(short_dev: Path, tmp_path: Path, isolated_mlflow: str):
+    """A float WAV holding NaNs poisons its batch's loss: that step is skipped, the weights stay finite."""
+    split = tmp_path / "split"
+    shutil.copytree(short_dev, split, symlinks=True)
+    victim = read_split(split)[0]
+    wave, rate = sf.read(str(victim.path), dtype="float32")
+    wave[1000:1100] = np.nan
+    victim.path.unlink()
+    sf.write(str(victim.path.with_suffix(".wav")), wave, rate, subtype="FLOAT")
+    cfg = make_tiny_config(split, max_utterances=4, batch=1, epoch=1, dev_data=str(short_dev),
+                           output_dir=str(tmp_path / "out"))
+    result = train(cfg, progress=False)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.metrics["skipped_steps"] == 1
+    state = torch.load(tmp_path / "out" / result.run_id / ckpt.LAST, weights_only=True)
+    assert state["progress"]["skipped_steps"] == 1 and state["progress"]["step"] == 4
+    assert all(torch.isfinite(w).all() for w in state["model"].values())
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(tiny_config, isolated_mlflow: str, tmp_path: Path):
+    big = train(tiny_config(max_utterances=4, batch=2, output_dir=str(tmp_path / "big"), **EXACT), progress=False)
+    acc = train(tiny_config(max_utterances=4, batch=1, accumulate=2, output_dir=str(tmp_path / "acc"), **EXACT),
+                progress=False)
+    assert_same_training(tmp_path / "big" / big.run_id / ckpt.LAST, tmp_path / "acc" / acc.run_id / ckpt.LAST)
+    client = MlflowClient()
+    losses = [[m.value for m in client.get_metric_history(r.run_id, "loss")] for r in (big, acc)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_config, isolated_mlflow: str, tmp_path: Path):
+    """With a vanishing learning rate no epoch beats the first: patience 1 stops after epoch 2, best epoch 1."""
+    result = train(tiny_config(max_utterances=2, epoch=5, patience=1, learning_rate=1e-12,
+                               output_dir=str(tmp_path / "out")), progress=False)
+    client = MlflowClient()
+    assert len(client.get_metric_history(result.run_id, "wer")) == 2
+    assert client.get_run(result.run_id).data.metrics["best_epoch"] == 1
+
+
+# ---------------------------------------------------------------- kill and resume
+
+
+def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_dev: Path, tmp_path: Path,
+                                                                           empty_store_db: Path):
+    """Interrupt a real `asr train` process mid-run with SIGTERM, resume it, and compare the final weights with
+    an uninterrupted run's. Dropout and SpecAugment stay on: their RNG state must be restored too."""
+    base = dict(max_utterances=4, batch=1, epoch=3, rnn_dim=48, checkpoint_every=1, precision="fp32", threads=1)
+    uri = new_store(empty_store_db, tmp_path / "store")
+
+    def cfg(name: str):
+        return make_tiny_config(short_dev, output_dir=str(tmp_path / name), **base)
+
+    whole = subprocess.run(asr_command() + ["train", *tiny_args(cfg("whole"))], cwd=tmp_path / "store",
+                           env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+
+    parts = tmp_path / "parts"
+    proc = subprocess.Popen(asr_command() + ["train", *tiny_args(cfg("parts"))], cwd=tmp_path / "store",
+                            env=subprocess_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(parts.glob(f"*/{ckpt.LAST}")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "training finished before the signal arrived"
+    assert "Resume with: asr train --resume" in err, err
+    run_dir = only_run_dir(parts)
+    stopped = torch.load(run_dir / ckpt.LAST, weights_only=True)["progress"]
+    assert 0 < stopped["step"] < 12
+    client = MlflowClient(uri)
+    assert client.get_run(run_dir.name).info.status == "KILLED"
+
+    resumed = subprocess.run(asr_command() + ["train", "--resume", str(run_dir)], cwd=tmp_path / "store",
+                             env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run {run_dir.name}" in resumed.stdout
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    assert len(client.get_metric_history(run_dir.name, "wer")) == 3  # every epoch once, across both processes
+    diff = max_weight_diff(only_run_dir(tmp_path / "whole") / ckpt.LAST, run_dir / ckpt.LAST)
+    assert diff <= 1e-6, f"resumed weights differ from the uninterrupted run's by {diff}"
+
+    again = subprocess.run(asr_command() + ["train", "--resume", str(run_dir)], cwd=tmp_path / "store",
+                           env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "already finished" in again.stderr
+
+
+# ---------------------------------------------------------------- data parallel
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(short_dev: Path, tmp_path: Path,
+                                                                         empty_store_db: Path):
+    torchrun = BIN / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to this Python")
+    base = dict(max_utterances=4, batch=4, epoch=2, **EXACT)
+    uri = new_store(empty_store_db, tmp_path / "store")
+    single = make_tiny_config(short_dev, output_dir=str(tmp_path / "single"), **base)
+    pair = make_tiny_config(short_dev, output_dir=str(tmp_path / "pair"), **base)
+
+    one = subprocess.run(asr_command() + ["train", *tiny_args(single)], cwd=tmp_path / "store",
+                         env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "asr", "train",
+                          *tiny_args(pair)], cwd=tmp_path / "store", env=subprocess_env(uri), capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "cpu x 2" in two.stdout
+    single_dir, pair_dir = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "pair")
+    assert_same_training(single_dir / ckpt.LAST, pair_dir / ckpt.LAST)
+    # only rank 0 logged: one run per training, each registered once; the loss is the global batch's
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("SpeechRecognition").experiment_id])
+    assert len(runs) == 2
+    losses = [[m.value for m in client.get_metric_history(d.name, "loss")] for d in (single_dir, pair_dir)]
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert len(client.search_model_versions("name='SpeechRecognitionModel'")) == 2
