@@ -154,6 +154,43 @@ def ctc_loss_sum(log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: dict
     return (losses / batch["label_lengths"].to(device).clamp(min=1)).sum()
 
 
+def train_loader(dataset: SpeechDataset, batches: list[list[int]], workers: int, device: torch.device
+                 ) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+        worker_init_fn=single_threaded_worker, pin_memory=device.type == "cuda",
+        generator=torch.Generator())  # its own generator: creating the loader must not advance the global RNG
+
+
+def forward_backward(model: nn.Module, batch: dict[str, torch.Tensor], specaug: nn.Module, amp: torch.dtype | None,
+                     device: torch.device, scaler: torch.amp.GradScaler, weight: float) -> float:
+    """Back-propagates one batch's CTC loss times `weight` (gradients add up over accumulated batches and, under
+    DDP, average over ranks); returns the weighted loss."""
+    feats = batch["features"]
+    if len(specaug):
+        feats = specaug(feats.unsqueeze(1)).squeeze(1)
+    with autocast(device, amp):
+        log_probs, out_lengths = model(feats.to(device, non_blocking=True), batch["feature_lengths"].to(device))
+    loss = ctc_loss_sum(log_probs, out_lengths, batch, device) * weight
+    scaler.scale(loss).backward()
+    return loss.item()
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+                   grad_clip: float, loss: float) -> bool:
+    """Clips and steps, or skips the update when the loss or the gradient norm is not finite (one bad batch must
+    not poison the weights). Returns whether the weights were updated."""
+    scaler.unscale_(optimizer)
+    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    ok = math.isfinite(norm.item()) and math.isfinite(loss)
+    if ok:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return ok
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: SpeechDataset, lengths: list[int], cfg: TrainConfig,
              amp: torch.dtype | None, ctx: dist.Context) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
@@ -292,11 +329,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 model.train()
                 train_set.epoch = pos.epoch
                 batches = epoch_batches(cfg, train_lengths, items, pos.epoch, ctx.world)
-                loader = torch.utils.data.DataLoader(
-                    train_set, batch_sampler=[dist.shard(b, ctx) for b in batches[pos.batch:]], collate_fn=collate,
-                    num_workers=loader_workers, worker_init_fn=single_threaded_worker,
-                    # its own generator, so that creating the loader does not advance the global RNG
-                    pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
+                loader = train_loader(train_set, [dist.shard(b, ctx) for b in batches[pos.batch:]], loader_workers,
+                                      ctx.device)
                 started, audio_frames, first_batch = time.time(), 0, pos.batch
                 bar = tqdm(total=len(batches) - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epoch}", unit="batch",
                            disable=not progress, leave=False)
@@ -304,34 +338,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 for k in range(pos.batch, len(batches)):
                     group_start = k - k % cfg.accumulate
                     group = min(cfg.accumulate, len(batches) - group_start)
-                    batch = next(loaded)
-                    feats = batch["features"]
-                    if len(specaug):
-                        feats = specaug(feats.unsqueeze(1)).squeeze(1)
                     last_of_group = k == group_start + group - 1
-                    with (nullcontext() if last_of_group or ctx.world == 1 else ddp.no_sync()):
-                        with autocast(ctx.device, amp):
-                            log_probs, out_lengths = ddp(feats.to(ctx.device, non_blocking=True),
-                                                         batch["feature_lengths"].to(ctx.device))
-                        loss = ctc_loss_sum(log_probs, out_lengths, batch, ctx.device) * (
-                            ctx.world / (len(batches[k]) * group))
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.item() / ctx.world
+                    batch = next(loaded)
+                    with nullcontext() if last_of_group or ctx.world == 1 else ddp.no_sync():
+                        loss_sum += forward_backward(ddp, batch, specaug, amp, ctx.device, scaler,
+                                                     weight=ctx.world / (len(batches[k]) * group)) / ctx.world
                     audio_frames += int(batch["feature_lengths"].sum())
                     pos.batch = k + 1
                     bar.update()
                     if not last_of_group:
                         continue
-                    scaler.unscale_(optimizer)
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     mean_loss = dist.all_sum([loss_sum], ctx)[0]
-                    if math.isfinite(norm.item()) and math.isfinite(mean_loss):
-                        scaler.step(optimizer)
-                    else:
+                    if not optimizer_step(model, optimizer, scheduler, scaler, cfg.grad_clip, mean_loss):
                         pos.skipped_steps += 1
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
                     pos.step += 1
                     if ctx.main:
                         mlflow.log_metrics({"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
