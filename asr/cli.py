@@ -128,5 +128,26 @@ def download(split: str, root: Path, mirror: str | None) -> None:
     click.echo(f"ready: {download_split(split, root, mirror or DEFAULT_MIRROR)}")
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks that print their numbers and write them to BENCHMARKS.md."""
+
+
+@bench.command("train")
+@click.option("--data", default="data/demo/train", show_default=True, help="split whose utterances are trained on")
+@click.option("--utterances", type=int, default=200, show_default=True, help="how many of them (a fixed sample)")
+@click.option("--seconds", type=float, default=60.0, show_default=True, help="timed training per measurement")
+@click.option("--config", "configs", multiple=True, type=click.Choice(["default", "classic"]),
+              default=("default", "classic"), show_default=True, help="model configs to measure")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
+@friendly_errors
+def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, ...], out: Path) -> None:
+    """Training throughput (audio-s/s) of the real training path vs. a naive one, FLOP/s against the machine's
+    matmul peak, and peak memory, for the default and the classic (spine-seed, ~3.5 M) model configs."""
+    from asr.bench import run
+
+    run(data, utterances, seconds, list(configs), out, say=click.echo)
+
+
 if __name__ == "__main__":
     main()
