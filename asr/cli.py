@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from asr import UserError
-from asr.config import ServerConfig, TrainConfig, ValidateConfig, click_options, from_dict
+from asr.config import ServerConfig, TrainConfig, ValidateConfig, click_options, from_dict, load_settings
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -52,15 +53,32 @@ def main() -> None:
     """
 
 
+def with_settings_file(options: dict, config_file: str | None) -> TrainConfig:
+    """Settings file values, overridden by the options actually given on the command line."""
+    if not config_file:
+        return from_dict(TrainConfig, options)
+    ctx = click.get_current_context()
+    given = {k: v for k, v in options.items()
+             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    return from_dict(TrainConfig, {**options, **load_settings(TrainConfig, config_file), **given})
+
+
 @main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="JSON file of settings (e.g. recipes/train-clean-5.json, or a run's config.json); options "
+                   "given here override it")
 @click_options(TrainConfig)
 @friendly_errors
-def train(**options) -> None:
+def train(config_file: str | None, **options) -> None:
     """Train a model, log it to MLflow, register it and (by policy) promote it to Production.
 
     Example: asr train --train_data data/LibriSpeech/train-clean-100 --dev_data data/LibriSpeech/dev-clean
+
+    Ctrl-C (or SIGTERM) finishes the current step, saves OUTPUT_DIR/RUN_ID/last.pt and marks the MLflow run
+    KILLED; `asr train --resume OUTPUT_DIR/RUN_ID` (or `--resume latest`) continues it. Data parallel:
+    torchrun --nproc_per_node N -m asr train ...
     """
-    run_train(from_dict(TrainConfig, options))
+    run_train(with_settings_file(options, config_file))
 
 
 @main.command()

@@ -28,7 +28,8 @@ class TrainConfig:
     max_utterances: int = opt(0, "use at most this many training utterances (0 = all)")
     max_seconds: float = opt(30.0, "skip (and count) training utterances longer than this many seconds")
     feature_cache: str = opt("", "folder for an on-disk feature cache keyed by the feature settings ('' = off)")
-    workers: int = opt(1, "single-threaded worker processes computing features (0 = in the main process)")
+    workers: int = opt(1, "single-threaded processes computing augmented features during training (up-front "
+                       "featurization uses one per core); 0 = everything in the main process")
     # features
     sample_rate: int = opt(16000, "audio is resampled to this rate (Hz) before feature extraction")
     n_mfcc: int = opt(13, "MFCC coefficients per frame (the model's input channels); few keep the spectral envelope, "
@@ -108,6 +109,24 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Builds a config from a dict, ignoring keys the class does not know (e.g. other commands' options)."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def load_settings(cls: type, path: str | Path) -> dict[str, Any]:
+    """Settings from a JSON file (a recipe, or a run's logged config.json); unknown names are refused, since a
+    misspelt setting silently left at its default would cost a training run."""
+    from asr import UserError
+
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read settings file {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a JSON object of settings")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `asr train --help`")
+    return {k: _TYPES[names[k].type](v) for k, v in values.items()}
 
 
 def save(cfg: Any, path: Path) -> None:

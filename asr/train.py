@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import signal
 import time
@@ -62,7 +63,8 @@ class Progress:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware does it natively (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs); None = fp32."""
+    """bf16 where the hardware has bf16 matrix units (AMX CPUs, Ampere+ GPUs); None = fp32. A CPU with AVX-512
+    BF16 but no AMX runs bf16 matmuls slower than fp32 ones (measured: see BENCHMARKS.md)."""
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -73,7 +75,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+    return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else None
 
 
 def autocast(device: torch.device, amp: torch.dtype | None):
@@ -233,6 +235,11 @@ def stop_requests():
             signal.signal(s, h)
 
 
+def prep_workers(cfg: TrainConfig) -> int:
+    """Up-front featurization has the machine to itself: one single-threaded process per core (up to 8)."""
+    return 0 if cfg.workers == 0 else max(cfg.workers, min(8, os.cpu_count() or 1))
+
+
 def intra_op_threads(cfg: TrainConfig, loader_workers: int) -> int:
     """On few cores, oversubscription is what kills throughput: busy loader workers each take a core."""
     if cfg.threads:
@@ -265,8 +272,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     augment = wave_augment(cfg)
     train_set = load_dataset(cfg.train_data, features, cfg.max_utterances, cfg.seed, augment)
     dev_set = load_dataset(cfg.dev_data, features)
-    train_lengths = train_set.precompute(cfg.workers, cfg.feature_cache, progress, "features train")
-    dev_lengths = dev_set.precompute(cfg.workers, cfg.feature_cache, progress, "features dev")
+    train_lengths = train_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features train")
+    dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features dev")
     loader_workers = cfg.workers if augment.enabled else 0  # cached features need no workers
     torch.set_num_threads(intra_op_threads(cfg, loader_workers))
 
@@ -423,7 +430,7 @@ def finish(cfg: TrainConfig, model: SpeechModel, best_state: dict | None, pos: P
     test: dict[str, float] = {}
     if cfg.test_data:
         test_set = load_dataset(cfg.test_data, features)
-        test, test_rows = evaluate(model, test_set, test_set.precompute(cfg.workers, cfg.feature_cache, progress,
+        test, test_rows = evaluate(model, test_set, test_set.precompute(prep_workers(cfg), cfg.feature_cache, progress,
                                                                         "features test"), cfg, amp, ctx)
     if not ctx.main:
         return TrainResult(run_id, dev, test, None)
