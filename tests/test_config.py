@@ -113,9 +113,9 @@ def test_asr_help_lists_every_field(command, cls):
         assert f"--{f.name}" in listed, f"`asr {command} --help` lacks --{f.name}"
         if "_" in f.name:
             assert f"--{f.name.replace('_', '-')}" in listed
-    # and nothing else but --help
+    # and nothing else but --help (and train's settings file)
     expected = {f"--{n}" for n in names(cls)} | {f"--{n.replace('_', '-')}" for n in names(cls)}
-    assert listed - expected == {"-h", "--help"}
+    assert listed - expected == {"-h", "--help"} | ({"--config"} if command == "train" else set())
     assert text.count("[default:") == len(names(cls))  # every option shows its default
 
 
@@ -130,7 +130,7 @@ def test_main_py_help_lists_every_field():
 @pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("validate", ValidateConfig),
                                           ("server", ServerConfig)])
 def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls):
-    params = {p.name: p for p in asr_cli.commands[command].params if p.name != "help"}
+    params = {p.name: p for p in asr_cli.commands[command].params if p.name not in ("help", "config_file")}
     assert list(params) == names(cls)
     for f in dataclasses.fields(cls):
         p = params[f.name]
@@ -166,3 +166,24 @@ def test_config_json_round_trip(tmp_path):
     assert from_dict(TrainConfig, json.loads((tmp_path / "config.json").read_text())) == cfg
     # keys of other configs are ignored
     assert from_dict(ValidateConfig, {**config.to_dict(cfg), "file_id": "1-2-3"}) == ValidateConfig(file_id="1-2-3")
+
+
+def test_settings_file_is_overridden_by_options_given_on_the_command_line(tmp_path):
+    from asr import UserError
+    from asr.cli import with_settings_file
+
+    settings = tmp_path / "recipe.json"
+    settings.write_text('{"epoch": 7, "n_mfcc": 20, "run_name": "from-file"}')
+    ctx = asr_cli.commands["train"].make_context("train", ["--config", str(settings), "--epoch", "3"])
+    with ctx:
+        options = {k: v for k, v in ctx.params.items() if k != "config_file"}
+        cfg = with_settings_file(options, ctx.params["config_file"])
+    assert (cfg.epoch, cfg.n_mfcc, cfg.run_name, cfg.batch) == (3, 20, "from-file", TrainConfig().batch)
+    settings.write_text('{"epochs": 7}')
+    with ctx, pytest.raises(UserError, match="unknown setting.*epochs"):
+        with_settings_file(options, str(settings))
+
+
+def test_shipped_recipes_name_only_real_settings():
+    for recipe in (REPO / "recipes").glob("*.json"):
+        assert config.load_settings(TrainConfig, recipe), recipe
