@@ -190,10 +190,12 @@ class _Featurize(torch.utils.data.Dataset):
 
 
 def single_threaded_worker(_: int) -> None:
-    """Workers share 2-16 cores with the training step's intra-op threads: one thread each avoids
-    oversubscription, and Ctrl-C is left to the main process, which checkpoints before exiting."""
+    """Workers share the cores with the training step's intra-op threads: one thread each avoids
+    oversubscription. Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd, Slurm, Kubernetes)
+    are left to the main process, which finishes its step, checkpoints, and then shuts the workers down."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _cache_file(cache_dir: str, dataset: SpeechDataset) -> Path:
