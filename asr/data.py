@@ -191,11 +191,11 @@ class _Featurize(torch.utils.data.Dataset):
 
 def single_threaded_worker(_: int) -> None:
     """Workers share the cores with the training step's intra-op threads: one thread each avoids
-    oversubscription. Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd, Slurm, Kubernetes)
-    are left to the main process, which finishes its step, checkpoints, and then shuts the workers down."""
+    oversubscription. Each worker gets its own process group, so Ctrl-C in a terminal or a signal to the training's
+    process group reaches only the main process, which finishes its step and checkpoints before the workers stop."""
     torch.set_num_threads(1)
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _cache_file(cache_dir: str, dataset: SpeechDataset) -> Path:

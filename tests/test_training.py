@@ -5,6 +5,7 @@ Real LibriSpeech audio, real MLflow SQLite stores, real subprocesses and signals
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -157,9 +158,12 @@ def test_early_stopping_keeps_the_best_epoch(tiny_config, isolated_mlflow: str, 
 
 def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_dev: Path, tmp_path: Path,
                                                                            empty_store_db: Path):
-    """Interrupt a real `asr train` process mid-run with SIGTERM, resume it, and compare the final weights with
-    an uninterrupted run's. Dropout and SpecAugment stay on: their RNG state must be restored too."""
-    base = dict(max_utterances=4, batch=1, epoch=3, rnn_dim=48, checkpoint_every=1, precision="fp32", threads=1)
+    """Interrupt a real `asr train` process mid-run with SIGTERM to its process group (as `kill -TERM -PGID` or a
+    terminal's Ctrl-C do), resume it, and compare the final weights with an uninterrupted run's. Dropout,
+    SpecAugment and waveform augmentation in a loader worker process stay on: their randomness must be restored
+    too."""
+    base = dict(max_utterances=4, batch=1, epoch=3, rnn_dim=48, checkpoint_every=1, precision="fp32", threads=1,
+                speed_perturb=0.1, gain_db=3.0, workers=1)
     uri = new_store(empty_store_db, tmp_path / "store")
 
     def cfg(name: str):
@@ -171,11 +175,12 @@ def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_
 
     parts = tmp_path / "parts"
     proc = subprocess.Popen(asr_command() + ["train", *tiny_args(cfg("parts"))], cwd=tmp_path / "store",
-                            env=subprocess_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=subprocess_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 240
     while not list(parts.glob(f"*/{ckpt.LAST}")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0, "training finished before the signal arrived"
     assert "Resume with: asr train --resume" in err, err
