@@ -115,7 +115,7 @@ def data() -> None:
 @click.option("--root", type=click.Path(path_type=Path), default=Path("data/demo"), show_default=True,
               help="folder the corpus is written to (splits train, dev, test)")
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same corpus")
-@click.option("--train-minutes", "--train_minutes", type=float, default=60.0, show_default=True,
+@click.option("--train-minutes", "--train_minutes", type=float, default=150.0, show_default=True,
               help="minutes of training audio")
 @click.option("--dev-minutes", "--dev_minutes", type=float, default=4.0, show_default=True)
 @click.option("--test-minutes", "--test_minutes", type=float, default=4.0, show_default=True)

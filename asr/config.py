@@ -38,7 +38,7 @@ class TrainConfig:
     win_ms: float = opt(25.0, "analysis window length in milliseconds")
     hop_ms: float = opt(10.0, "hop between frames in milliseconds")
     # model
-    time_stride: int = opt(2, "time stride of the first convolution; the GRUs see 1000/hop_ms/time_stride frames/s")
+    time_stride: int = opt(3, "time stride of the first convolution; the GRUs see 1000/hop_ms/time_stride frames/s")
     cnn_layers: int = opt(1, "residual CNN blocks")
     cnn_channels: int = opt(16, "channels of every CNN layer")
     rnn_layers: int = opt(2, "bidirectional GRU layers")

@@ -54,6 +54,8 @@ class BiGRU(nn.Module):
     weights drive `asr.rnn.bigru_scan`: both directions in one loop, 6 ops a step forward, 3 backward.
     """
 
+    fused_on_cpu = True  # False: torch's own GRU kernels everywhere (the benchmark's naive path)
+
     def __init__(self, input_dim: int, hidden: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(input_dim)
@@ -68,7 +70,8 @@ class BiGRU(nn.Module):
         # bf16 autocast slows the CPU GRU kernel down; keep the recurrence in fp32 there.
         with torch.autocast("cpu", enabled=False):
             x = x.float()
-            fwd, bwd = (self._fused_gru if x.device.type == "cpu" else self._native_gru)(x, rev)
+            fused = self.fused_on_cpu and x.device.type == "cpu"
+            fwd, bwd = (self._fused_gru if fused else self._native_gru)(x, rev)
         bwd = bwd.gather(1, rev.expand_as(bwd))
         return self.dropout(torch.cat([fwd, bwd], dim=-1))
 

@@ -61,7 +61,7 @@ INSTALL_HINT = "pip install espeakng-loader==0.2.4"
 class SynthConfig:
     root: Path  # output folder; splits are written as root/train, root/dev, root/test
     seed: int = 0  # same seed + same config -> byte-identical transcripts and audio
-    train_minutes: float = 60.0
+    train_minutes: float = 150.0
     dev_minutes: float = 4.0
     test_minutes: float = 4.0
     workers: int = 2  # processes used for synthesis
