@@ -219,11 +219,6 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.T
     }
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int, seed: int | None) -> list[list[int]]:
-    """Batches of similar-length items (little padding), in random batch order when seeded."""
-    return plan_batches(lengths, range(len(lengths)), max_items=batch_size, max_frames=0, seed=seed)
-
-
 def plan_batches(lengths: list[int], items: Iterable[int], *, max_items: int, max_frames: int, seed: int | None,
                  bucket_width: float = 0.1) -> list[list[int]]:
     """Length-bucketed batches of `items` holding at most `max_items` utterances and, when `max_frames` is set,
