@@ -372,7 +372,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 elapsed = time.time() - started
                 audio_seconds = dist.all_sum([audio_frames * cfg.hop_ms / 1000], ctx)[0]
 
-                dev, _ = evaluate(ddp, dev_set, dev_lengths, cfg, amp, ctx)
+                dev, _ = evaluate(model, dev_set, dev_lengths, cfg, amp, ctx)
                 improved = (dev["wer"], dev["cer"]) < pos.best  # CER breaks ties while WER is still stuck at 1.0
                 if improved:
                     pos.best, pos.best_epoch, pos.bad_epochs = (dev["wer"], dev["cer"]), pos.epoch + 1, 0
