@@ -1,0 +1,40 @@
+"""`asr bench train` end to end on a few real utterances, and the BENCHMARKS.md section writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import asr_command, run_cli
+
+from asr.bench import write_section
+
+
+def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path: Path):
+    out = tmp_path / "BENCHMARKS.md"
+    write_section(out, "train", "first")
+    out.write_text(out.read_text() + "\nhand-written prose\n")
+    write_section(out, "infer", "other")
+    write_section(out, "train", "second")
+    text = out.read_text()
+    assert "second" in text and "first" not in text
+    assert "hand-written prose" in text and "other" in text
+    assert text.count("<!-- bench:train -->") == 1
+
+
+def test_bench_train_measures_real_and_naive_paths(short_dev: Path, tmp_path: Path):
+    out = tmp_path / "BENCHMARKS.md"
+    proc = run_cli(asr_command() + ["bench", "train", "--data", str(short_dev), "--utterances", "4", "--seconds",
+                                    "0.5", "--config", "default", "--out", str(out)], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| default |")]
+    assert [r.split("|")[3].strip() for r in rows[:3]] == ["real", "naive, fused GRU", "naive"]
+    speeds = [float(r.split("|")[8]) for r in rows[:3]]
+    assert all(s > 0 for s in speeds)
+    assert "**" in rows[0]  # the real path's ratio to the naive one
+
+
+def test_bench_train_without_data_is_a_one_line_error(tmp_path: Path):
+    proc = run_cli(asr_command() + ["bench", "train", "--data", str(tmp_path / "nope")], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("Error: benchmark data not found")
+    assert "Traceback" not in proc.stderr
