@@ -140,9 +140,9 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def compute(self, i: int) -> torch.Tensor:
+    def compute(self, i: int, augment: bool = True) -> torch.Tensor:
         wave = load_audio(self.utterances[i].path, self.features.mfcc.sample_rate)
-        if self.augment is not None:
+        if augment and self.augment is not None:
             wave = self.augment(wave, item_generator(self.seed, self.epoch, i))
         return self.features(wave)
 
@@ -152,8 +152,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def _cached(self, i: int) -> torch.Tensor:
         if self._cache[i] is None:
-            self._cache[i] = self.features(load_audio(self.utterances[i].path,
-                                                      self.features.mfcc.sample_rate)).to(torch.float16)
+            self._cache[i] = self.compute(i, augment=False).to(torch.float16)
         return self._cache[i]
 
     def precompute(self, workers: int = 0, cache_dir: str = "", progress: bool = False, desc: str = "features"

@@ -126,11 +126,14 @@ def trainable_items(dataset: SpeechDataset, lengths: list[int], model: SpeechMod
     return items, skipped
 
 
+def max_batch_frames(cfg: TrainConfig) -> int:
+    return int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)
+
+
 def epoch_batches(cfg: TrainConfig, lengths: list[int], items: list[int], epoch: int, world: int) -> list[list[int]]:
     """The epoch's global batches. SortaGrad (Deep Speech 2): epoch 1 runs shortest-first, which gets CTC off its
     blank plateau sooner; later epochs are shuffled. Batches too small to give every rank an item are dropped."""
-    max_frames = int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)
-    batches = plan_batches(lengths, items, max_items=cfg.batch, max_frames=max_frames,
+    batches = plan_batches(lengths, items, max_items=cfg.batch, max_frames=max_batch_frames(cfg),
                            seed=None if epoch == 0 else cfg.seed + epoch)
     return [b for b in batches if len(b) >= world]
 
@@ -200,7 +203,7 @@ def evaluate(model: nn.Module, dataset: SpeechDataset, lengths: list[int], cfg: 
     model.eval()
     total_loss, rows = 0.0, []
     for idx in plan_batches(lengths, range(len(dataset)), max_items=cfg.batch, seed=None,
-                            max_frames=int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)):
+                            max_frames=max_batch_frames(cfg)):
         idx = dist.shard(idx, ctx)
         if not idx:
             continue
