@@ -21,11 +21,15 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	@echo "== 1/3 demo corpus (text-to-speech, LibriSpeech layout) in $(DEMO)"
+	@echo "== 1/5 demo corpus (text-to-speech, LibriSpeech layout) in $(DEMO)"
 	$(ASR) data synth --root $(DEMO)
-	@echo "== 2/3 train, log to MLflow, register and promote"
+	@echo "== 2/5 train, log to MLflow, register and promote"
 	$(ASR) train --train_data $(DEMO)/train --dev_data $(DEMO)/dev --test_data $(DEMO)/test
-	@echo "== 3/3 validate a held-out utterance by file id with the Production model"
+	@echo "== 3/5 word trigram LM from the training transcripts"
+	$(ASR) lm build --from-dataset $(DEMO)/train --order 3 --out $(DEMO)/lm.arpa
+	@echo "== 4/5 held-out voices, Production model: beam search + LM (greedy is in step 2's test line)"
+	$(ASR) evaluate --dataset $(DEMO)/test --lm $(DEMO)/lm.arpa
+	@echo "== 5/5 validate a held-out utterance by file id with the Production model"
 	$(ASR) validate --dataset $(DEMO)/test --file_id $$($(PY) -c "from asr.data import read_split; print(read_split('$(DEMO)/test')[0].file_id)")
 
 lint: install

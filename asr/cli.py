@@ -12,7 +12,17 @@ import click
 from click.core import ParameterSource
 
 from asr import UserError
-from asr.config import ServerConfig, TrainConfig, ValidateConfig, click_options, from_dict, load_settings
+from asr.config import (
+    DecodeConfig,
+    EvaluateConfig,
+    ServerConfig,
+    TrainConfig,
+    TuneConfig,
+    ValidateConfig,
+    click_options,
+    from_dict,
+    load_settings,
+)
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -31,7 +41,7 @@ def friendly_errors(fn: Callable) -> Callable:
 def run_train(cfg: TrainConfig) -> None:
     from asr.train import train
 
-    train(cfg, progress=sys.stderr.isatty() or bool(os.environ.get("ASR_PROGRESS")))
+    train(cfg, progress=show_progress())
 
 
 def run_validate(cfg: ValidateConfig) -> None:
@@ -106,6 +116,145 @@ def server(**options) -> None:
     os.execv(sys.executable, argv)
 
 
+def show_progress() -> bool:
+    return sys.stderr.isatty() or bool(os.environ.get("ASR_PROGRESS"))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model-uri", "--model_uri", "model_uri", default="models:/SpeechRecognitionModel@production",
+              show_default=True, help="models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint "
+                                      "(.pt) or its OUTPUT_DIR/RUN_ID folder")
+@click.option("--json", "as_json", is_flag=True, help="print JSON lines: file, text, seconds")
+@click_options(DecodeConfig)
+@friendly_errors
+def transcribe(files: tuple[str, ...], model_uri: str, as_json: bool, **options) -> None:
+    """Transcribe audio files (WAV, FLAC, OGG, ... any rate, mono or stereo, any length); one line per file.
+
+    Example: asr transcribe talk.flac --decoder beam --lm lm.arpa
+    """
+    import json
+
+    from asr import tracking
+    from asr.audio import load_audio
+
+    tracking.setup_uri()
+    transcriber = tracking.load_transcriber(model_uri, from_dict(DecodeConfig, options))
+    for path in files:  # one file at a time: a long recording never shares memory with the next
+        wave = load_audio(path, transcriber.sample_rate)
+        text = transcriber.transcribe([wave])[0]
+        if as_json:
+            click.echo(json.dumps({"file": path, "text": text, "seconds": round(wave.numel() / transcriber.sample_rate,
+                                                                                  3)}))
+        else:
+            click.echo(text if len(files) == 1 else f"{path}\t{text}")
+
+
+@main.command()
+@click_options(EvaluateConfig)
+@friendly_errors
+def evaluate(**options) -> None:
+    """Corpus WER/CER of a model on whole splits, logged to MLflow with a table of the worst utterances.
+
+    Example: asr evaluate --dataset data/LibriSpeech/test-clean --decoder beam --lm lm.arpa
+    """
+    from asr.evaluate import evaluate as run
+
+    cfg = from_dict(EvaluateConfig, options)
+    s = run(cfg, progress=show_progress())
+    click.echo(f"{cfg.dataset}: {s.utterances} utterances, {s.audio_seconds / 60:.1f} min of audio, "
+               f"{s.audio_seconds / max(s.seconds, 1e-9):.0f} audio-s/s")
+    click.echo(f"WER {s.wer:.3f}  CER {s.cer:.3f}")
+
+
+@main.group()
+def lm() -> None:
+    """Build and tune word n-gram language models for beam search."""
+
+
+@lm.command("build")
+@click.option("--text", "text_file", type=click.Path(dir_okay=False), help="text file, one sentence per line")
+@click.option("--from-dataset", "--from_dataset", "dataset", help="split folder(s) whose transcripts are the text, "
+              "comma-separated (LibriSpeech layout)")
+@click.option("--order", type=int, default=3, show_default=True, help="n-gram order")
+@click.option("--out", type=click.Path(dir_okay=False), default="lm.arpa", show_default=True, help="ARPA file")
+@click.option("--lexicon", type=click.Path(dir_okay=False), help="also write a lexicon of the LM's words here")
+@friendly_errors
+def lm_build(text_file: str | None, dataset: str | None, order: int, out: str, lexicon: str | None) -> None:
+    """Word n-gram LM (interpolated modified Kneser-Ney) in ARPA format, from text or training transcripts.
+
+    Example: asr lm build --from-dataset data/demo/train --order 3 --out lm.arpa
+    """
+    from asr.evaluate import utterances_of
+    from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
+    from asr.text import normalize
+
+    if bool(text_file) == bool(dataset):
+        raise click.UsageError("give exactly one of --text FILE or --from-dataset DIR")
+    if text_file and not Path(text_file).is_file():
+        raise click.ClickException(f"--text {text_file}: no such file")
+    sentences = (read_sentences(text_file) if text_file
+                 else (normalize(u.transcript)[0] for u in utterances_of(dataset)))
+    summary = build_arpa(sentences, order, out)
+    click.echo(f"{out}: order {summary['order']}, {summary['vocab']} words, {summary['sentences']} sentences, "
+               f"n-grams {summary['ngrams']}")
+    if lexicon:
+        click.echo(f"{lexicon}: {write_lexicon(arpa_words(out), lexicon)} words")
+
+
+@lm.command("tune")
+@click_options(TuneConfig)
+@friendly_errors
+def lm_tune(**options) -> None:
+    """Grid-search the LM weight and word score on a dev split (the model runs once) and log the grid to MLflow.
+
+    Example: asr lm tune --lm lm.arpa --dataset data/demo/dev
+    """
+    from asr.evaluate import tune
+
+    cfg = from_dict(TuneConfig, options)
+    result = tune(cfg, progress=show_progress())
+    for p in result.grid:
+        click.echo(f"lm_weight {p['lm_weight']:<5g} word_score {p['word_score']:<5g} WER {p['wer']:.3f}  "
+                   f"CER {p['cer']:.3f}")
+    b = result.best
+    click.echo(f"best: --lm_weight {b['lm_weight']:g} --word_score {b['word_score']:g}  (WER {b['wer']:.3f}  "
+               f"CER {b['cer']:.3f})")
+
+
+@main.command()
+@click.option("--model-uri", "--model_uri", "model_uri", default="models:/SpeechRecognitionModel@production",
+              show_default=True, help="model to export (same forms as `asr transcribe --model-uri`)")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
+              show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="file (.pt or .onnx) or folder to write to")
+@click.option("--quantize", is_flag=True, help="dynamic int8 quantization of the GRU and linear layers (CPU)")
+@friendly_errors
+def export(model_uri: str, fmt: str, out: str, quantize: bool) -> None:
+    """Export the acoustic model (features -> log-probabilities) to TorchScript or ONNX, checked against PyTorch.
+
+    Inputs: features (batch, n_mfcc, frames) float32 and lengths (batch,) int64; outputs: log_probs
+    (batch, frames', classes) and out_lengths. Features are the MFCCs of asr.features.FeatureExtractor.
+    """
+    import torch
+
+    from asr import tracking
+    from asr.export import export_model, max_abs_diff, quantize_dynamic
+
+    tracking.setup_uri()
+    transcriber = tracking.load_transcriber(model_uri)
+    n_mfcc = transcriber.cfg.n_mfcc
+    path = export_model(transcriber.fp32_model, fmt, out, quantize=quantize, n_feats=n_mfcc)
+    g = torch.Generator().manual_seed(0)
+    feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
+    diff = max_abs_diff(transcriber.fp32_model, path, fmt, feats, lengths)
+    if quantize:
+        exact = max_abs_diff(quantize_dynamic(transcriber.fp32_model), path, fmt, feats, lengths)
+        click.echo(f"{path}: {fmt} int8, max abs log-prob diff vs PyTorch int8 {exact:.2e}, vs fp32 {diff:.2e}")
+    else:
+        click.echo(f"{path}: {fmt}, max abs log-prob diff vs PyTorch {diff:.2e}")
+
+
 @main.group()
 def data() -> None:
     """Build the offline demo corpus or download LibriSpeech."""
@@ -165,6 +314,23 @@ def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, 
     from asr.bench import run
 
     run(data, utterances, seconds, list(configs), out, say=click.echo)
+
+
+@bench.command("infer")
+@click.option("--model-uri", "--model_uri", "model_uri", default="models:/SpeechRecognitionModel@production",
+              show_default=True, help="model to measure (same forms as `asr transcribe --model-uri`)")
+@click.option("--data", default="data/demo/test", show_default=True, help="split to transcribe")
+@click.option("--lm", default="", help="ARPA/KenLM LM for the beam+LM rows ('' = skip them)")
+@click.option("--beam-size", "--beam_size", "beam_size", type=int, default=50, show_default=True)
+@click.option("--repeats", type=int, default=10, show_default=True, help="timed runs of the 10-second clip")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
+@friendly_errors
+def bench_infer(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path) -> None:
+    """Real-time factor (batch 1, a 10-second clip) and split throughput with WER/CER, for greedy and beam
+    search (with and without an LM), in fp32, bf16 and int8."""
+    from asr.bench_infer import run
+
+    run(model_uri, data, lm, beam_size, repeats, out, say=click.echo)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,41 @@ class ServerConfig:
     port: int = opt(5000, "port to listen on")
 
 
+@dataclass
+class DecodeConfig:
+    """How log-probabilities become text, and how audio reaches the model, at inference time."""
+    decoder: str = opt("greedy", "greedy (best path, fastest) or beam (CTC beam search; --lm/--lexicon imply it)",
+                       ("greedy", "beam"))
+    beam_size: int = opt(50, "beam search: hypotheses kept after each frame")
+    beam_threshold: float = opt(25.0, "beam search: drop hypotheses scoring this much below the best")
+    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary")
+    lexicon: str = opt("", "lexicon file (word, then its letters and |); '' = the LM's vocabulary, or no lexicon "
+                       "without an LM")
+    lm_weight: float = opt(1.5, "weight of the LM's log-probability (tune with `asr lm tune`)")
+    word_score: float = opt(0.0, "score added per word (insertion bonus; tune with `asr lm tune`)")
+    chunk_seconds: float = opt(20.0, "longer audio is cut at its quietest points into pieces at most this long")
+    precision: str = opt("fp32", "acoustic model arithmetic: fp32, bf16 autocast, or int8 (dynamic quantization)",
+                         ("fp32", "bf16", "int8"))
+
+
+@dataclass
+class EvaluateConfig(DecodeConfig):
+    model_uri: str = opt("models:/SpeechRecognitionModel@production", "model: models:/NAME@ALIAS or /VERSION, "
+                         "runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its OUTPUT_DIR/RUN_ID folder")
+    dataset: str = opt("data/demo/test", "split folder(s) to score, comma-separated (LibriSpeech layout)")
+    max_utterances: int = opt(0, "score at most this many utterances (0 = all)")
+    batch_seconds: float = opt(200.0, "most padded audio seconds per model batch (bounds memory)")
+    worst: int = opt(20, "utterances with the most errors kept in the logged table")
+    experiment: str = opt("SpeechRecognition", "MLflow experiment the evaluation run is logged to")
+
+
+@dataclass
+class TuneConfig(EvaluateConfig):
+    dataset: str = opt("data/demo/dev", "split folder(s) the grid is scored on (a dev split, not the test split)")
+    lm_weights: str = opt("0,0.5,1,1.5,2,3", "LM weights to try, comma-separated")
+    word_scores: str = opt("-2,-1,0,1,2", "word scores (insertion bonuses) to try, comma-separated")
+
+
 def fields(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 

@@ -92,9 +92,10 @@ class BiGRU(nn.Module):
 
 
 def conv_output_length(length, conv: nn.Conv2d, dim: int):
-    """Exact output size of `conv` along `dim` (0 = frequency, 1 = time): floor((n + 2p - k) / s) + 1."""
+    """Exact output size of `conv` along `dim` (0 = frequency, 1 = time): floor((n + 2p - k) / s) + 1, written
+    with a non-negative numerator so that exporters which truncate integer division (ONNX) agree, even at n = 0."""
     k, s, p = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim]
-    return (length + 2 * p - k) // s + 1
+    return (length + 2 * p - k + s) // s
 
 
 class SpeechModel(nn.Module):

@@ -32,13 +32,19 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def setup_uri() -> str:
+    """Points MLflow at the tracking store (for commands that read models but log no run)."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def setup(experiment: str) -> str:
     """Points MLflow at the tracking store and returns the experiment id, creating the experiment if needed.
 
     With the default local store, artifacts go under ./mlruns next to mlflow.db.
     """
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    uri = setup_uri()
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the run, and so its experiment, already exist
         return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
     try:
@@ -63,19 +69,15 @@ def pip_requirements() -> list[str]:
 def log_model(checkpoint: Path, input_example_audio: Path) -> str:
     """Logs the checkpoint as a pyfunc model (audio in, text out) in the active run; returns its model URI."""
     import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
 
-    from asr.pyfunc import audio_to_base64
+    from asr.pyfunc import audio_to_base64, signature
 
-    signature = ModelSignature(inputs=Schema([ColSpec("string", "audio")]),
-                               outputs=Schema([ColSpec("string", "text")]))
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("pyfunc.py")),
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(__file__).parent)],
-        signature=signature,
+        signature=signature(),
         input_example=pd.DataFrame({"audio": [audio_to_base64(input_example_audio)]}),
         pip_requirements=pip_requirements(),
     )
@@ -170,3 +172,28 @@ def load_model(uri: str):
     except MlflowException as e:
         raise TrackingError(f"cannot load {uri} from {tracking_uri()}: {e.message.splitlines()[0]} "
                             "(train and register one with `asr train`)") from None
+
+
+def load_transcriber(uri: str, decode=None):
+    """An `asr.transcribe.Transcriber` from wherever a model lives: a checkpoint file, a training output folder
+    (OUTPUT_DIR/RUN_ID), a local MLflow model folder, a run id, runs:/ or models:/ URIs."""
+    import re
+
+    from asr.transcribe import Transcriber
+
+    path = Path(uri)
+    if path.is_file():
+        return Transcriber.from_checkpoint(path, decode)
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        for name in ("model.pt", "best.pt", "last.pt"):
+            if (path / name).is_file():
+                return Transcriber.from_checkpoint(path / name, decode)
+        raise TrackingError(f"{uri}: no model.pt, best.pt or last.pt in this folder")
+    if re.fullmatch(r"[0-9a-f]{32}", uri):
+        uri = f"runs:/{uri}/model"
+    if not (path.is_dir() or uri.startswith(("models:/", "runs:/", "mlflow-artifacts:", "file:"))):
+        raise TrackingError(f"{uri}: not a checkpoint, a model folder, a run id, or a runs:/ or models:/ URI")
+    transcriber = load_model(uri).unwrap_python_model().transcriber
+    if decode is not None:
+        transcriber.configure(decode)
+    return transcriber

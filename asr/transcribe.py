@@ -1,37 +1,107 @@
-"""Inference: waveforms -> text with a trained checkpoint (the path MLflow's pyfunc model serves)."""
+"""Inference: waveforms -> text with a trained checkpoint (the path MLflow's pyfunc model serves).
+
+Audio of any length goes in: long recordings are cut at quiet points into pieces the model handles well
+(`DecodeConfig.chunk_seconds`), pieces from all inputs are batched by length under a padded-audio budget, so
+memory stays bounded whatever the input, and the pieces' texts are joined again.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from asr.audio import pieces
 from asr.checkpoint import load_checkpoint
-from asr.config import TrainConfig
-from asr.decoding import greedy_decode
+from asr.config import DecodeConfig, TrainConfig
+from asr.decoding import Decoder, make_decoder
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 
 
 class Transcriber:
-    def __init__(self, cfg: TrainConfig, model: SpeechModel):
+    def __init__(self, cfg: TrainConfig, model: SpeechModel, decode: DecodeConfig | None = None,
+                 batch_seconds: float = 200.0):
         self.cfg = cfg
-        self.model = model.eval()
+        self.fp32_model = model.eval()
         self.features = FeatureExtractor.from_config(cfg)
+        self.batch_seconds = batch_seconds
+        self.configure(decode or DecodeConfig())
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> Transcriber:
-        return cls(*load_checkpoint(path))
+    def from_checkpoint(cls, path: str | Path, decode: DecodeConfig | None = None) -> Transcriber:
+        return cls(*load_checkpoint(path), decode)
+
+    def configure(self, decode: DecodeConfig) -> None:
+        """Switches decoder, precision or chunk length (the model's weights stay as they are)."""
+        self.decode_cfg = decode
+        self.decoder: Decoder = make_decoder(decode)
+        if decode.precision == "int8":
+            from asr.export import quantize_dynamic
+
+            self.model = quantize_dynamic(self.fp32_model)
+        else:
+            self.model = self.fp32_model
 
     @property
     def sample_rate(self) -> int:
         return self.cfg.sample_rate
 
+    def _autocast(self):
+        if self.decode_cfg.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _batches(self, items: list[torch.Tensor]) -> Iterator[list[int]]:
+        """Indices of `items` in length order, grouped so that each batch's padded audio fits the budget."""
+        order = sorted(range(len(items)), key=lambda i: items[i].numel())
+        budget = self.batch_seconds * self.sample_rate
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) + 1) * items[i].numel() > budget:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
     @torch.inference_mode()
+    def emissions(self, waves: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per wave, per piece: the model's (frames, classes) log-probabilities, float32."""
+        chunks = [(w, p) for w, wave in enumerate(waves)
+                  for p in pieces(wave, self.sample_rate, self.decode_cfg.chunk_seconds)]
+        out: list[torch.Tensor | None] = [None] * len(chunks)
+        for batch in self._batches([p for _, p in chunks]):
+            feats = [self.features(chunks[i][1]) for i in batch]
+            lengths = torch.tensor([f.shape[-1] for f in feats])
+            padded = torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2)
+            with self._autocast():
+                log_probs, out_lengths = self.model(padded, lengths)
+            for row, i in enumerate(batch):
+                out[i] = log_probs[row, : out_lengths[row]].float()
+        per_wave: list[list[torch.Tensor]] = [[] for _ in waves]
+        for (w, _), lp in zip(chunks, out, strict=True):
+            per_wave[w].append(lp)
+        return per_wave
+
+    def decode(self, emissions: list[list[torch.Tensor]], decoder: Decoder | None = None) -> list[str]:
+        """Texts of `emissions()` output: every piece decoded, a wave's pieces joined with spaces."""
+        decoder = decoder or self.decoder
+        flat = [lp for wave in emissions for lp in wave]
+        texts: list[str] = []
+        for start in range(0, len(flat), 64):
+            group = flat[start:start + 64]
+            lengths = torch.tensor([lp.shape[0] for lp in group])
+            padded = torch.nn.utils.rnn.pad_sequence(group, batch_first=True)
+            texts += decoder(padded, lengths)
+        joined, k = [], 0
+        for wave in emissions:
+            joined.append(" ".join(t for t in texts[k:k + len(wave)] if t))
+            k += len(wave)
+        return joined
+
     def transcribe(self, waves: list[torch.Tensor]) -> list[str]:
-        """Mono waveforms at `sample_rate` -> one transcript each (lower case, greedy CTC)."""
-        feats = [self.features(w) for w in waves]
-        lengths = torch.tensor([f.shape[-1] for f in feats])
-        batch = torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2)
-        log_probs, out_lengths = self.model(batch, lengths)
-        return greedy_decode(log_probs, out_lengths)
+        """Mono waveforms at `sample_rate` -> one transcript each (lower case)."""
+        return self.decode(self.emissions(waves))

@@ -91,6 +91,33 @@ def tiny_args(cfg) -> list[str]:
     return [tok for k, v in to_dict(cfg).items() for tok in (f"--{k}", str(v))]
 
 
+def one_line_error(proc: subprocess.CompletedProcess) -> str | None:
+    """None when the command failed the way a user error must: exit 1, one `Error: ...` line, no traceback."""
+    problems = []
+    if proc.returncode != 1:
+        problems.append(f"exit code {proc.returncode}")
+    if "Traceback" in proc.stderr + proc.stdout:
+        problems.append("a traceback")
+    lines = proc.stderr.strip().splitlines()
+    if len(lines) != 1 or not lines[0].startswith("Error:"):
+        problems.append(f"stderr is not one 'Error:' line: {proc.stderr!r}")
+    return "; ".join(problems) or None
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Runs the block with `n` intra-op threads: comparing a tiny model's transcripts across processes needs the
+    same float summation order, since its outputs are near-ties that it can flip."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def sqlite_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
@@ -113,10 +140,12 @@ def asr_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "asr"]
 
 
-def run_cli(args: list[str], cwd: Path, tracking_uri: str | None = None, timeout: float = 300
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=subprocess_env(tracking_uri), capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(args: list[str], cwd: Path, tracking_uri: str | None = None, timeout: float = 300,
+            threads: int | None = None) -> subprocess.CompletedProcess:
+    env = subprocess_env(tracking_uri)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from conftest import (
     copy_project,
     mlflow_store,
     new_store,
+    one_line_error,
     run_cli,
     split_dir,
     sqlite_uri,
@@ -68,19 +69,6 @@ def registry(client: MlflowClient) -> tuple[dict[str, str], dict[str, int]]:
     stages = {mv.version: mv.current_stage for mv in client.search_model_versions(f"name='{MODEL_NAME}'")}
     aliases = {k: int(v) for k, v in client.get_registered_model(MODEL_NAME).aliases.items()}
     return {str(k): v for k, v in stages.items()}, aliases
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str | None:
-    """None when the command failed the way a user error must: exit 1, one `Error: ...` line, no traceback."""
-    problems = []
-    if proc.returncode != 1:
-        problems.append(f"exit code {proc.returncode}")
-    if "Traceback" in proc.stderr + proc.stdout:
-        problems.append("a traceback")
-    lines = proc.stderr.strip().splitlines()
-    if len(lines) != 1 or not lines[0].startswith("Error:"):
-        problems.append(f"stderr is not one 'Error:' line: {proc.stderr!r}")
-    return "; ".join(problems) or None
 
 
 # ---------------------------------------------------------------- (a) training is tracked
@@ -217,7 +205,7 @@ def test_promotion_policies(trained_store, tiny_config):
 
 def test_registered_pyfunc_model_transcribes_paths_and_base64(trained_store):
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@production")
-    assert model.metadata.get_input_schema().input_names() == ["audio"]
+    assert model.metadata.get_input_schema().input_names() == ["audio", "samples", "sample_rate"]
     assert model.metadata.get_output_schema().input_names() == ["text"]
 
     path = flac()

@@ -1,0 +1,144 @@
+"""Scoring a trained model on whole splits: `asr evaluate` (one decoder setting) and `asr lm tune` (a grid of
+LM weights and word scores over the same model outputs, which are computed once)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import mlflow
+import torch
+from tqdm import tqdm
+
+from asr import UserError, tracking
+from asr.audio import load_audio
+from asr.config import DecodeConfig, EvaluateConfig, TuneConfig, to_dict
+from asr.data import Utterance, read_split
+from asr.decoding import make_decoder
+from asr.metrics import cer, wer
+from asr.text import normalize
+from asr.transcribe import Transcriber
+
+GROUP = 32  # utterances read and run through the model at a time: bounds memory on any split size
+
+
+@dataclass
+class Scores:
+    wer: float
+    cer: float
+    utterances: int
+    audio_seconds: float
+    seconds: float                                      # wall time of model + decoding
+    rows: list[dict] = field(default_factory=list)      # per utterance, worst first
+
+
+@dataclass
+class TuneResult:
+    best: dict                 # lm_weight, word_score, wer, cer of the best grid point
+    grid: list[dict]           # every grid point
+
+
+def utterances_of(dataset: str, limit: int = 0) -> list[Utterance]:
+    utts = [u for d in dataset.split(",") if d.strip() for u in read_split(d.strip())]
+    if not utts:
+        raise UserError(f"no utterances (audio with a transcript) in {dataset}")
+    return utts[:limit] if limit else utts
+
+
+def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str
+                  ) -> Iterator[tuple[list[Utterance], list[list[torch.Tensor]], float]]:
+    """Groups of utterances with their emissions and the audio seconds they hold."""
+    bar = tqdm(total=len(utts), desc=desc, unit="utt", disable=not progress)
+    for start in range(0, len(utts), GROUP):
+        group = utts[start:start + GROUP]
+        waves = [load_audio(u.path, transcriber.sample_rate) for u in group]
+        yield group, transcriber.emissions(waves), sum(w.numel() for w in waves) / transcriber.sample_rate
+        bar.update(len(group))
+    bar.close()
+
+
+def score(references: list[str], hypotheses: list[str], utts: list[Utterance], audio_seconds: float,
+          seconds: float) -> Scores:
+    rows = [{"file_id": u.file_id, "errors": _edits(r, h), "wer": wer([r], [h]), "cer": cer([r], [h]),
+             "target": r, "predicted": h} for u, r, h in zip(utts, references, hypotheses, strict=True)]
+    rows.sort(key=lambda row: (-row["errors"], row["file_id"]))
+    return Scores(wer(references, hypotheses), cer(references, hypotheses), len(utts), audio_seconds, seconds,
+                  rows)
+
+
+def _edits(reference: str, hypothesis: str) -> int:
+    """Character edits (what the worst-errors table is sorted by)."""
+    return round(cer([reference], [hypothesis]) * max(len(reference), 1))
+
+
+def evaluate(cfg: EvaluateConfig, progress: bool = True) -> Scores:
+    utts = utterances_of(cfg.dataset, cfg.max_utterances)
+    tracking.setup(cfg.experiment)
+    transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
+    transcriber.batch_seconds = cfg.batch_seconds
+    references, hypotheses, audio_seconds = [], [], 0.0
+    start = time.perf_counter()
+    for group, emissions, audio in model_outputs(transcriber, utts, progress, "evaluate"):
+        hypotheses += transcriber.decode(emissions)
+        references += [normalize(u.transcript)[0] for u in group]
+        audio_seconds += audio
+    scores = score(references, hypotheses, utts, audio_seconds, time.perf_counter() - start)
+    _log(cfg, scores)
+    return scores
+
+
+def _decode_config(cfg: DecodeConfig) -> DecodeConfig:
+    return DecodeConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodeConfig)})
+
+
+def _log(cfg: EvaluateConfig, scores: Scores) -> None:
+    with mlflow.start_run(run_name=f"evaluate-{cfg.dataset.rstrip('/').split('/')[-1]}"):
+        mlflow.set_tag("task", "evaluate")
+        mlflow.log_params(to_dict(cfg))
+        mlflow.log_metrics({"wer": scores.wer, "cer": scores.cer, "utterances": scores.utterances,
+                            "audio_seconds": scores.audio_seconds,
+                            "audio_seconds_per_second": scores.audio_seconds / max(scores.seconds, 1e-9)})
+        worst = scores.rows[: cfg.worst]
+        mlflow.log_table({k: [row[k] for row in worst] for k in ("file_id", "errors", "wer", "cer", "target",
+                                                                "predicted")}, "worst_errors.json")
+
+
+def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
+    """Every (lm_weight, word_score) pair of the grid scored on `cfg.dataset`; the model runs once."""
+    weights, bonuses = _grid(cfg.lm_weights, "lm_weights"), _grid(cfg.word_scores, "word_scores")
+    if not cfg.lm:
+        raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
+    utts = utterances_of(cfg.dataset, cfg.max_utterances)
+    tracking.setup(cfg.experiment)
+    transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
+    transcriber.batch_seconds = cfg.batch_seconds
+    emissions = [e for _, group, _ in model_outputs(transcriber, utts, progress, "model") for e in group]
+    references = [normalize(u.transcript)[0] for u in utts]
+    grid = []
+    points = list(itertools.product(weights, bonuses))
+    for weight, bonus in tqdm(points, desc="grid", disable=not progress):
+        decoder = make_decoder(dataclasses.replace(_decode_config(cfg), lm_weight=weight, word_score=bonus))
+        hypotheses = transcriber.decode(emissions, decoder)
+        grid.append({"lm_weight": weight, "word_score": bonus, "wer": wer(references, hypotheses),
+                     "cer": cer(references, hypotheses)})
+    best = min(grid, key=lambda p: (p["wer"], p["cer"]))
+    with mlflow.start_run(run_name=f"lm-tune-{cfg.dataset.rstrip('/').split('/')[-1]}"):
+        mlflow.set_tag("task", "lm-tune")
+        mlflow.log_params(to_dict(cfg))
+        mlflow.log_table({k: [p[k] for p in grid] for k in grid[0]}, "lm_grid.json")
+        mlflow.log_metrics({"best_wer": best["wer"], "best_cer": best["cer"], "best_lm_weight": best["lm_weight"],
+                            "best_word_score": best["word_score"]})
+    return TuneResult(best, grid)
+
+
+def _grid(values: str, name: str) -> list[float]:
+    try:
+        grid = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{name} must be comma-separated numbers, got {values!r}") from None
+    if not grid:
+        raise UserError(f"--{name} is empty")
+    return grid

@@ -1,0 +1,227 @@
+"""Exports the acoustic model to TorchScript or ONNX, for serving without this package.
+
+The exported model is `SpeechModel.forward`: features (B, n_feats, T) float32 and lengths (B,) int64 in,
+log_probs (B, T', n_classes) and out_lengths (B,) out, batch and time dynamic. Decoding (greedy or beam
+search over `asr.text.VOCAB`, blank 0) and feature extraction stay with the caller.
+
+Both formats are traced from a CPU copy of the model in eval mode whose BiGRUs take the native nn.GRU path:
+`asr.rnn.bigru_scan` is a Python autograd Function with a Python loop over time, which a trace would unroll
+to the example's length. ONNX uses the TorchScript-based exporter (`dynamo=False`, ONNX GRU ops): torch
+2.11's dynamo exporter fails on this model once the time axis is dynamic (a fake-tensor size mismatch inside
+nn.GRU under torch.export; a static time axis, or a lone BiGRU with a dynamic one, export fine). Every export
+is checked against the PyTorch model on a batch of another size and length than the one traced before it
+replaces the output file.
+
+int8: `quantize_dynamic` (torch dynamic quantization of nn.GRU and nn.Linear) for PyTorch and TorchScript.
+Refused for ONNX: onnxruntime's dynamic quantizer has no int8 GRU, so it would quantize only the Linear and
+Conv layers (~6% of the weights of the train-clean-5 recipe's model) while the fp32 GRUs still do nearly
+all the work.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asr import UserError
+from asr.model import BiGRU, SpeechModel, conv_output_length
+
+FORMATS = ("torchscript", "onnx")
+DEFAULT_NAMES = {"torchscript": "acoustic_model.pt", "onnx": "acoustic_model.onnx"}
+INPUT_NAMES = ("features", "lengths")
+OUTPUT_NAMES = ("log_probs", "out_lengths")
+ONNX_OPSET = 17      # the first with LayerNormalization
+VERIFY_TOLERANCE = 1e-3  # largest log-prob difference an export may show against PyTorch (measured 1e-5 or less)
+
+
+class ExportError(UserError):
+    """A model that cannot be exported as asked, or an output path that cannot be written."""
+
+
+def export_model(model: SpeechModel, fmt: str, out: str | Path, *, quantize: bool = False,
+                 n_feats: int | None = None) -> Path:
+    """Writes `model` as TorchScript ('torchscript') or ONNX ('onnx') to `out` and returns the file's path.
+
+    `out` is the file to write, or a folder (an existing one, or any path ending in '/') to write
+    `acoustic_model.pt` / `.onnx` (`.int8.pt` when quantized) into; missing folders are created. The file is
+    written to a temporary name next to it and renamed into place, so an existing file is replaced only by a
+    complete, verified export.
+    quantize=True applies `quantize_dynamic` first (TorchScript only). n_feats (the model's input feature
+    count, `TrainConfig.n_mfcc`) fixes the feature axis of the ONNX signature; without it that axis is left
+    symbolic ('n_feats'), since the stride-2 stem accepts two feature counts (e.g. 13 and 14) alike.
+    `model` itself is left unchanged.
+    """
+    fmt = _check_format(fmt)
+    if fmt == "onnx" and (quantize or _is_quantized(model)):
+        raise ExportError("int8 ONNX export is not supported: onnxruntime's dynamic quantization has no int8 GRU, "
+                          "so it would leave the GRUs (nearly all the weights and compute) in fp32; export int8 as "
+                          "torchscript, or fp32 ONNX")
+    example_feats = _check_n_feats(model, n_feats)
+    path = _output_path(out, DEFAULT_NAMES[fmt].replace(".pt", ".int8.pt") if quantize else DEFAULT_NAMES[fmt])
+    prepared = quantize_dynamic(model) if quantize else _native_copy(model)
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "torchscript":
+            _write_torchscript(prepared, _example(example_feats, 2, 100, (100, 71)), tmp)
+        else:
+            _write_onnx(prepared, _example(example_feats, 2, 100, (100, 71)), tmp, fixed_feats=n_feats is not None)
+        # a batch of another size and length than traced: catches shapes baked into the export
+        diff = max_abs_diff(prepared, tmp, fmt, *_example(example_feats, 3, 77, (77, 40, 9), seed=1))
+        if not diff <= VERIFY_TOLERANCE:
+            raise ExportError(f"the {fmt} export differs from the PyTorch model by {diff:.3g} in log-probability "
+                              f"(tolerance {VERIFY_TOLERANCE}); not written")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ExportError(f"could not write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def quantize_dynamic(model: SpeechModel) -> nn.Module:
+    """An int8 copy of `model` for CPU inference: dynamic quantization of every nn.GRU and nn.Linear (weights
+    stored int8, activations quantized on the fly). Still runs forward(features, lengths); `model` itself is
+    left unchanged. Its BiGRUs take the native path: the quantized GRU modules have no float weight_ih_l0 etc.
+    for `asr.rnn.bigru_scan` to use (the fused path would fail, not fall back to float weights)."""
+    prepared = _native_copy(model)
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which has no dynamic int8 GRU
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*migrat.*torchao", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(prepared, {nn.GRU, nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def max_abs_diff(model: SpeechModel | nn.Module, exported: str | Path, fmt: str, features, lengths) -> float:
+    """Runs `model` (in eval mode, on its device, as PyTorch would serve it) and the exported file (torch.jit.load
+    or onnxruntime) on the same batch; returns the largest absolute difference of their log-probabilities over
+    the valid frames (frame < out_lengths). Raises ExportError if shapes or out_lengths differ."""
+    fmt = _check_format(fmt)
+    exported = Path(exported)
+    if not exported.is_file():
+        raise ExportError(f"exported model not found: {exported}")
+    features = torch.as_tensor(features, dtype=torch.float32).cpu()
+    lengths = torch.as_tensor(lengths, dtype=torch.int64).cpu()
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref, ref_lengths = (t.cpu() for t in model(features.to(device), lengths.to(device)))
+    finally:
+        model.train(training)
+
+    if fmt == "torchscript":
+        loaded = torch.jit.load(str(exported), map_location="cpu")
+        with torch.no_grad():
+            out, out_lengths = loaded(features, lengths)
+    else:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+        out, out_lengths = (torch.from_numpy(a) for a in session.run(
+            list(OUTPUT_NAMES), {"features": features.numpy(), "lengths": lengths.numpy()}))
+
+    if out.shape != ref.shape or not torch.equal(out_lengths.long(), ref_lengths.long()):
+        raise ExportError(f"the {fmt} export gives log_probs {tuple(out.shape)} and out_lengths "
+                          f"{out_lengths.tolist()}, PyTorch {tuple(ref.shape)} and {ref_lengths.tolist()}")
+    valid = torch.arange(ref.shape[1]) < ref_lengths[:, None]
+    if not valid.any():
+        return 0.0
+    return (out.float() - ref.float()).abs()[valid].max().item()
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (expected {' or '.join(FORMATS)})")
+    return fmt
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+
+
+def _check_n_feats(model: nn.Module, n_feats: int | None) -> int:
+    """The feature count to trace with: n_feats, checked against the model, or the smallest one it accepts."""
+    stem = model.stem
+    stem_feats = model.proj.in_features // stem.out_channels  # feature rows after the stem
+    accepted = [n for n in range(1, 2 * stem_feats * stem.stride[0] + stem.kernel_size[0])
+                if conv_output_length(n, stem, 0) == stem_feats]
+    if n_feats is None:
+        return accepted[0]
+    if n_feats not in accepted:
+        raise ExportError(f"n_feats={n_feats} does not fit the model, which takes "
+                          f"{' or '.join(map(str, accepted))} features per frame")
+    return n_feats
+
+
+def _output_path(out: str | Path, default_name: str) -> Path:
+    path = Path(out)
+    if path.is_dir() or str(out).endswith(("/", os.sep)):  # Path drops the trailing slash of 'new_folder/'
+        path = path / default_name
+    folder = path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the root always exists
+    if not existing.is_dir():
+        raise ExportError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create output folder {folder}: {e.strerror or e}") from None
+    return path
+
+
+def _native_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode whose BiGRUs run the nn.GRU modules (an instance attribute, so flipping
+    `BiGRU.fused_on_cpu` on the class later does not change it)."""
+    prepared = copy.deepcopy(model).cpu().eval()
+    for m in prepared.modules():
+        if isinstance(m, BiGRU):
+            m.fused_on_cpu = False
+    return prepared
+
+
+def _example(n_feats: int, batch: int, frames: int, lengths: tuple[int, ...], seed: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, n_feats, frames, generator=g), torch.tensor(lengths, dtype=torch.int64)
+
+
+def _write_torchscript(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
+    # Traced, not scripted: torch.jit.script cannot compile BiGRU (getattr with computed names, the
+    # custom autograd Function of the fused path).
+    # Every size the graph uses is read from the inputs (aten::size), so batch and time stay dynamic.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
+    torch.jit.save(traced, str(path))
+
+
+def _write_onnx(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path, *,
+                fixed_feats: bool) -> None:
+    import onnx
+
+    feature_axes = {0: "batch", 2: "time"} if fixed_feats else {0: "batch", 1: "n_feats", 2: "time"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        # h0 is not an input: the exporter builds the zero state from the input's batch size, which the
+        # verification in export_model runs with a batch size other than the traced one
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*GRU", category=UserWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # nn.GRU's input checks
+        torch.onnx.export(
+            model, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            dynamic_axes={"features": feature_axes, "lengths": {0: "batch"},
+                          "log_probs": {0: "batch", 1: "frames"}, "out_lengths": {0: "batch"}},
+        )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the exported ONNX model is invalid: {str(e).splitlines()[0]}") from None
