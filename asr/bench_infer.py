@@ -81,8 +81,9 @@ def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: in
             "threads": torch.get_num_threads()}
 
 
-def run(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, say=print) -> list[dict]:
-    if not Path(data).is_dir():
+def run(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, section: str = SECTION,
+        say=print) -> list[dict]:
+    if not all(Path(d.strip()).is_dir() for d in data.split(",")):
         raise UserError(f"benchmark data not found: {data} (run `make demo` or `asr data synth`, or pass --data)")
     if lm and not Path(lm).is_file():
         raise UserError(f"--lm {lm}: no such file (build one with `asr lm build`)")
@@ -95,7 +96,7 @@ def run(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: P
         say(f"  RTF {r['rtf']:.4f}, {r['audio_s_per_s']:.0f} audio-s/s on the split, WER {r['wer']:.3f} "
             f"CER {r['cer']:.3f}")
         results.append(r)
-    write_section(out, SECTION, render(results, model_uri, data, lm, beam_size, repeats))
+    write_section(out, section, render(results, model_uri, data, lm, beam_size, repeats))
     say(f"written to {out}")
     return results
 
@@ -103,7 +104,7 @@ def run(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: P
 def render(results: list[dict], model_uri: str, data: str, lm: str, beam_size: int, repeats: int) -> str:
     greedy = next(r for r in results if r["setting"] == "greedy" and r["precision"] == "fp32")
     lines = [
-        "## Inference speed (`asr bench infer`)",
+        f"## Inference speed and decoders on `{data}` (`asr bench infer`)",
         "",
         f"{date.today()}, {cpu_name()}, {multiprocessing.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{results[0]['threads']} threads. Model `{model_uri}`. RTF: one {CLIP_SECONDS:.0f}-second recording, "

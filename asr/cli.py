@@ -324,13 +324,14 @@ def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, 
 @click.option("--beam-size", "--beam_size", "beam_size", type=int, default=50, show_default=True)
 @click.option("--repeats", type=int, default=10, show_default=True, help="timed runs of the 10-second clip")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
+@click.option("--section", default="infer", show_default=True, help="name of the block of --out this run replaces")
 @friendly_errors
-def bench_infer(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path) -> None:
+def bench_infer(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, section: str) -> None:
     """Real-time factor (batch 1, a 10-second clip) and split throughput with WER/CER, for greedy and beam
     search (with and without an LM), in fp32, bf16 and int8."""
     from asr.bench_infer import run
 
-    run(model_uri, data, lm, beam_size, repeats, out, say=click.echo)
+    run(model_uri, data, lm, beam_size, repeats, out, section, say=click.echo)
 
 
 if __name__ == "__main__":

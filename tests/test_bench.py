@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import asr_command, run_cli
+from conftest import asr_command, run_cli, split_dir
 
 from asr.bench import write_section
+from asr.data import read_split
 
 
 def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path: Path):
@@ -38,3 +39,27 @@ def test_bench_train_without_data_is_a_one_line_error(tmp_path: Path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("Error: benchmark data not found")
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_infer_measures_every_decoder_and_precision(trained, short_dev: Path, tmp_path: Path):
+    from asr.lm import build_arpa
+    from asr.text import normalize
+
+    lm = tmp_path / "lm.arpa"
+    build_arpa([normalize(u.transcript)[0] for u in read_split(split_dir("dev-clean"))], 2, lm)
+    out = tmp_path / "BENCHMARKS.md"
+    checkpoint = Path(trained.cfg.output_dir) / trained.result.run_id / "model.pt"
+    proc = run_cli(asr_command() + ["bench", "infer", "--model-uri", str(checkpoint), "--data",
+                                    str(split_dir("test-clean")), "--lm", str(lm), "--beam-size", "8",
+                                    "--repeats", "2", "--out", str(out)], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "<!-- bench:infer -->" in text and "## Inference speed and decoders" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| greedy", "| beam"))]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("greedy", "fp32"), ("greedy", "bf16"), ("greedy", "int8"), ("beam", "fp32"), ("beam+LM", "fp32"),
+        ("beam+LM", "int8")]
+    rtf = [float(r[2]) for r in rows]
+    throughput = [float(r[4]) for r in rows]
+    assert all(0 < x < 1 for x in rtf) and all(x > 1 for x in throughput)  # faster than real time, every row
+    assert rows[0][3].strip() == "1.0x"
