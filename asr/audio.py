@@ -21,10 +21,14 @@ class AudioError(UserError):
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Returns a float32 mono waveform in [-1, 1] at `sample_rate`."""
+    if not Path(path).is_file():  # libsndfile would only say "System error."
+        raise AudioError(f"{path}: no such file")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 -- soundfile raises several types for unreadable files
-        raise AudioError(f"{path}: cannot read audio ({_first_line(e)})") from None
+        detail = _first_line(e).replace(f"Error opening {str(path)!r}: ", "")  # the path is said once already
+        raise AudioError(f"{path}: cannot read audio, the file is corrupt, truncated or not audio ({detail})"
+                         ) from None
     return to_mono_16k(data, rate, sample_rate, name=str(path))
 
 

@@ -8,6 +8,7 @@ run id: everything needed to continue exactly where training stopped). Both are 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -28,22 +29,53 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be written, found or used."""
 
 
+class _KeepWriteError:
+    """A file wrapper for torch.save, which turns a failed write into a RuntimeError ("unexpected pos ...") that
+    loses the reason: this keeps the OSError (no space left, file too large) so the message can say it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: Path) -> Path:
     """Writes to a temp file, fsyncs, then renames, so a crash or a full disk never leaves a half-written file
-    in place of the previous good one."""
+    in place of the previous good one. The temp file (`.NAME.tmp`) is hidden and never matches a checkpoint name;
+    a crash may leave one behind, which the next save of that checkpoint overwrites."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    writer = None
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writer = _KeepWriteError(f)
+            torch.save(obj, writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
-        kept = " (the previous one is intact)" if path.exists() else ""
-        raise CheckpointError(f"could not write checkpoint {path}{kept}: {e.strerror or e}") from None
+        error = e if isinstance(e, OSError) else writer and writer.error
+        if error is None:
+            raise  # a serialization bug, not the disk
+        raise CheckpointError(write_failure(path, error)) from None
     return path
+
+
+def write_failure(path: Path, error: OSError) -> str:
+    """One line: what could not be written, why, and what is left to continue from."""
+    if not path.exists():
+        return f"could not write checkpoint {path}: {error.strerror or error} (no earlier one there)"
+    resume = f"; asr train --resume {path.parent} continues from it" if path.name == LAST else ""
+    return f"could not write checkpoint {path}: {error.strerror or error}; the previous one is intact{resume}"
 
 
 def model_state(cfg: TrainConfig, model: SpeechModel) -> dict[str, Any]:
@@ -60,6 +92,9 @@ def _load(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} refused: it holds Python objects besides tensors and plain values, and "
+                              "loading those could run code (only weights_only checkpoints are loaded)") from None
     except Exception as e:  # truncated or foreign files raise a variety of pickle/zip errors
         raise CheckpointError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
     if tuple(state.get("vocab", ())) != VOCAB:

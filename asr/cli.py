@@ -107,13 +107,32 @@ def validate(**options) -> None:
 def server(**options) -> None:
     """Run the MLflow tracking server and UI in the foreground (Ctrl-C stops it).
 
-    Open http://HOST:PORT and look under Models for the registered model.
+    Open http://HOST:PORT and look under Models for the registered model. Artifacts are proxied: clients
+    upload and download them through this server (mlflow-artifacts:/ URIs), so they need no storage credentials.
+    Team setup (README): --backend_store_uri postgresql://USER:PASSWORD@HOST:5432/DB --host 0.0.0.0
+    --allowed_hosts mlflow.example.com:5000; clients set MLFLOW_TRACKING_URI=http://mlflow.example.com:5000.
     """
+    from asr.tracking import redact
+
     cfg = from_dict(ServerConfig, options)
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.backend_store_uri,
-            "--artifacts-destination", cfg.artifacts_destination, "--host", cfg.host, "--port", str(cfg.port)]
-    click.echo(f"MLflow UI on http://{cfg.host}:{cfg.port} (store {cfg.backend_store_uri}); Ctrl-C stops it")
-    os.execv(sys.executable, argv)
+    argv = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination",
+            cfg.artifacts_destination, "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
+    if cfg.allowed_hosts:
+        argv += ["--allowed-hosts", cfg.allowed_hosts]
+    if cfg.cors_allowed_origins:
+        argv += ["--cors-allowed-origins", cfg.cors_allowed_origins]
+    # The store URI goes through the environment, not argv: a database password in argv is visible to every user
+    # of the machine (ps, /proc/PID/cmdline); the environment only to its owner.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": with_psycopg2(cfg.backend_store_uri)}
+    click.echo(f"MLflow UI on http://{cfg.host}:{cfg.port} (store {redact(cfg.backend_store_uri)}); "
+               "Ctrl-C stops it")
+    os.execve(sys.executable, argv, env)
+
+
+def with_psycopg2(uri: str) -> str:
+    """postgresql:// with the psycopg2 driver named. SQLAlchemy 2.1 would pick psycopg 3, whose typed parameters
+    break MLflow's model registry on PostgreSQL (integer versions compared with VARCHAR: mlflow/mlflow#24592)."""
+    return uri.replace("postgresql://", "postgresql+psycopg2://", 1) if uri.startswith("postgresql://") else uri
 
 
 def show_progress() -> bool:

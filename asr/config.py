@@ -75,6 +75,8 @@ class TrainConfig:
     checkpoint_every: int = opt(200, "also checkpoint every this many optimizer steps (0 = at epoch ends only)")
     resume: str = opt("", "continue an interrupted run: OUTPUT_DIR/RUN_ID, its last.pt, or 'latest' (the run's "
                       "saved settings are used)")
+    offline_ok: bool = opt(False, "when the tracking server is unreachable, train and log to the local store "
+                           "sqlite:///mlflow.db instead, saying so (default: fail at once)")
 
 
 @dataclass
@@ -91,10 +93,18 @@ class ValidateConfig:
 
 @dataclass
 class ServerConfig:
-    backend_store_uri: str = opt("sqlite:///mlflow.db", "where runs and registered models are stored")
-    artifacts_destination: str = opt("./mlruns", "where the server stores artifacts it receives")
+    backend_store_uri: str = opt("sqlite:///mlflow.db", "where runs and registered models are stored: a SQLite "
+                                 "file, or postgresql://USER:PASSWORD@HOST:PORT/DB for a team")
+    artifacts_destination: str = opt("./mlruns", "where the server stores the artifacts clients upload through it "
+                                     "(a folder, s3://..., gs://...); clients need no storage credentials")
     host: str = opt("127.0.0.1", "interface to bind (0.0.0.0 exposes it to the network)")
     port: int = opt(5000, "port to listen on")
+    workers: int = opt(4, "server processes answering requests (more for a busy team, 1 on a small machine)")
+    allowed_hosts: str = opt("", "Host headers the server answers, comma-separated (e.g. mlflow.example.com,"
+                             "10.0.0.5:5000); '' = MLflow's default: localhost and private IPs")
+    cors_allowed_origins: str = opt("", "web origins allowed to change things through the API, comma-separated; the "
+                                    "UI's own (e.g. http://mlflow.example.com:5000) for it to work from other "
+                                    "machines; '' = MLflow's default: localhost pages only")
 
 
 @dataclass

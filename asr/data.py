@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from asr import UserError, text
-from asr.audio import load_audio
+from asr.audio import AudioError, load_audio
 from asr.augment import WaveAugment, item_generator
 from asr.features import FeatureExtractor
 
@@ -108,14 +108,14 @@ def find_utterance(file_id: str, dataset: str | Path | None = None) -> Utterance
         searched.append(str(split))
         chapter_dir = split / speaker / chapter
         trans = chapter_dir / f"{speaker}-{chapter}.trans.txt"
-        if not trans.is_file():
-            continue
-        for fid, transcript in _read_transcripts(trans):
+        path = _audio_path(chapter_dir, file_id)
+        for fid, transcript in _read_transcripts(trans) if trans.is_file() else ():
             if fid == file_id:
-                path = _audio_path(chapter_dir, file_id)
                 if path is None:
                     raise DataError(f"{file_id} is in {trans} but its audio file is missing")
                 return Utterance(file_id, path, transcript, speaker, chapter)
+        if path is not None:  # "not found" would send the user looking for a file that is right there
+            raise DataError(f"{path} has no transcript: add a line '{file_id} TEXT' to {trans}")
     raise DataError(f"file id {file_id} not found in {', '.join(searched) or dataset}")
 
 
@@ -136,6 +136,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.epoch = 0  # set by the training loop before each epoch's DataLoader is created
         self.labels = [text.encode(text.normalize(u.transcript)[0]) for u in utterances]
         self._cache: list[torch.Tensor | None] = [None] * len(utterances)
+        self.unreadable: list[str] = []  # why each audio file `precompute` left out could not be used
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -158,7 +159,8 @@ class SpeechDataset(torch.utils.data.Dataset):
     def precompute(self, workers: int = 0, cache_dir: str = "", progress: bool = False, desc: str = "features"
                    ) -> list[int]:
         """Computes every item's un-augmented features (in `workers` processes, or from the on-disk cache)
-        and returns their frame counts, which batching needs."""
+        and returns their frame counts, which batching needs. Items whose audio cannot be used are left out of
+        the dataset, their messages kept in `unreadable`: one corrupt file in a corpus must not stop training."""
         cache = _cache_file(cache_dir, self) if cache_dir else None
         if cache is not None and cache.is_file():
             self._cache = torch.load(cache, weights_only=True)["features"]
@@ -166,15 +168,32 @@ class SpeechDataset(torch.utils.data.Dataset):
         if missing:
             loader = torch.utils.data.DataLoader(_Featurize(self), sampler=missing, batch_size=None,
                                                  num_workers=workers, worker_init_fn=single_threaded_worker)
+            failed: dict[int, str] = {}
             for i, feats in tqdm(zip(missing, loader, strict=True), total=len(missing), desc=desc, unit="utt",
                                  disable=not progress, leave=False):
-                self._cache[i] = feats
+                if isinstance(feats, str):
+                    failed[i] = feats
+                else:
+                    self._cache[i] = feats
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp")
                 torch.save({"file_ids": [u.file_id for u in self.utterances], "features": self._cache}, tmp)
                 os.replace(tmp, cache)
+            self._drop(failed)
         return [f.shape[-1] for f in self._cache]
+
+    def _drop(self, failed: dict[int, str]) -> None:
+        """Leaves the `failed` items out (after the cache is saved: its key covers the full list of files)."""
+        if not failed:
+            return
+        if len(failed) == len(self.utterances):
+            raise DataError(f"none of the {len(failed)} audio files can be used, e.g. {next(iter(failed.values()))}")
+        self.unreadable += [failed[i] for i in sorted(failed)]
+        keep = [i for i in range(len(self.utterances)) if i not in failed]
+        self.utterances = [self.utterances[i] for i in keep]
+        self.labels = [self.labels[i] for i in keep]
+        self._cache = [self._cache[i] for i in keep]
 
 
 class _Featurize(torch.utils.data.Dataset):
@@ -184,8 +203,12 @@ class _Featurize(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.dataset._cached(i)
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        """Features, or the message of the file's AudioError: a skip for `precompute`, not a crash in a worker."""
+        try:
+            return self.dataset._cached(i)
+        except AudioError as e:
+            return str(e)
 
 
 def single_threaded_worker(_: int) -> None:

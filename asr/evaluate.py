@@ -76,9 +76,10 @@ def _edits(reference: str, hypothesis: str) -> int:
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> Scores:
     utts = utterances_of(cfg.dataset, cfg.max_utterances)
-    tracking.setup(cfg.experiment)
+    tracking.setup_uri()
     transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
     transcriber.batch_seconds = cfg.batch_seconds
+    tracking.setup(cfg.experiment)  # only now: a bad model or dataset leaves no experiment or store behind
     references, hypotheses, audio_seconds = [], [], 0.0
     start = time.perf_counter()
     for group, emissions, audio in model_outputs(transcriber, utts, progress, "evaluate"):
@@ -112,9 +113,10 @@ def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
     if not cfg.lm:
         raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
     utts = utterances_of(cfg.dataset, cfg.max_utterances)
-    tracking.setup(cfg.experiment)
+    tracking.setup_uri()
     transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
     transcriber.batch_seconds = cfg.batch_seconds
+    tracking.setup(cfg.experiment)
     emissions = [e for _, group, _ in model_outputs(transcriber, utts, progress, "model") for e in group]
     references = [normalize(u.transcript)[0] for u in utts]
     grid = []

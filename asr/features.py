@@ -42,4 +42,6 @@ class FeatureExtractor(torch.nn.Module):
         feats = self.mfcc(wave)
         mean = feats.mean(dim=-1, keepdim=True)
         std = feats.std(dim=-1, keepdim=True) if feats.shape[-1] > 1 else torch.ones_like(mean)
-        return (feats - mean) / (std + 1e-5)
+        # A constant coefficient (digital silence, a DC offset) carries nothing; dividing its float rounding noise
+        # by ~1e-5 would turn it into a large, meaningless value (~12 for silence), so it becomes 0.
+        return ((feats - mean) / (std + 1e-5)).masked_fill(std < 1e-3, 0.0)

@@ -111,13 +111,18 @@ def ctc_min_frames(labels: list[int]) -> int:
 
 def trainable_items(dataset: SpeechDataset, lengths: list[int], model: SpeechModel, cfg: TrainConfig
                     ) -> tuple[list[int], dict[str, int]]:
-    """Indices worth training on, and counts of those skipped: too long for memory, or too short for their
-    transcript under CTC (they could only ever produce an infinite loss)."""
+    """Indices worth training on, and counts of those skipped: audio that cannot be used (already left out by
+    `precompute`), an empty transcript (an id alone on its line, or nothing but digits and symbols: it would teach
+    the model to say nothing over speech), too long for memory, or too short for their transcript under CTC (they
+    could only ever produce an infinite loss)."""
     max_frames = cfg.max_seconds * 1000 / cfg.hop_ms
     out = model.output_lengths(torch.tensor(lengths)).tolist()
-    items, skipped = [], {"skipped_too_long": 0, "skipped_too_short": 0}
+    items, skipped = [], {"skipped_unreadable": len(dataset.unreadable), "skipped_empty_transcript": 0,
+                          "skipped_too_long": 0, "skipped_too_short": 0}
     for i, (frames, out_frames) in enumerate(zip(lengths, out, strict=True)):
-        if frames > max_frames:
+        if not dataset.labels[i]:
+            skipped["skipped_empty_transcript"] += 1
+        elif frames > max_frames:
             skipped["skipped_too_long"] += 1
         elif out_frames < ctc_min_frames(dataset.labels[i]):
             skipped["skipped_too_short"] += 1
@@ -269,6 +274,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     random.seed(cfg.seed)
     amp = autocast_dtype(cfg.precision, ctx.device)
     if ctx.main:
+        tracking.use_reachable_store(cfg.offline_ok)  # a server that does not answer: fail (or go local) in seconds
         tracking.setup(cfg.experiment)  # fail on a bad tracking store before any compute
 
     features = FeatureExtractor.from_config(cfg)
@@ -277,6 +283,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     dev_set = load_dataset(cfg.dev_data, features)
     train_lengths = train_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features train")
     dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features dev")
+    for message in dict.fromkeys(train_set.unreadable + dev_set.unreadable):  # once per file, in order
+        say(f"skipping {message}")
     loader_workers = cfg.workers if augment.enabled else 0  # cached features need no workers
     torch.set_num_threads(intra_op_threads(cfg, loader_workers))
 
@@ -313,6 +321,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         run = mlflow.start_run(run_id=state["run_id"]) if state else mlflow.start_run(run_name=cfg.run_name or None)
         run_id = run.info.run_id
     out_dir = resume_from.parent if state else Path(cfg.output_dir) / run_id
+    metrics = tracking.MetricLog(run_id, out_dir)  # per-step and per-epoch metrics; outlive a server outage
     try:
         if ctx.main and state is None:
             params = {**to_dict(cfg), "parameters": n_params, "train_utterances": len(items)}
@@ -329,6 +338,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         def checkpoint() -> Path:
             path = out_dir / ckpt.LAST
             if ctx.main:
+                metrics.send_or_keep()  # before the checkpoint passes their steps: a kill -9 then loses none
                 ckpt.atomic_save(training_state(cfg, model, optimizer, scheduler, scaler, pos, run_id), path)
             return path
 
@@ -363,8 +373,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                         pos.skipped_steps += 1
                     pos.step += 1
                     if ctx.main:
-                        mlflow.log_metrics({"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
-                                            "skipped_steps": pos.skipped_steps}, step=pos.step, synchronous=False)
+                        metrics.log({"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
+                                     "skipped_steps": pos.skipped_steps}, pos.step)
                     bar.set_postfix(loss=f"{mean_loss:.3f}")
                     loss_sum = 0.0
                     if dist.any_rank(bool(stop), ctx):
@@ -385,8 +395,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 else:
                     pos.bad_epochs += 1
                 if ctx.main:
-                    mlflow.log_metrics({"val_loss": dev["loss"], "wer": dev["wer"], "cer": dev["cer"],
-                                        "audio_seconds_per_second": audio_seconds / elapsed}, step=pos.epoch + 1)
+                    metrics.log({"val_loss": dev["loss"], "wer": dev["wer"], "cer": dev["cer"],
+                                 "audio_seconds_per_second": audio_seconds / elapsed}, pos.epoch + 1)
                 say(f"epoch {pos.epoch + 1}/{cfg.epoch}: val_loss {dev['loss']:.3f}  WER {dev['wer']:.3f}  "
                     f"CER {dev['cer']:.3f}  ({elapsed:.0f} s, {audio_seconds / elapsed:.0f} audio-s/s over "
                     f"{len(batches) - first_batch} batches){'  *' if improved else ''}")
@@ -399,19 +409,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 if dist.any_rank(bool(stop), ctx):
                     raise TrainingInterrupted(interrupted(stop, pos, out_dir / ckpt.LAST, out_dir))
 
+        if ctx.main:
+            metrics.close()
         result = finish(cfg, model, best_state, pos, dev_set, features, amp, ctx, run_id, out_dir, progress)
         if ctx.main:
             pos.registered = result.promotion.version
-            checkpoint()
-            mlflow.end_run()
+            mlflow.end_run()  # before the checkpoint that makes the run unresumable: a kill between the two then
+            checkpoint()      # leaves a resumable run that re-finishes (same version), not one RUNNING forever
         return result
     except TrainingInterrupted:
         if ctx.main:
-            mlflow.end_run("KILLED")
+            metrics.send_or_keep()
+            tracking.end_run("KILLED")
         raise
     except BaseException:
         if ctx.main:
-            mlflow.end_run("FAILED")
+            metrics.send_or_keep()  # the curves up to the failure
+            tracking.end_run("FAILED")
         raise
     finally:
         dist.shutdown()
@@ -435,6 +449,8 @@ def finish(cfg: TrainConfig, model: SpeechModel, best_state: dict | None, pos: P
         test_set = load_dataset(cfg.test_data, features)
         test, test_rows = evaluate(model, test_set, test_set.precompute(prep_workers(cfg), cfg.feature_cache, progress,
                                                                         "features test"), cfg, amp, ctx)
+        for message in test_set.unreadable if ctx.main else ():
+            print(f"skipping {message}")
     if not ctx.main:
         return TrainResult(run_id, dev, test, None)
     mlflow.log_metrics({"best_wer": dev["wer"], "best_cer": dev["cer"], "best_epoch": pos.best_epoch})

@@ -9,7 +9,7 @@ import pandas as pd
 
 from asr import tracking
 from asr.config import ValidateConfig
-from asr.data import Utterance, find_utterance
+from asr.data import DataError, Utterance, find_utterance
 from asr.metrics import cer, wer
 from asr.text import normalize
 
@@ -27,6 +27,10 @@ class ValidationResult:
 def validate(cfg: ValidateConfig) -> ValidationResult:
     # Cheap checks first: a bad id or dataset fails before the model is loaded.
     utterance = find_utterance(cfg.file_id, cfg.dataset or None)
+    if not normalize(utterance.transcript)[0]:  # a score against nothing would be meaningless
+        trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
+        raise DataError(f"{cfg.file_id}: its transcript has no letters to score against (line in {trans}: "
+                        f"{(cfg.file_id + ' ' + utterance.transcript).strip()!r})")
     tracking.setup(cfg.experiment)
     uri = tracking.model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
     model = tracking.load_model(uri)

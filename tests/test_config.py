@@ -138,7 +138,7 @@ def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls)
         if f.metadata.get("choices"):
             assert isinstance(p.type, click.Choice) and tuple(p.type.choices) == f.metadata["choices"]
         else:
-            assert p.type.name == {"int": "integer", "float": "float", "str": "text"}[f.type], f.name
+            assert p.type.name == {"int": "integer", "float": "float", "str": "text", "bool": "boolean"}[f.type], f.name
         assert p.help == f.metadata["help"]
 
 

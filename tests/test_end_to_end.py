@@ -35,8 +35,8 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from asr import tracking
-from asr.audio import AudioError, load_audio
+from asr import UserError, tracking
+from asr.audio import load_audio
 from asr.config import to_dict
 from asr.data import read_split
 from asr.model import SpeechModel
@@ -229,7 +229,7 @@ def test_registered_pyfunc_model_transcribes_paths_and_base64(trained_store):
     both = model.predict(pd.DataFrame({"audio": [audio_to_base64(other), str(path)]}))
     assert len(both) == 2 and all(isinstance(t, str) for t in both["text"])
 
-    with pytest.raises(AudioError, match="base64"):
+    with pytest.raises(UserError, match="base64"):
         model.predict(pd.DataFrame({"audio": ["no such file and not base64 !"]}))
 
 

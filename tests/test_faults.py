@@ -1,0 +1,343 @@
+"""Faults (issue "Faults"): kill -9 at any moment, two trainings sharing one SQLite store, concurrent promotions,
+and a disk that fills up while a checkpoint is written. Real `asr train` processes, real signals, a real MLflow
+SQLite store, real OS-level write failures (a tiny tmpfs, or RLIMIT_FSIZE); nothing is mocked."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import resource
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MODEL_NAME, asr_command, make_tiny_config, new_store, one_line_error, subprocess_env, tiny_args
+from mlflow import MlflowClient
+
+from asr import checkpoint as ckpt
+from asr import tracking
+
+# 4 utterances, batch 1: 4 optimizer steps an epoch, a checkpoint after each. Dropout and SpecAugment stay on (the
+# defaults): their random draws must be restored exactly on resume too. One thread: the same float summation order
+# in every process.
+BASE = dict(max_utterances=4, batch=1, checkpoint_every=1, precision="fp32", threads=1)
+
+
+class Training:
+    """One `asr train` process in its own process group (so a kill takes its loader workers too), output to files
+    (a pipe nobody reads would stall it)."""
+
+    def __init__(self, args: list[str], cwd: Path, uri: str, log: Path, preexec: Callable | None = None) -> None:
+        self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(asr_command() + ["train", *args], cwd=cwd, env=subprocess_env(uri),
+                                         stdout=out, stderr=err, start_new_session=True, preexec_fn=preexec)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def wait(self, timeout: float = 240) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} first:\n{self.stderr()[-3000:]}"
+            assert time.time() < deadline, "timed out"
+            time.sleep(0.005)
+
+
+def saved_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["progress"]["step"]
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = (torch.load(p, map_location="cpu", weights_only=True)["model"] for p in (a, b))
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    runs = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def assert_one_production(client: MlflowClient, name: str = MODEL_NAME) -> str:
+    """Exactly one version in stage Production, and the production alias on that same version."""
+    staged = [str(v.version) for v in client.search_model_versions(f"name='{name}'")
+              if v.current_stage == tracking.PRODUCTION_STAGE]
+    alias = str(client.get_registered_model(name).aliases.get(tracking.PRODUCTION_ALIAS))
+    assert staged == [alias], f"stage Production on {staged}, alias production on {alias}"
+    return alias
+
+
+class CheckpointWatch:
+    """The step in last.pt, re-read only when the file is replaced (every atomic save is a new inode)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen, self.step = path, None, -1
+
+    def at_least(self, step: int) -> bool:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return False
+        if (st.st_ino, st.st_mtime_ns) != self.seen:
+            self.seen, self.step = (st.st_ino, st.st_mtime_ns), saved_step(self.path)
+        return self.step >= step
+
+
+# ---------------------------------------------------------------- kill -9, five times
+
+
+def test_kill_9_five_times_then_resume_reaches_the_uninterrupted_weights(short_dev: Path, tmp_path: Path,
+                                                                          empty_store_db: Path):
+    """SIGKILL a real training at five moments (early, middle and late in training, while finishing before the
+    registration, and right after it), resuming it each time. A kill loses the steps since the last checkpoint;
+    the resume recomputes them from the saved RNG states, so the result is still the uninterrupted run's."""
+    epochs, rng = 8, random.Random(20260)
+    uri = new_store(empty_store_db, tmp_path / "store")
+    client = MlflowClient(uri)
+
+    def args(name: str) -> list[str]:
+        return tiny_args(make_tiny_config(short_dev, output_dir=str(tmp_path / name), epoch=epochs, **BASE))
+
+    whole = Training(args("whole"), tmp_path / "store", uri, tmp_path / "whole")  # alongside: 2 cores
+    parts = tmp_path / "parts"
+    run = Training(args("parts"), tmp_path / "store", uri, tmp_path / "part0")
+    run.wait_until(lambda: any(parts.glob(f"*/{ckpt.LAST}")))
+    run_dir = only_run_dir(parts)
+    last, watch = run_dir / ckpt.LAST, CheckpointWatch(run_dir / ckpt.LAST)
+
+    def registered() -> list:
+        return client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_dir.name}'")
+
+    moments: list[tuple[str, Callable[[], bool], float]] = [
+        ("early", lambda: watch.at_least(2), rng.uniform(0, 0.1)),
+        ("middle", lambda: watch.at_least(epochs * 4 // 2), rng.uniform(0, 0.1)),
+        ("late", lambda: watch.at_least(epochs * 4 - 3), rng.uniform(0, 0.1)),
+        ("finishing, model.pt written, not yet registered", lambda: (run_dir / ckpt.MODEL).exists(), 0.0),
+        ("just registered", lambda: bool(registered()), 0.0),
+    ]
+    steps: list[int] = []
+    for i, (moment, condition, delay) in enumerate(moments):
+        run.wait_until(condition)
+        time.sleep(delay)
+        run.kill()
+        assert run.proc.returncode == -signal.SIGKILL, f"{moment}: finished before the kill"
+        state = ckpt.load_training_state(last)  # weights_only; raises on a half-written or finished file
+        steps.append(state["progress"]["step"])
+        assert state["run_id"] == run_dir.name
+        assert steps == sorted(steps), f"the step counter went backwards: {steps}"
+        assert client.get_run(run_dir.name).info.status == "RUNNING"  # nothing could mark it after a SIGKILL
+        assert ckpt.find_resumable("latest", str(parts)) == last
+        if i == 1:  # what a kill in the middle of a save leaves: a half-written temp file next to last.pt
+            (run_dir / f".{ckpt.LAST}.tmp").write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+        print(f"kill {i + 1} ({moment}, +{delay:.2f} s): last.pt at step {steps[-1]}, epoch "
+              f"{state['progress']['epoch'] + 1}, batch {state['progress']['batch']}")
+        spec = "latest" if i % 2 else str(run_dir)
+        run = Training(["--resume", spec, "--output_dir", str(parts)], tmp_path / "store", uri,
+                       tmp_path / f"part{i + 1}")
+        run.wait_until(lambda run=run: "resuming run" in run.stdout())
+        assert f"resuming run {run_dir.name} from {last}" in run.stdout() and f"step {steps[-1]}\n" in run.stdout()
+
+    assert run.wait() == 0, run.stderr()[-3000:]
+    assert whole.wait() == 0, whole.stderr()[-3000:]
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    versions = registered()
+    assert len(versions) == 1, [v.version for v in versions]
+    assert torch.load(last, weights_only=True)["progress"]["registered"] == str(versions[0].version)
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")) in ([], [f".{ckpt.BEST}.tmp"])
+    assert_one_production(client)
+    whole_dir = only_run_dir(tmp_path / "whole")
+    for name in (ckpt.LAST, ckpt.MODEL):
+        diff = max_weight_diff(whole_dir / name, run_dir / name)
+        assert diff <= 1e-6, f"{name}: resumed weights differ from the uninterrupted run's by {diff}"
+    # metrics are sent before every checkpoint, so no step a checkpoint has passed loses its metrics
+    wer_epochs = sorted({m.step for m in client.get_metric_history(run_dir.name, "wer")})
+    loss_steps = {m.step for m in client.get_metric_history(run_dir.name, "loss")}
+    print(f"kills at steps {steps}; wer logged for epochs {wer_epochs}; loss logged at {len(loss_steps)} of "
+          f"{epochs * 4} steps")
+    whole_loss = {m.step for m in client.get_metric_history(only_run_dir(tmp_path / "whole").name, "loss")}
+    assert loss_steps == whole_loss and len(wer_epochs) == epochs
+
+
+# ---------------------------------------------------------------- two trainings, one SQLite store
+
+
+def test_two_trainings_at_once_share_a_sqlite_store(short_dev: Path, tmp_path: Path, empty_store_db: Path):
+    """Started together with the same settings, they log, register and promote at nearly the same moments."""
+    uri = new_store(empty_store_db, tmp_path / "store")
+    args = tiny_args(make_tiny_config(short_dev, output_dir=str(tmp_path / "out"), epoch=2, **BASE))
+    runs = [Training(args, tmp_path / "store", uri, tmp_path / f"train{i}") for i in range(2)]
+    codes = [r.wait() for r in runs]
+    assert codes == [0, 0], "\n".join(r.stderr()[-3000:] for r in runs)
+    client = MlflowClient(uri)
+    run_ids = [p.name for p in (tmp_path / "out").iterdir()]
+    assert len(run_ids) == 2 and all(client.get_run(r).info.status == "FINISHED" for r in run_ids)
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert sorted(v.run_id for v in versions) == sorted(run_ids)
+    assert_one_production(client)
+    locked = sum(r.stderr().count("database is locked") for r in runs)
+    print(f"'database is locked' in the trainings' stderr: {locked} times")
+
+
+# ---------------------------------------------------------------- concurrent promotions
+
+
+def promote_all_at_once(name: str, versions: list[str]) -> list[Exception]:
+    """`tracking.promote` of every version, each in its own thread, released together; the exceptions raised."""
+    start, errors = threading.Barrier(len(versions)), []
+
+    def promote(version: str) -> None:
+        start.wait()
+        try:
+            tracking.promote(name, version)
+        except Exception as e:  # collected: an exception in a thread would otherwise go unnoticed
+            errors.append(e)
+
+    workers = [threading.Thread(target=promote, args=(v,)) for v in versions]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return errors
+
+
+def test_concurrent_promotions_leave_one_production_version(isolated_mlflow: str, caplog):
+    """Six threads promote six versions at once, five times over: whatever the interleaving of alias writes and
+    stage transitions, exactly one version ends in stage Production, and the production alias is on it."""
+    client, threads, started = MlflowClient(), 6, time.time()
+    caplog.set_level(logging.INFO, logger=tracking.__name__)
+    for round_ in range(5):
+        name = f"Concurrent{round_}"
+        client.create_registered_model(name)
+        versions = [str(client.create_model_version(name, source=f"file:///nowhere/{i}").version)
+                    for i in range(threads)]
+        assert promote_all_at_once(name, versions) == []
+        winner = assert_one_production(client, name)
+        assert winner in versions and tracking.settle_production(client, name) == winner
+    retries = [r.getMessage() for r in caplog.records if "registry busy" in r.getMessage()]
+    print(f"5 rounds of {threads} concurrent promotions: {time.time() - started:.1f} s, {len(retries)} retries")
+
+
+# ---------------------------------------------------------------- disk full while writing a checkpoint
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mount_tmpfs(where: Path, size: int) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+
+
+def file_size_limit(limit: int) -> Callable[[], None]:
+    """For preexec_fn: writes past `limit` bytes fail with EFBIG instead of killing the process with SIGXFSZ
+    (an ignored signal stays ignored across exec)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def assert_failed_cleanly(run: Training, last: Path, before: str, reason: str) -> None:
+    assert run.wait() == 1
+    proc = subprocess.CompletedProcess(run.proc.args, 1, run.stdout(), run.stderr())
+    assert one_line_error(proc) is None, one_line_error(proc)
+    message = run.stderr().strip()
+    assert f"could not write checkpoint {last}: {reason}; the previous one is intact" in message, message
+    assert f"asr train --resume {last.parent} continues from it" in message
+    assert sha256(last) == before  # the previous checkpoint, untouched, and still loadable
+    ckpt.load_training_state(last)
+    assert [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")] == []
+    print(message)
+
+
+def test_disk_full_on_a_tmpfs_keeps_the_previous_checkpoint(short_dev: Path, tmp_path: Path, empty_store_db: Path):
+    """Output on a tmpfs with room for one training state but not for the temp file of the next one: the second
+    checkpoint fails with ENOSPC. Growing the tmpfs then lets the run resume and finish."""
+    uri = new_store(empty_store_db, tmp_path / "store")
+    disk = tmp_path / "disk"
+    cfg = make_tiny_config(short_dev, output_dir=str(disk), epoch=1, **BASE)
+    size = state_size(cfg)
+    mount_tmpfs(disk, int(size * 1.5))
+    try:
+        run = Training(tiny_args(cfg), tmp_path / "store", uri, tmp_path / "full")
+        run.wait()
+        last = only_run_dir(disk) / ckpt.LAST
+        assert saved_step(last) == 1
+        assert_failed_cleanly(run, last, sha256(last), "No space left on device")
+        client = MlflowClient(uri)
+        assert client.get_run(last.parent.name).info.status == "FAILED"
+        subprocess.run(["mount", "-o", f"remount,size={size * 10}", str(disk)], check=True)
+        resumed = Training(["--resume", str(last.parent)], tmp_path / "store", uri, tmp_path / "resumed")
+        assert resumed.wait() == 0, resumed.stderr()[-3000:]
+        assert "step 1\n" in resumed.stdout()
+        assert client.get_run(last.parent.name).info.status == "FINISHED"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_file_too_large_keeps_the_previous_checkpoint(short_dev: Path, tmp_path: Path, empty_store_db: Path):
+    """RLIMIT_FSIZE (no root needed): a run killed after its first checkpoint is resumed by a process that may not
+    write a file as large as a training state (but may grow mlflow.db and write best.pt): its first checkpoint
+    fails with EFBIG. A resume without the limit finishes the run."""
+    uri = new_store(empty_store_db, tmp_path / "store")
+    # big enough that a training state (weights + 2 Adam moments) outweighs mlflow.db and best.pt by megabytes
+    cfg = make_tiny_config(short_dev, output_dir=str(tmp_path / "out"), epoch=1, **{**BASE, "rnn_dim": 256})
+    size = state_size(cfg)
+    first = Training(tiny_args(cfg), tmp_path / "store", uri, tmp_path / "first")
+    first.wait_until(lambda: any((tmp_path / "out").glob(f"*/{ckpt.LAST}")))
+    first.kill()
+    last = only_run_dir(tmp_path / "out") / ckpt.LAST
+    before, step = sha256(last), saved_step(last)
+    limit = size * 2 // 3
+    assert (tmp_path / "store" / "mlflow.db").stat().st_size < limit // 2
+    limited = Training(["--resume", str(last.parent)], tmp_path / "store", uri, tmp_path / "limited",
+                       preexec=file_size_limit(limit))
+    assert_failed_cleanly(limited, last, before, "File too large")
+    resumed = Training(["--resume", str(last.parent)], tmp_path / "store", uri, tmp_path / "resumed")
+    assert resumed.wait() == 0, resumed.stderr()[-3000:]
+    assert f"step {step}\n" in resumed.stdout()
+    assert MlflowClient(uri).get_run(last.parent.name).info.status == "FINISHED"
+
+
+def state_size(cfg) -> int:
+    """Bytes of a training state (last.pt) for this config, Adam moments included."""
+    import io
+
+    from asr.model import SpeechModel
+    from asr.text import VOCAB
+    from asr.train import Progress, one_cycle, training_state
+
+    model = SpeechModel.from_config(cfg, len(VOCAB))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # creates the moments
+    state = training_state(cfg, model, optimizer, one_cycle(optimizer, cfg.learning_rate, 10),
+                           torch.amp.GradScaler("cpu", enabled=False), Progress(), "0" * 32)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.tell()
