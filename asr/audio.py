@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from asr import UserError
+from asr import UserError, first_line
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.02  # shorter clips cannot fill one 512-point analysis window at 16 kHz
@@ -26,7 +26,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 -- soundfile raises several types for unreadable files
-        detail = _first_line(e).replace(f"Error opening {str(path)!r}: ", "")  # the path is said once already
+        detail = first_line(e).replace(f"Error opening {str(path)!r}: ", "")  # the path is said once already
         raise AudioError(f"{path}: cannot read audio, the file is corrupt, truncated or not audio ({detail})"
                          ) from None
     return to_mono_16k(data, rate, sample_rate, name=str(path))
@@ -42,10 +42,6 @@ def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE, nam
     if rate != sample_rate:
         wave = AF.resample(wave, rate, sample_rate)
     return wave
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def quiet_cut_points(wave: torch.Tensor, sample_rate: int, max_seconds: float) -> list[int]:

@@ -52,13 +52,12 @@ def ten_second_clip(utts: list, sample_rate: int) -> torch.Tensor:
 
 def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: int, repeats: int) -> dict:
     from asr import tracking
-    from asr.config import EvaluateConfig
-    from asr.evaluate import model_outputs, score, utterances_of
-    from asr.text import normalize
+    from asr.config import DecodeConfig
+    from asr.evaluate import score_split, utterances_of
 
     tracking.setup_uri()
-    cfg = EvaluateConfig(model_uri=model_uri, dataset=data, decoder=setting.decoder, precision=setting.precision,
-                         lm=lm if setting.lm else "", beam_size=beam_size)
+    cfg = DecodeConfig(decoder=setting.decoder, precision=setting.precision, lm=lm if setting.lm else "",
+                       beam_size=beam_size)
     transcriber = tracking.load_transcriber(model_uri, cfg)
     utts = utterances_of(data)
     clip = ten_second_clip(utts, transcriber.sample_rate)
@@ -68,17 +67,10 @@ def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: in
         start = time.perf_counter()
         transcriber.transcribe([clip])
         times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    refs, hyps, audio = [], [], 0.0
-    for group, emissions, seconds in model_outputs(transcriber, utts, False, ""):
-        hyps += transcriber.decode(emissions)
-        refs += [normalize(u.transcript)[0] for u in group]
-        audio += seconds
-    wall = time.perf_counter() - start
-    s = score(refs, hyps, utts, audio, wall)
+    s = score_split(transcriber, utts)
     return {"setting": setting.name, "precision": setting.precision, "rtf": statistics.median(times) / CLIP_SECONDS,
-            "audio_s_per_s": audio / wall, "wer": s.wer, "cer": s.cer, "utterances": len(utts), "audio": audio,
-            "threads": torch.get_num_threads()}
+            "audio_s_per_s": s.audio_seconds / s.seconds, "wer": s.wer, "cer": s.cer, "utterances": s.utterances,
+            "audio": s.audio_seconds, "threads": torch.get_num_threads()}
 
 
 def run(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, section: str = SECTION,

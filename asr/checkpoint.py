@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from asr import UserError
+from asr import UserError, first_line
 from asr.config import TrainConfig, from_dict, to_dict
 from asr.model import SpeechModel
 from asr.text import VOCAB
@@ -96,7 +96,7 @@ def _load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} refused: it holds Python objects besides tensors and plain values, and "
                               "loading those could run code (only weights_only checkpoints are loaded)") from None
     except Exception as e:  # truncated or foreign files raise a variety of pickle/zip errors
-        raise CheckpointError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
     if tuple(state.get("vocab", ())) != VOCAB:
         raise CheckpointError(f"{path}: checkpoint vocabulary differs from this version's; it cannot be decoded")
     return state

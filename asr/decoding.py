@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from asr import UserError
+from asr import UserError, first_line
 from asr.config import DecodeConfig
 from asr.text import BLANK, VOCAB, decode
 
@@ -55,7 +55,7 @@ class BeamSearchDecoder:
                     sil_score=0.0, blank_token=TOKENS[BLANK], sil_token="|")
         except (RuntimeError, ValueError) as e:
             raise DecoderError(f"cannot build the beam search decoder (lm {cfg.lm or 'none'}, lexicon "
-                               f"{lexicon or 'none'}): {str(e).strip().splitlines()[0]}") from None
+                               f"{lexicon or 'none'}): {first_line(e)}") from None
 
     def _lexicon(self, cfg: DecodeConfig) -> str | None:
         """The lexicon file to use; an LM without one gets a lexicon of its own unigrams (built once, in a

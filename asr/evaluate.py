@@ -62,31 +62,44 @@ def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: boo
 
 def score(references: list[str], hypotheses: list[str], utts: list[Utterance], audio_seconds: float,
           seconds: float) -> Scores:
-    rows = [{"file_id": u.file_id, "errors": _edits(r, h), "wer": wer([r], [h]), "cer": cer([r], [h]),
-             "target": r, "predicted": h} for u, r, h in zip(utts, references, hypotheses, strict=True)]
+    rows = [_row(u, r, h) for u, r, h in zip(utts, references, hypotheses, strict=True)]
     rows.sort(key=lambda row: (-row["errors"], row["file_id"]))
     return Scores(wer(references, hypotheses), cer(references, hypotheses), len(utts), audio_seconds, seconds,
                   rows)
 
 
-def _edits(reference: str, hypothesis: str) -> int:
-    """Character edits (what the worst-errors table is sorted by)."""
-    return round(cer([reference], [hypothesis]) * max(len(reference), 1))
+def _row(utt: Utterance, reference: str, hypothesis: str) -> dict:
+    """One utterance's line of the worst-errors table, sorted by character edits."""
+    rate = cer([reference], [hypothesis])
+    return {"file_id": utt.file_id, "errors": round(rate * max(len(reference), 1)),
+            "wer": wer([reference], [hypothesis]), "cer": rate, "target": reference, "predicted": hypothesis}
 
 
-def evaluate(cfg: EvaluateConfig, progress: bool = True) -> Scores:
+def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool = False, desc: str = "") -> Scores:
+    """Transcribes `utts` with the transcriber's decoder and scores them; the wall time includes reading audio."""
+    references, hypotheses, audio_seconds = [], [], 0.0
+    start = time.perf_counter()
+    for group, emissions, audio in model_outputs(transcriber, utts, progress, desc):
+        hypotheses += transcriber.decode(emissions)
+        references += [normalize(u.transcript)[0] for u in group]
+        audio_seconds += audio
+    return score(references, hypotheses, utts, audio_seconds, time.perf_counter() - start)
+
+
+def _prepare(cfg: EvaluateConfig) -> tuple[list[Utterance], Transcriber]:
+    """The utterances and the model; the experiment is set up only once both load, so a bad model or dataset
+    leaves no experiment or store behind."""
     utts = utterances_of(cfg.dataset, cfg.max_utterances)
     tracking.setup_uri()
     transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
     transcriber.batch_seconds = cfg.batch_seconds
-    tracking.setup(cfg.experiment)  # only now: a bad model or dataset leaves no experiment or store behind
-    references, hypotheses, audio_seconds = [], [], 0.0
-    start = time.perf_counter()
-    for group, emissions, audio in model_outputs(transcriber, utts, progress, "evaluate"):
-        hypotheses += transcriber.decode(emissions)
-        references += [normalize(u.transcript)[0] for u in group]
-        audio_seconds += audio
-    scores = score(references, hypotheses, utts, audio_seconds, time.perf_counter() - start)
+    tracking.setup(cfg.experiment)
+    return utts, transcriber
+
+
+def evaluate(cfg: EvaluateConfig, progress: bool = True) -> Scores:
+    utts, transcriber = _prepare(cfg)
+    scores = score_split(transcriber, utts, progress, "evaluate")
     _log(cfg, scores)
     return scores
 
@@ -112,12 +125,8 @@ def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
     weights, bonuses = _grid(cfg.lm_weights, "lm_weights"), _grid(cfg.word_scores, "word_scores")
     if not cfg.lm:
         raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
-    utts = utterances_of(cfg.dataset, cfg.max_utterances)
-    tracking.setup_uri()
-    transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
-    transcriber.batch_seconds = cfg.batch_seconds
-    tracking.setup(cfg.experiment)
-    emissions = [e for _, group, _ in model_outputs(transcriber, utts, progress, "model") for e in group]
+    utts, transcriber = _prepare(cfg)
+    emissions = [e for _, per_wave, _ in model_outputs(transcriber, utts, progress, "model") for e in per_wave]
     references = [normalize(u.transcript)[0] for u in utts]
     grid = []
     points = list(itertools.product(weights, bonuses))

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asr import UserError
+from asr import UserError, first_line
 from asr.model import BiGRU, SpeechModel, conv_output_length
 
 FORMATS = ("torchscript", "onnx")
@@ -224,4 +224,4 @@ def _write_onnx(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], pa
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"the exported ONNX model is invalid: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"the exported ONNX model is invalid: {first_line(e)}") from None

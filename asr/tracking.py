@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from asr import UserError
+from asr import UserError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PRODUCTION_ALIAS = "production"
@@ -129,7 +129,7 @@ def failure(e: Exception) -> str:
     text = str(e)
     if found := re.search(r"\[Errno -?\d+\] ([^'\")]+)", text):
         return found.group(1).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    return first_line(e)[:200]
 
 
 def use_reachable_store(offline_ok: bool) -> str:
