@@ -6,16 +6,38 @@ PY     := $(VENV)/bin/python
 ASR    := $(VENV)/bin/asr
 DEMO   ?= data/demo
 
-.PHONY: install test demo lint mlproject clean
+LOCK   := requirements.lock
+
+.PHONY: install lock test demo lint mlproject clean
 
 install: $(VENV)/.installed
 
-# Reinstalls when the dependency list changes; the package itself is installed editable.
-$(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+# The environment is exactly the lock (every package at an exact version, hash-checked): a changed lock gets a new
+# virtualenv, so what is installed never drifts from what a fresh clone installs. pip and setuptools are in the lock
+# too; the package itself is installed editable, built by the locked setuptools (quietly: its editable-mode notice
+# is advice for other layouts).
+$(VENV)/.locked: $(LOCK)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
 	@touch $@
+
+$(VENV)/.installed: $(VENV)/.locked pyproject.toml
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+# Resolves pyproject.toml's dependencies (with the dev extra, the build backend and pip) for every platform and
+# Python >= 3.11 with uv, and writes the lock with hashes, then conda.yaml from it. Pins already in the lock are kept
+# while they satisfy pyproject.toml; LOCK_FLAGS=--upgrade takes the newest releases, --upgrade-package NAME one.
+# The lock file is replaced only when it changes (a new lock means a new .venv at the next `make install`).
+LOCK_FLAGS ?=
+lock: install
+	cp $(LOCK) $(LOCK).tmp
+	$(PY) -c "import tomllib; print('\\n'.join(['pip', *tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']]))" \
+	  | $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --universal --python-version 3.11 --generate-hashes \
+	      --custom-compile-command 'make lock' --quiet $(LOCK_FLAGS) -o $(LOCK).tmp
+	cmp -s $(LOCK).tmp $(LOCK) && rm $(LOCK).tmp || mv $(LOCK).tmp $(LOCK)
+	$(PY) -m asr.requirements conda > conda.yaml.tmp && mv conda.yaml.tmp conda.yaml
 
 test: install
 	$(PY) -m pytest -q

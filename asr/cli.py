@@ -23,6 +23,7 @@ from asr.config import (
     from_dict,
     load_settings,
 )
+from asr.requirements import torchaudio_load_error
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -32,6 +33,11 @@ def friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except UserError as e:
             raise click.ClickException(str(e)) from None
+        except (OSError, RuntimeError) as e:  # a broken install: torchaudio's library built for another torch
+            message = torchaudio_load_error(e)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -17,7 +17,6 @@ import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,6 +27,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from asr import UserError, first_line
+from asr.requirements import model_requirements
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PRODUCTION_ALIAS = "production"
@@ -239,12 +239,6 @@ def end_run(status: str) -> None:
         mlflow.end_run(status)
 
 
-def pip_requirements() -> list[str]:
-    """Exact versions of what inference imports, so a served model gets the stack it was trained with."""
-    return [f"{name}=={installed_version(name).split('+')[0]}"
-            for name in ("torch", "torchaudio", "mlflow", "numpy", "pandas", "soundfile")]
-
-
 def log_model(checkpoint: Path, input_example_audio: Path) -> str:
     """Logs the checkpoint as a pyfunc model (audio in, text out) in the active run; returns its model URI."""
     import pandas as pd
@@ -258,7 +252,7 @@ def log_model(checkpoint: Path, input_example_audio: Path) -> str:
         code_paths=[str(Path(__file__).parent)],
         signature=signature(),
         input_example=pd.DataFrame({"audio": [audio_to_base64(input_example_audio)]}),
-        pip_requirements=pip_requirements(),
+        pip_requirements=model_requirements(),
     )
     return info.model_uri
 

@@ -258,7 +258,7 @@ def trained_store(trained: TrainedStore) -> Iterator[TrainedStore]:
 def copy_project(dest: Path) -> Path:
     """A copy of the MLflow project (what `mlflow run .` needs), so runs never write into the repository."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("MLproject", "main.py", "conda.yaml"):
+    for name in ("MLproject", "main.py", "conda.yaml", "requirements.lock"):
         shutil.copy2(REPO / name, dest / name)
     shutil.copytree(REPO / "asr", dest / "asr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
