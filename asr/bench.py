@@ -24,6 +24,7 @@ import soundfile as sf
 import torch
 
 from asr import UserError
+from asr.atomic import atomic_path
 from asr.config import TrainConfig
 
 # The spine's first default: the classic DeepSpeech2-tutorial proportions at ~3.5 M parameters.
@@ -287,4 +288,5 @@ def write_section(path: Path, name: str, body: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers written by the project's own scripts.\n"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    with atomic_path(path) as tmp:  # a crash mid-write must not cost the other sections' numbers
+        tmp.write_text(text)

@@ -7,7 +7,6 @@ run id: everything needed to continue exactly where training stopped). Both are 
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from asr import UserError, first_line
+from asr.atomic import atomic_path
 from asr.config import TrainConfig, from_dict, to_dict
 from asr.model import SpeechModel
 from asr.text import VOCAB
@@ -48,21 +48,14 @@ class _KeepWriteError:
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    """Writes to a temp file, fsyncs, then renames, so a crash or a full disk never leaves a half-written file
-    in place of the previous good one. The temp file (`.NAME.tmp`) is hidden and never matches a checkpoint name;
-    a crash may leave one behind, which the next save of that checkpoint overwrites."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """torch.save through asr.atomic (one writer: a killed save's hidden `.NAME.tmp` never matches a checkpoint name
+    and the next save of that checkpoint overwrites it). Raises CheckpointError naming the disk's reason."""
     writer = None
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path, shared=False) as tmp, open(tmp, "wb") as f:
             writer = _KeepWriteError(f)
             torch.save(obj, writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
         error = e if isinstance(e, OSError) else writer and writer.error
         if error is None:
             raise  # a serialization bug, not the disk

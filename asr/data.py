@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from asr import UserError, text
+from asr.atomic import atomic_path
 from asr.audio import AudioError, load_audio
 from asr.augment import WaveAugment, item_generator
 from asr.features import FeatureExtractor
@@ -176,10 +177,8 @@ class SpeechDataset(torch.utils.data.Dataset):
                 else:
                     self._cache[i] = feats
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                torch.save({"file_ids": [u.file_id for u in self.utterances], "features": self._cache}, tmp)
-                os.replace(tmp, cache)
+                with atomic_path(cache) as tmp:  # two runs may cache the same split at once
+                    torch.save({"file_ids": [u.file_id for u in self.utterances], "features": self._cache}, tmp)
             self._drop(failed)
         return [f.shape[-1] for f in self._cache]
 

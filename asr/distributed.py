@@ -39,6 +39,12 @@ def init() -> Context:
     return Context(int(os.environ.get("RANK", "0")), world, device)
 
 
+def barrier(ctx: Context) -> None:
+    """Waits until every rank gets here (no-op for one process)."""
+    if ctx.world > 1:
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

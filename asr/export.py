@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from asr import UserError, first_line
+from asr.atomic import atomic_path
 from asr.model import BiGRU, SpeechModel, conv_output_length
 
 FORMATS = ("torchscript", "onnx")
@@ -65,24 +66,20 @@ def export_model(model: SpeechModel, fmt: str, out: str | Path, *, quantize: boo
     path = _output_path(out, DEFAULT_NAMES[fmt].replace(".pt", ".int8.pt") if quantize else DEFAULT_NAMES[fmt])
     prepared = quantize_dynamic(model) if quantize else _native_copy(model)
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if fmt == "torchscript":
-            _write_torchscript(prepared, _example(example_feats, 2, 100, (100, 71)), tmp)
-        else:
-            _write_onnx(prepared, _example(example_feats, 2, 100, (100, 71)), tmp, fixed_feats=n_feats is not None)
-        # a batch of another size and length than traced: catches shapes baked into the export
-        diff = max_abs_diff(prepared, tmp, fmt, *_example(example_feats, 3, 77, (77, 40, 9), seed=1))
-        if not diff <= VERIFY_TOLERANCE:
-            raise ExportError(f"the {fmt} export differs from the PyTorch model by {diff:.3g} in log-probability "
-                              f"(tolerance {VERIFY_TOLERANCE}); not written")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            if fmt == "torchscript":
+                _write_torchscript(prepared, _example(example_feats, 2, 100, (100, 71)), tmp)
+            else:
+                _write_onnx(prepared, _example(example_feats, 2, 100, (100, 71)), tmp,
+                            fixed_feats=n_feats is not None)
+            # a batch of another size and length than traced: catches shapes baked into the export
+            diff = max_abs_diff(prepared, tmp, fmt, *_example(example_feats, 3, 77, (77, 40, 9), seed=1))
+            if not diff <= VERIFY_TOLERANCE:
+                raise ExportError(f"the {fmt} export differs from the PyTorch model by {diff:.3g} in "
+                                  f"log-probability (tolerance {VERIFY_TOLERANCE}); not written")
     except OSError as e:
         raise ExportError(f"could not write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from asr import UserError
+from asr.atomic import atomic_path
 from asr.text import VOCAB, normalize
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -247,18 +246,7 @@ def write_lexicon(words: Iterable[str], out: str | Path) -> int:
 
 @contextmanager
 def _atomic_write(out: str | Path) -> Iterator[IO[str]]:
-    """A text file that appears at `out` complete or not at all: written to a temporary file in the same folder,
-    then renamed over `out`, so a crash never leaves a half-written LM that KenLM would choke on later."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the LM private to its writer
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A text file that appears at `out` complete or not at all (asr.atomic): a crash never leaves a half-written LM
+    that KenLM would choke on later."""
+    with atomic_path(Path(out)) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        yield f

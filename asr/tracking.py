@@ -27,6 +27,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from asr import UserError, first_line
+from asr.atomic import atomic_path
 from asr.requirements import model_requirements
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -215,8 +216,8 @@ class MetricLog:
     def send_or_keep(self) -> None:
         """One bounded attempt to send; what cannot be sent is written to the run's folder for `--resume`."""
         if not self.send():
-            self.unsent.parent.mkdir(parents=True, exist_ok=True)
-            self.unsent.write_text(json.dumps([[m.key, m.value, m.timestamp, m.step] for m in self.pending]))
+            with atomic_path(self.unsent, shared=False) as tmp:  # a kill mid-write must not lose the earlier ones
+                tmp.write_text(json.dumps([[m.key, m.value, m.timestamp, m.step] for m in self.pending]))
 
     def close(self, attempts: int = 5) -> None:
         """Sends what is left before the model is logged, retrying after 2, 4, 8 and 16 s; if the server still does

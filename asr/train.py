@@ -416,6 +416,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             pos.registered = result.promotion.version
             mlflow.end_run()  # before the checkpoint that makes the run unresumable: a kill between the two then
             checkpoint()      # leaves a resumable run that re-finishes (same version), not one RUNNING forever
+        dist.barrier(ctx)  # ranks tear the process group down together, once rank 0 has registered the model
         return result
     except TrainingInterrupted:
         if ctx.main:
@@ -428,7 +429,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             tracking.end_run("FAILED")
         raise
     finally:
-        dist.shutdown()
+        ddp = None  # DDP's reducer holds the process group: release it, so shutdown destroys the group now, not
+        dist.shutdown()  # in some later garbage collection (gloo threads torn down then can abort the process)
+
+
+def kill_point(name: str) -> None:
+    """Fault injection for the reliability tests: with ASR_KILL_AT=name the process SIGKILLs itself here, as a
+    `kill -9` landing at exactly this moment would (a kill from outside can miss a window this short)."""
+    if os.environ.get("ASR_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def interrupted(stop: list[int], pos: Progress, path: Path, out_dir: Path) -> str:
@@ -462,6 +471,7 @@ def finish(cfg: TrainConfig, model: SpeechModel, best_state: dict | None, pos: P
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg, model), out_dir / ckpt.MODEL)
     uri = tracking.log_model(checkpoint, dev_set.utterances[0].path)
     promotion = tracking.register_and_promote(uri, cfg.registered_model, run_id, dev["wer"], cfg.promote)
+    kill_point("registered")
     mlflow.set_tags({"registered_model": cfg.registered_model, "model_version": promotion.version,
                      "promoted": str(promotion.promoted)})
     print(f"{cfg.registered_model} {promotion.describe()}")

@@ -55,7 +55,10 @@ def test_every_declared_dependency_is_locked_within_its_range():
 def test_the_lock_requires_exactly_the_declared_packages():
     """The lock's `via pyproject.toml` packages are pyproject.toml's: none added or dropped on one side only."""
     runtime_and_extras = {canonicalize_name(r.name) for r in declared()} - {"setuptools"}
-    assert {e.name for e in LOCK if "project" in e.required_by} == runtime_and_extras
+    locked_direct = {e.name for e in LOCK if "project" in e.required_by}
+    assert locked_direct == runtime_and_extras, (
+        f"run `make lock`: declared but not locked as direct: {sorted(runtime_and_extras - locked_direct)}; "
+        f"locked as direct but not declared: {sorted(locked_direct - runtime_and_extras)}")
 
 
 def test_the_locked_torch_and_torchaudio_load_together():
