@@ -93,9 +93,9 @@ def _measure(spec: Spec) -> dict:
     from asr.data import SpeechDataset
     from asr.features import FeatureExtractor
     from asr.model import BiGRU, SpeechModel
+    from asr.precision import autocast_dtype
     from asr.text import VOCAB
     from asr.train import (
-        autocast_dtype,
         epoch_batches,
         forward_backward,
         intra_op_threads,

@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from asr import UserError
 from asr.config import (
+    DEFAULT_MODEL_URI,
     DecodeConfig,
     EvaluateConfig,
     ServerConfig,
@@ -147,7 +148,7 @@ def show_progress() -> bool:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--model-uri", "--model_uri", "model_uri", default="models:/SpeechRecognitionModel@production",
+@click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI,
               show_default=True, help="models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint "
                                       "(.pt) or its OUTPUT_DIR/RUN_ID folder")
 @click.option("--json", "as_json", is_flag=True, help="print JSON lines: file, text, seconds")
@@ -212,14 +213,14 @@ def lm_build(text_file: str | None, dataset: str | None, order: int, out: str, l
     """
     from asr.evaluate import utterances_of
     from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
-    from asr.text import normalize
+    from asr.text import normalized
 
     if bool(text_file) == bool(dataset):
         raise click.UsageError("give exactly one of --text FILE or --from-dataset DIR")
     if text_file and not Path(text_file).is_file():
         raise click.ClickException(f"--text {text_file}: no such file")
     sentences = (read_sentences(text_file) if text_file
-                 else (normalize(u.transcript)[0] for u in utterances_of(dataset)))
+                 else (normalized(u.transcript) for u in utterances_of(dataset)))
     summary = build_arpa(sentences, order, out)
     click.echo(f"{out}: order {summary['order']}, {summary['vocab']} words, {summary['sentences']} sentences, "
                f"n-grams {summary['ngrams']}")
@@ -248,7 +249,7 @@ def lm_tune(**options) -> None:
 
 
 @main.command()
-@click.option("--model-uri", "--model_uri", "model_uri", default="models:/SpeechRecognitionModel@production",
+@click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI,
               show_default=True, help="model to export (same forms as `asr transcribe --model-uri`)")
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
               show_default=True)
@@ -342,7 +343,7 @@ def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, 
 
 
 @bench.command("infer")
-@click.option("--model-uri", "--model_uri", "model_uri", default="models:/SpeechRecognitionModel@production",
+@click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI,
               show_default=True, help="model to measure (same forms as `asr transcribe --model-uri`)")
 @click.option("--data", default="data/demo/test", show_default=True, help="split to transcribe")
 @click.option("--lm", default="", help="ARPA/KenLM LM for the beam+LM rows ('' = skip them)")

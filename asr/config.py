@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+REGISTERED_MODEL = "SpeechRecognitionModel"
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@production"  # the Production model, by its alias
+
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field that carries its own --help text (and allowed values)."""
@@ -68,7 +71,7 @@ class TrainConfig:
     # tracking
     experiment: str = opt("SpeechRecognition", "MLflow experiment name")
     run_name: str = opt("", "MLflow run name ('' = MLflow picks one)")
-    registered_model: str = opt("SpeechRecognitionModel", "Model Registry name every trained model is registered under")
+    registered_model: str = opt(REGISTERED_MODEL, "Model Registry name every trained model is registered under")
     promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
                        "beats the current Production version's", ("if-better", "always", "never"))
     output_dir: str = opt("outputs", "checkpoints go to OUTPUT_DIR/RUN_ID (last.pt to resume from, best.pt)")
@@ -81,7 +84,7 @@ class TrainConfig:
 
 @dataclass
 class ValidateConfig:
-    registered_model: str = opt("SpeechRecognitionModel", "registered model to load")
+    registered_model: str = opt(REGISTERED_MODEL, "registered model to load")
     model_stage: str = opt("Production", "stage to load (ignored when model_version or model_alias is set)")
     model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)")
     model_version: str = opt("", "version number to load ('' = use the alias or stage)")
@@ -126,7 +129,7 @@ class DecodeConfig:
 
 @dataclass
 class EvaluateConfig(DecodeConfig):
-    model_uri: str = opt("models:/SpeechRecognitionModel@production", "model: models:/NAME@ALIAS or /VERSION, "
+    model_uri: str = opt(DEFAULT_MODEL_URI, "model: models:/NAME@ALIAS or /VERSION, "
                          "runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its OUTPUT_DIR/RUN_ID folder")
     dataset: str = opt("data/demo/test", "split folder(s) to score, comma-separated (LibriSpeech layout)")
     max_utterances: int = opt(0, "score at most this many utterances (0 = all)")

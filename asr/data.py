@@ -135,7 +135,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
         self.epoch = 0  # set by the training loop before each epoch's DataLoader is created
-        self.labels = [text.encode(text.normalize(u.transcript)[0]) for u in utterances]
+        self.labels = [text.encode(text.normalized(u.transcript)) for u in utterances]
         self._cache: list[torch.Tensor | None] = [None] * len(utterances)
         self.unreadable: list[str] = []  # why each audio file `precompute` left out could not be used
 

@@ -19,7 +19,7 @@ from asr.config import DecodeConfig, EvaluateConfig, TuneConfig, to_dict
 from asr.data import Utterance, read_split
 from asr.decoding import make_decoder
 from asr.metrics import cer, wer
-from asr.text import normalize
+from asr.text import normalized
 from asr.transcribe import Transcriber
 
 GROUP = 32  # utterances read and run through the model at a time: bounds memory on any split size
@@ -81,7 +81,7 @@ def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool 
     start = time.perf_counter()
     for group, emissions, audio in model_outputs(transcriber, utts, progress, desc):
         hypotheses += transcriber.decode(emissions)
-        references += [normalize(u.transcript)[0] for u in group]
+        references += [normalized(u.transcript) for u in group]
         audio_seconds += audio
     return score(references, hypotheses, utts, audio_seconds, time.perf_counter() - start)
 
@@ -127,7 +127,7 @@ def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
         raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
     utts, transcriber = _prepare(cfg)
     emissions = [e for _, per_wave, _ in model_outputs(transcriber, utts, progress, "model") for e in per_wave]
-    references = [normalize(u.transcript)[0] for u in utts]
+    references = [normalized(u.transcript) for u in utts]
     grid = []
     points = list(itertools.product(weights, bonuses))
     for weight, bonus in tqdm(points, desc="grid", disable=not progress):

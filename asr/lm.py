@@ -19,7 +19,7 @@ from typing import IO
 
 from asr import UserError
 from asr.atomic import atomic_path
-from asr.text import VOCAB, normalize
+from asr.text import VOCAB, normalize, normalized
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 SPECIAL = (BOS, EOS, UNK)
@@ -50,7 +50,7 @@ def read_sentences(path: str | Path) -> Iterator[str]:
 def _normalized_lines(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
-            text = normalize(line)[0]
+            text = normalized(line)
             if text:
                 yield text
 

@@ -26,6 +26,11 @@ def normalize(text: str) -> tuple[str, int]:
     return _SPACES.sub(" ", kept).strip(), dropped
 
 
+def normalized(text: str) -> str:
+    """The text in vocabulary characters: normalize() without the count (references, labels, LM sentences)."""
+    return normalize(text)[0]
+
+
 def encode(text: str) -> list[int]:
     """Label ids of an already normalized text."""
     return [_INDEX[ch] for ch in text]

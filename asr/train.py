@@ -34,7 +34,8 @@ from asr.decoding import greedy_decode
 from asr.features import FeatureExtractor
 from asr.metrics import cer, wer
 from asr.model import SpeechModel
-from asr.text import BLANK, VOCAB, normalize
+from asr.precision import autocast, autocast_dtype
+from asr.text import BLANK, VOCAB, normalized
 
 
 class TrainingInterrupted(UserError):
@@ -60,26 +61,6 @@ class Progress:
     bad_epochs: int = 0          # epochs since the best one (early stopping)
     skipped_steps: int = 0       # steps dropped for a non-finite loss or gradient
     registered: str = ""         # model version, once the run is complete (nothing left to resume)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware has bf16 matrix units (AMX CPUs, Ampere+ GPUs); None = fp32. A CPU with AVX-512
-    BF16 but no AMX runs bf16 matmuls slower than fp32 ones (measured: see BENCHMARKS.md)."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UserError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else None
-
-
-def autocast(device: torch.device, amp: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp) if amp else nullcontext()
 
 
 def load_dataset(dirs: str, features: FeatureExtractor, limit: int = 0, seed: int = 0,
@@ -218,7 +199,7 @@ def evaluate(model: nn.Module, dataset: SpeechDataset, lengths: list[int], cfg: 
         total_loss += ctc_loss_sum(log_probs, out_lengths, batch, ctx.device).item()
         for i, hyp in zip(idx, greedy_decode(log_probs, out_lengths), strict=True):
             u = dataset.utterances[i]
-            rows.append((u.file_id, normalize(u.transcript)[0], hyp))
+            rows.append((u.file_id, normalized(u.transcript), hyp))
     rows = sorted(r for part in dist.gather(rows, ctx) for r in part)
     total_loss = dist.all_sum([total_loss], ctx)[0]
     refs, hyps = [r[1] for r in rows], [r[2] for r in rows]

@@ -8,7 +8,6 @@ memory stays bounded whatever the input, and the pieces' texts are joined again.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from asr.config import DecodeConfig, TrainConfig
 from asr.decoding import Decoder, make_decoder
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
+from asr.precision import autocast
 
 
 class Transcriber:
@@ -49,11 +49,6 @@ class Transcriber:
     def sample_rate(self) -> int:
         return self.cfg.sample_rate
 
-    def _autocast(self):
-        if self.decode_cfg.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return nullcontext()
-
     def _batches(self, items: list[torch.Tensor]) -> Iterator[list[int]]:
         """Indices of `items` in length order, grouped so that each batch's padded audio fits the budget."""
         order = sorted(range(len(items)), key=lambda i: items[i].numel())
@@ -77,7 +72,7 @@ class Transcriber:
             feats = [self.features(chunks[i][1]) for i in batch]
             lengths = torch.tensor([f.shape[-1] for f in feats])
             padded = torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2)
-            with self._autocast():
+            with autocast(torch.device("cpu"), torch.bfloat16 if self.decode_cfg.precision == "bf16" else None):
                 log_probs, out_lengths = self.model(padded, lengths)
             for row, i in enumerate(batch):
                 out[i] = log_probs[row, : out_lengths[row]].float()

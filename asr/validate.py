@@ -11,7 +11,7 @@ from asr import tracking
 from asr.config import ValidateConfig
 from asr.data import DataError, Utterance, find_utterance
 from asr.metrics import cer, wer
-from asr.text import normalize
+from asr.text import normalized
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ValidationResult:
 def validate(cfg: ValidateConfig) -> ValidationResult:
     # Cheap checks first: a bad id or dataset fails before the model is loaded.
     utterance = find_utterance(cfg.file_id, cfg.dataset or None)
-    if not normalize(utterance.transcript)[0]:  # a score against nothing would be meaningless
+    if not normalized(utterance.transcript):  # a score against nothing would be meaningless
         trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
         raise DataError(f"{cfg.file_id}: its transcript has no letters to score against (line in {trans}: "
                         f"{(cfg.file_id + ' ' + utterance.transcript).strip()!r})")
@@ -35,7 +35,7 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
     uri = tracking.model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
     model = tracking.load_model(uri)
     prediction = str(model.predict(pd.DataFrame({"audio": [str(utterance.path)]}))["text"][0])
-    target = normalize(utterance.transcript)[0]
+    target = normalized(utterance.transcript)
     result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),
                               cer([target], [prediction]))
     with mlflow.start_run(run_name=f"validate-{cfg.file_id}"):

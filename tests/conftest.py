@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -253,6 +254,34 @@ def trained_store(trained: TrainedStore) -> Iterator[TrainedStore]:
     """The shared trained store, made the current MLflow store (and cwd) for one test."""
     with mlflow_store(trained.root):
         yield trained
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    """The one run folder (OUTPUT_DIR/RUN_ID) a training wrote."""
+    runs = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def randomize_layernorms(model):
+    """`model` in eval mode with random LayerNorm gains and biases, as after training: fresh ones are exactly 1 and
+    0, which hides whatever depends on them."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
 
 
 def copy_project(dest: Path) -> Path:

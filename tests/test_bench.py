@@ -43,10 +43,10 @@ def test_bench_train_without_data_is_a_one_line_error(tmp_path: Path):
 
 def test_bench_infer_measures_every_decoder_and_precision(trained, short_dev: Path, tmp_path: Path):
     from asr.lm import build_arpa
-    from asr.text import normalize
+    from asr.text import normalized
 
     lm = tmp_path / "lm.arpa"
-    build_arpa([normalize(u.transcript)[0] for u in read_split(split_dir("dev-clean"))], 2, lm)
+    build_arpa([normalized(u.transcript) for u in read_split(split_dir("dev-clean"))], 2, lm)
     out = tmp_path / "BENCHMARKS.md"
     checkpoint = Path(trained.cfg.output_dir) / trained.result.run_id / "model.pt"
     proc = run_cli(asr_command() + ["bench", "infer", "--model-uri", str(checkpoint), "--data",

@@ -41,7 +41,7 @@ from asr.config import to_dict
 from asr.data import read_split
 from asr.model import SpeechModel
 from asr.pyfunc import audio_to_base64
-from asr.text import BLANK, VOCAB, normalize
+from asr.text import BLANK, VOCAB, normalized
 from asr.train import train
 from asr.transcribe import Transcriber
 
@@ -124,7 +124,7 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
     assert len(table) == len(dev) == 13
     assert {"file_id", "target", "prediction"} <= set(table.columns)
     targets = dict(zip(table["file_id"], table["target"], strict=True))
-    assert targets == {u.file_id: normalize(u.transcript)[0] for u in dev}
+    assert targets == {u.file_id: normalized(u.transcript) for u in dev}
     assert all(set(p) <= VOCAB_CHARS for p in table["prediction"])
     test_table = client.load_table(run.info.experiment_id, "predictions_test.json", run_ids=[run.info.run_id])
     assert sorted(test_table["file_id"]) == sorted(u.file_id for u in read_split(cfg.test_data))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_layernorms
 from torch import nn
 
 from asr.config import TrainConfig
@@ -29,15 +30,11 @@ def make_model(seed: int = 0) -> SpeechModel:
     ones are exactly 1 and 0) and a larger classifier make the log-probs far from uniform (mean top
     probability ~0.4), so differences in them are not hidden by a flat output."""
     torch.manual_seed(seed)
-    model = SpeechModel.from_config(TrainConfig(rnn_dim=32), len(VOCAB))
+    model = randomize_layernorms(SpeechModel.from_config(TrainConfig(rnn_dim=32), len(VOCAB)))
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
         for linear in (model.classifier[0], model.classifier[-1]):
             linear.weight.normal_(0, 3 / linear.in_features ** 0.5)
-    return model.eval()
+    return model
 
 
 def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

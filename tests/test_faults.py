@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MODEL_NAME, asr_command, make_tiny_config, new_store, one_line_error, subprocess_env, tiny_args
+from conftest import (
+    MODEL_NAME,
+    asr_command,
+    make_tiny_config,
+    new_store,
+    one_line_error,
+    only_run_dir,
+    subprocess_env,
+    tiny_args,
+)
 from mlflow import MlflowClient
 
 from asr import checkpoint as ckpt
@@ -75,12 +84,6 @@ def max_weight_diff(a: Path, b: Path) -> float:
     wa, wb = (torch.load(p, map_location="cpu", weights_only=True)["model"] for p in (a, b))
     assert wa.keys() == wb.keys()
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
-
-
-def only_run_dir(output_dir: Path) -> Path:
-    runs = [p for p in output_dir.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def assert_one_production(client: MlflowClient, name: str = MODEL_NAME) -> str:

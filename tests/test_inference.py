@@ -22,7 +22,7 @@ from asr.audio import load_audio, pieces, quiet_cut_points
 from asr.config import DecodeConfig
 from asr.data import read_split
 from asr.metrics import cer, wer
-from asr.text import normalize
+from asr.text import normalized
 from asr.transcribe import Transcriber
 
 RATE = 16000
@@ -142,7 +142,7 @@ def test_evaluate_scores_a_split_and_logs_the_worst_utterances(trained_store, tm
     assert scores.utterances == len(utts)
     refs = {r["file_id"]: r["target"] for r in scores.rows}
     hyps = {r["file_id"]: r["predicted"] for r in scores.rows}
-    assert refs == {u.file_id: normalize(u.transcript)[0] for u in utts}
+    assert refs == {u.file_id: normalized(u.transcript) for u in utts}
     ids = sorted(refs)
     assert scores.wer == pytest.approx(wer([refs[i] for i in ids], [hyps[i] for i in ids]))
     assert scores.cer == pytest.approx(cer([refs[i] for i in ids], [hyps[i] for i in ids]))
@@ -173,7 +173,7 @@ def test_lm_build_and_tune_cli(trained, tmp_path):
     proc = run_cli(asr_command() + ["lm", "build", "--from-dataset", dev, "--order", "2", "--out", str(arpa),
                                     "--lexicon", str(lexicon)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    words = {w for u in read_split(dev) for w in normalize(u.transcript)[0].split()}
+    words = {w for u in read_split(dev) for w in normalized(u.transcript).split()}
     assert f"{len(words)} words" in proc.stdout
     assert {line.split("\t")[0] for line in lexicon.read_text().splitlines()} == words
 

@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from conftest import randomize_layernorms
 from torch import nn
 
 from asr.checkpoint import load_checkpoint, save_checkpoint
@@ -30,14 +31,8 @@ def make_model(rnn_layers: int = 2, cnn_layers: int = 1, seed: int = 0) -> Speec
     """A small model in eval mode whose LayerNorm gains and biases are random, as after training
     (freshly initialized ones are exactly 1 and 0, which hides whatever depends on them)."""
     torch.manual_seed(seed)
-    model = SpeechModel(N_FEATS, len(VOCAB), cnn_layers=cnn_layers, cnn_channels=4, rnn_layers=rnn_layers,
-                        rnn_dim=RNN_DIM, dropout=0.1, time_stride=2)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model.eval()
+    return randomize_layernorms(SpeechModel(N_FEATS, len(VOCAB), cnn_layers=cnn_layers, cnn_channels=4,
+                                            rnn_layers=rnn_layers, rnn_dim=RNN_DIM, dropout=0.1, time_stride=2))
 
 
 @torch.no_grad()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,18 +15,12 @@ import mlflow
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import BIN, MODEL_NAME, split_dir, subprocess_env, torch_threads
+from conftest import BIN, MODEL_NAME, free_port, split_dir, subprocess_env, torch_threads
 
 from asr.metrics import cer
 from asr.pyfunc import audio_to_base64
 
 URI = f"models:/{MODEL_NAME}@production"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, payload: dict) -> tuple[int, dict]:

@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ from conftest import (
     MODEL_NAME,
     TRANSCRIPT,
     asr_command,
+    free_port,
     make_tiny_config,
     new_store,
     one_line_error,
@@ -43,12 +43,6 @@ from mlflow import MlflowClient
 from asr import tracking
 
 PG_PASSWORD = "s3cret-team"  # in the store URI, as a real team's would be
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> Path:

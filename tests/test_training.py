@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import BIN, asr_command, make_tiny_config, new_store, subprocess_env, tiny_args
+from conftest import BIN, asr_command, make_tiny_config, new_store, only_run_dir, subprocess_env, tiny_args
 from mlflow import MlflowClient
 
 from asr import UserError
@@ -48,12 +48,6 @@ def assert_same_training(a: Path, b: Path) -> None:
     diffs = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
     assert (diffs > 1e-6).float().mean() < 1e-3, f"{int((diffs > 1e-6).sum())} of {diffs.numel()} weights differ"
     assert diffs.max() < 3e-4, f"max weight difference {diffs.max():.2e}"
-
-
-def only_run_dir(output_dir: Path) -> Path:
-    runs = [p for p in output_dir.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 # ---------------------------------------------------------------- batching
