@@ -8,7 +8,7 @@ DEMO   ?= data/demo
 
 LOCK   := requirements.lock
 
-.PHONY: install lock test demo lint mlproject clean
+.PHONY: install lock test test-fast demo lint mlproject clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ lock: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The unit tier: everything not marked slow (no training run, server, subprocess or real LibriSpeech).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	@echo "== 1/5 demo corpus (text-to-speech, LibriSpeech layout) in $(DEMO)"

@@ -38,6 +38,8 @@ from asr.features import FeatureExtractor
 from asr.text import encode, normalize
 from asr.train import train
 
+pytestmark = pytest.mark.slow  # training on corrupt corpora
+
 RATE = 16000
 CHAPTER = "9999-11"  # speaker-chapter of the files built here; the rest of the split is real, untouched
 OUT_OF_VOCABULARY = "CAFÉ NAÏVE 42, “QUOTED” RÉSUMÉ!"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import asr_command, run_cli, split_dir
 
 from asr.bench import write_section
 from asr.data import read_split
+
+pytestmark = pytest.mark.slow  # benchmarks end to end
 
 
 def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path: Path):

@@ -45,6 +45,8 @@ from asr.text import BLANK, VOCAB, normalized
 from asr.train import train
 from asr.transcribe import Transcriber
 
+pytestmark = pytest.mark.slow  # training, registry, mlflow run
+
 EXPERIMENT = "SpeechRecognition"
 TARGET_LINE = f"target:    {TRANSCRIPT.lower()}"
 VOCAB_CHARS = set(VOCAB) - {VOCAB[BLANK]}

@@ -34,6 +34,8 @@ from mlflow import MlflowClient
 from asr import checkpoint as ckpt
 from asr import tracking
 
+pytestmark = pytest.mark.slow  # real training processes killed and resumed, full disks
+
 # 4 utterances, batch 1: 4 optimizer steps an epoch, a checkpoint after each. Dropout and SpecAugment stay on (the
 # defaults): their random draws must be restored exactly on resume too. One thread: the same float summation order
 # in every process.

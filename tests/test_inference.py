@@ -25,6 +25,8 @@ from asr.metrics import cer, wer
 from asr.text import normalized
 from asr.transcribe import Transcriber
 
+pytestmark = pytest.mark.slow  # trained models, CLI subprocesses, real LibriSpeech
+
 RATE = 16000
 
 

@@ -118,6 +118,7 @@ print(json.dumps(sorted({d for m in list(sys.modules) for d in owners.get(m.spli
 """
 
 
+@pytest.mark.slow  # a trained model, real LibriSpeech audio, a fresh process
 def test_a_logged_model_requires_everything_it_imports_at_the_locked_versions(trained, tmp_path):
     """Loads the registered model in a fresh process, transcribes with greedy and with beam search + LM, and
     checks every distribution that process imported against the model's requirements.txt and the lock."""

@@ -13,6 +13,8 @@ from conftest import asr_command, one_line_error, run_cli
 from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.tracking import load_transcriber
 
+pytestmark = pytest.mark.slow  # CLI subprocesses on a trained model
+
 
 class Payload:
     """Unpickling this creates the marker file: the proof that code ran."""

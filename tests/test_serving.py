@@ -20,6 +20,8 @@ from conftest import BIN, MODEL_NAME, free_port, split_dir, subprocess_env, torc
 from asr.metrics import cer
 from asr.pyfunc import audio_to_base64
 
+pytestmark = pytest.mark.slow  # mlflow models serve
+
 URI = f"models:/{MODEL_NAME}@production"
 
 

@@ -42,6 +42,8 @@ from mlflow import MlflowClient
 
 from asr import tracking
 
+pytestmark = pytest.mark.slow  # PostgreSQL and MLflow servers
+
 PG_PASSWORD = "s3cret-team"  # in the store URI, as a real team's would be
 
 

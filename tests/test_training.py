@@ -26,6 +26,8 @@ from asr.data import SpeechDataset, plan_batches, read_split
 from asr.features import FeatureExtractor
 from asr.train import ctc_min_frames, train
 
+pytestmark = pytest.mark.slow  # real training runs, torchrun
+
 # No randomness left but the data order: what data parallelism and accumulation must reproduce exactly.
 EXACT = dict(dropout=0.0, freq_mask=0, time_mask=0, precision="fp32", threads=1)
 
