@@ -12,15 +12,17 @@ LOCK   := requirements.lock
 
 install: $(VENV)/.installed
 
-# The environment is exactly the lock (every package at an exact version, hash-checked): a changed lock gets a new
-# virtualenv, so what is installed never drifts from what a fresh clone installs. pip and setuptools are in the lock
+# The environment is exactly the lock (every package at an exact version, hash-checked): a lock whose content changed
+# gets a new virtualenv, so what is installed never drifts from what a fresh clone installs. pip and setuptools are in the lock
 # too; the package itself is installed editable, built by the locked setuptools (quietly: its editable-mode notice
 # is advice for other layouts).
 $(VENV)/.locked: $(LOCK)
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
-	@touch $@
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "$(PYTHON) is older than Python 3.11, which this project needs: make ... PYTHON=python3.11" >&2; exit 1; }
+	@if cmp -s $(LOCK) $(VENV)/requirements.lock; then touch $@; exit 0; fi; \
+	  set -ex; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --require-hashes -r $(LOCK); \
+	  cp $(LOCK) $(VENV)/requirements.lock; touch $@
 
 $(VENV)/.installed: $(VENV)/.locked pyproject.toml
 	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

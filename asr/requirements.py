@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from asr import first_line
@@ -57,7 +58,8 @@ def read_lock(path: Path = LOCK) -> list[Locked]:
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
-        raise LockError(f"cannot read the lock {path}: {e.strerror or e}; run `make lock`") from e
+        raise LockError(f"cannot read the lock {path}: {e.strerror or e}; restore it (git checkout "
+                        "requirements.lock)") from e
     entries: list[Locked] = []
     head: tuple[str, str, str] | None = None
     via: list[str] = []
@@ -115,8 +117,6 @@ def model_requirements(lock_path: Path = LOCK) -> list[str]:
 
 def conda_yaml(lock: list[Locked], pyproject: Path = PYPROJECT) -> str:
     """conda.yaml for `mlflow run` without --env-manager local: the runtime closure of the lock, as pip lines."""
-    from packaging.requirements import Requirement
-
     python = re.search(r"\d+\.\d+", tomllib.loads(pyproject.read_text())["project"]["requires-python"])[0]
     roots = ["pip", *(Requirement(d).name for d in direct_dependencies(pyproject))]
     lines = [
@@ -135,6 +135,7 @@ def conda_yaml(lock: list[Locked], pyproject: Path = PYPROJECT) -> str:
 
 
 def version_of(name: str) -> str:
+    """The installed version of distribution `name`, or "not installed"."""
     try:
         return installed_version(name)
     except PackageNotFoundError:
@@ -167,7 +168,7 @@ def check_torchaudio() -> None:
 
 
 def main(argv: list[str]) -> None:
-    command = argv[0] if argv else ""
+    command = argv[0] if len(argv) == 1 else ""
     if command == "conda":
         sys.stdout.write(conda_yaml(read_lock()))
     elif command == "check":

@@ -95,7 +95,7 @@ def test_model_requirements_are_lock_lines_closed_under_dependencies():
 
 
 def test_closure_and_lock_reading_errors(tmp_path):
-    with pytest.raises(LockError, match="make lock"):
+    with pytest.raises(LockError, match="git checkout requirements.lock"):
         read_lock(tmp_path / "missing.lock")
     (tmp_path / "empty.lock").write_text("# nothing pinned\n")
     with pytest.raises(LockError, match="no pinned package"):
