@@ -12,10 +12,10 @@ LOCK   := requirements.lock
 
 install: $(VENV)/.installed
 
-# The environment is exactly the lock (every package at an exact version, hash-checked): a lock whose content changed
-# gets a new virtualenv, so what is installed never drifts from what a fresh clone installs. pip and setuptools are in the lock
-# too; the package itself is installed editable, built by the locked setuptools (quietly: its editable-mode notice
-# is advice for other layouts).
+# The environment is exactly the lock (every package at an exact version, hash-checked): a lock whose content
+# changed gets a new virtualenv, so what is installed never drifts from what a fresh clone installs. pip and
+# setuptools are in the lock too; the package itself is installed editable, built by the locked setuptools (quietly:
+# its editable-mode notice is advice for other layouts).
 $(VENV)/.locked: $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "$(PYTHON) is older than Python 3.11, which this project needs: make ... PYTHON=python3.11" >&2; exit 1; }

@@ -10,8 +10,6 @@ from conftest import asr_command, run_cli, split_dir
 from asr.bench import write_section
 from asr.data import read_split
 
-pytestmark = pytest.mark.slow  # benchmarks end to end
-
 
 def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path: Path):
     out = tmp_path / "BENCHMARKS.md"
@@ -25,6 +23,7 @@ def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path: Path)
     assert text.count("<!-- bench:train -->") == 1
 
 
+@pytest.mark.slow  # the benchmark CLI end to end
 def test_bench_train_measures_real_and_naive_paths(short_dev: Path, tmp_path: Path):
     out = tmp_path / "BENCHMARKS.md"
     proc = run_cli(asr_command() + ["bench", "train", "--data", str(short_dev), "--utterances", "4", "--seconds",
@@ -37,6 +36,7 @@ def test_bench_train_measures_real_and_naive_paths(short_dev: Path, tmp_path: Pa
     assert "**" in rows[0]  # the real path's ratio to the naive one
 
 
+@pytest.mark.slow  # the benchmark CLI end to end
 def test_bench_train_without_data_is_a_one_line_error(tmp_path: Path):
     proc = run_cli(asr_command() + ["bench", "train", "--data", str(tmp_path / "nope")], cwd=tmp_path)
     assert proc.returncode == 1
@@ -44,6 +44,7 @@ def test_bench_train_without_data_is_a_one_line_error(tmp_path: Path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the benchmark CLI end to end
 def test_bench_infer_measures_every_decoder_and_precision(trained, short_dev: Path, tmp_path: Path):
     from asr.lm import build_arpa
     from asr.text import normalized
