@@ -58,7 +58,7 @@ demo: install
 	@echo "== 4/5 held-out voices, Production model: beam search + LM (greedy is in step 2's test line)"
 	$(ASR) evaluate --dataset $(DEMO)/test --lm $(DEMO)/lm.arpa
 	@echo "== 5/5 validate a held-out utterance by file id with the Production model"
-	$(ASR) validate --dataset $(DEMO)/test --file_id $$($(PY) -c "from asr.data import read_split; print(read_split('$(DEMO)/test')[0].file_id)")
+	$(ASR) validate --dataset $(DEMO)/test --file_id $$($(PY) -c "from asr.data.dataset import read_split; print(read_split('$(DEMO)/test')[0].file_id)")
 
 lint: install
 	$(VENV)/bin/ruff check asr tests main.py

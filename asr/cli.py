@@ -46,13 +46,13 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 def run_train(cfg: TrainConfig) -> None:
-    from asr.train import train
+    from asr.training.train import train
 
     train(cfg, progress=show_progress())
 
 
 def run_validate(cfg: ValidateConfig) -> None:
-    from asr.validate import validate
+    from asr.evaluation.validate import validate
 
     r = validate(cfg)
     click.echo(f"file id:   {r.utterance.file_id}  ({r.utterance.path})")
@@ -184,7 +184,7 @@ def evaluate(**options) -> None:
 
     Example: asr evaluate --dataset data/LibriSpeech/test-clean --decoder beam --lm lm.arpa
     """
-    from asr.evaluate import evaluate as run
+    from asr.evaluation.evaluate import evaluate as run
 
     cfg = from_dict(EvaluateConfig, options)
     s = run(cfg, progress=show_progress())
@@ -211,7 +211,7 @@ def lm_build(text_file: str | None, dataset: str | None, order: int, out: str, l
 
     Example: asr lm build --from-dataset data/demo/train --order 3 --out lm.arpa
     """
-    from asr.evaluate import utterances_of
+    from asr.evaluation.evaluate import utterances_of
     from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
     from asr.text import normalized
 
@@ -236,7 +236,7 @@ def lm_tune(**options) -> None:
 
     Example: asr lm tune --lm lm.arpa --dataset data/demo/dev
     """
-    from asr.evaluate import tune
+    from asr.evaluation.evaluate import tune
 
     cfg = from_dict(TuneConfig, options)
     result = tune(cfg, progress=show_progress())
@@ -299,7 +299,7 @@ def data() -> None:
 def synth(root: Path, seed: int, train_minutes: float, dev_minutes: float, test_minutes: float,
           workers: int) -> None:
     """Synthesize the demo corpus (text-to-speech, LibriSpeech layout) so everything runs with no download."""
-    from asr.synth import SynthConfig, synthesize_corpus
+    from asr.data.synth import SynthConfig, synthesize_corpus
 
     summary = synthesize_corpus(SynthConfig(root, seed, train_minutes, dev_minutes, test_minutes, workers))
     for split in ("train", "dev", "test"):
@@ -316,7 +316,7 @@ def synth(root: Path, seed: int, train_minutes: float, dev_minutes: float, test_
 @friendly_errors
 def download(split: str, root: Path, mirror: str | None) -> None:
     """Download, verify (sha256) and extract a LibriSpeech split."""
-    from asr.download import DEFAULT_MIRROR, download_split
+    from asr.data.download import DEFAULT_MIRROR, download_split
 
     click.echo(f"ready: {download_split(split, root, mirror or DEFAULT_MIRROR)}")
 
@@ -337,7 +337,7 @@ def bench() -> None:
 def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, ...], out: Path) -> None:
     """Training throughput (audio-s/s) of the real training path vs. a naive one, FLOP/s against the machine's
     matmul peak, and peak memory, for the default and the classic (spine-seed, ~3.5 M) model configs."""
-    from asr.bench import run
+    from asr.bench.train import run
 
     run(data, utterances, seconds, list(configs), out, say=click.echo)
 
@@ -355,7 +355,7 @@ def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, 
 def bench_infer(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, section: str) -> None:
     """Real-time factor (batch 1, a 10-second clip) and split throughput with WER/CER, for greedy and beam
     search (with and without an LM), in fp32, bf16 and int8."""
-    from asr.bench_infer import run
+    from asr.bench.infer import run
 
     run(model_uri, data, lm, beam_size, repeats, out, section, say=click.echo)
 

@@ -50,7 +50,7 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
     the audio files linked, so it is the real corpus, just less of it."""
     import soundfile as sf
 
-    from asr.data import read_split
+    from asr.data.dataset import read_split
 
     utts = sorted(read_split(source), key=lambda u: (sf.info(str(u.path)).frames, u.file_id))[:count]
     for u in utts:
@@ -213,7 +213,7 @@ class TrainedStore:
     root: Path           # the store's folder: mlflow.db, mlruns/, outputs/
     uri: str             # its tracking URI
     cfg: object          # the TrainConfig it was trained with
-    result: object       # asr.train.TrainResult
+    result: object       # asr.training.train.TrainResult
     stdout: str          # what training printed
     versions: dict       # registry right after training: version -> (stage, aliases, tags)
     registered_aliases: dict
@@ -229,7 +229,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, short_dev: Path, empty_sto
 
     from mlflow import MlflowClient
 
-    from asr.train import train
+    from asr.training.train import train
 
     root = tmp_path_factory.mktemp("trained")
     new_store(empty_store_db, root)

@@ -10,7 +10,7 @@ from conftest import FILE_ID, LIBRISPEECH, TRANSCRIPT, split_dir
 
 from asr import UserError
 from asr.audio import SAMPLE_RATE, AudioError, load_audio
-from asr.data import DEFAULT_SEARCH_ROOTS, DataError, check_file_id, find_utterance, read_split
+from asr.data.dataset import DEFAULT_SEARCH_ROOTS, DataError, check_file_id, find_utterance, read_split
 
 TEST_CLEAN_IDS = {
     "1089-134686-0000", "1089-134686-0001", "1089-134691-0000", "1089-134691-0001",

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from asr.augment import (
+from asr.data.augment import (
     SPEED_STEPS,
     WaveAugment,
     add_noise,

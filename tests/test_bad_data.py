@@ -33,10 +33,10 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from asr.data import SpeechDataset, read_split
+from asr.data.dataset import SpeechDataset, read_split
 from asr.features import FeatureExtractor
 from asr.text import encode, normalize
-from asr.train import train
+from asr.training.train import train
 
 pytestmark = pytest.mark.slow  # training on corrupt corpora
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import asr_command, run_cli, split_dir
 
-from asr.bench import write_section
-from asr.data import read_split
+from asr.bench.train import write_section
+from asr.data.dataset import read_split
 
 
 def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path: Path):

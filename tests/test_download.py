@@ -1,4 +1,4 @@
-"""Tests for asr.download against a real HTTP server on 127.0.0.1 (no internet needed)."""
+"""Tests for asr.data.download against a real HTTP server on 127.0.0.1 (no internet needed)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr.download import MARKER, SPLITS, DownloadError, download_split
+from asr.data.download import MARKER, SPLITS, DownloadError, download_split
 
 SPLIT = "dev-clean"
 UTTS = ["84-121123-0000", "84-121123-0001"]

@@ -38,11 +38,11 @@ from mlflow import MlflowClient
 from asr import UserError, tracking
 from asr.audio import load_audio
 from asr.config import to_dict
-from asr.data import read_split
+from asr.data.dataset import read_split
 from asr.model import SpeechModel
 from asr.pyfunc import audio_to_base64
 from asr.text import BLANK, VOCAB, normalized
-from asr.train import train
+from asr.training.train import train
 from asr.transcribe import Transcriber
 
 pytestmark = pytest.mark.slow  # training, registry, mlflow run

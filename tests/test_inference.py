@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from asr.audio import load_audio, pieces, quiet_cut_points
 from asr.config import DecodeConfig
-from asr.data import read_split
+from asr.data.dataset import read_split
 from asr.metrics import cer, wer
 from asr.text import normalized
 from asr.transcribe import Transcriber
@@ -136,7 +136,7 @@ def test_transcribe_errors_are_one_line(trained, tmp_path):
 
 def test_evaluate_scores_a_split_and_logs_the_worst_utterances(trained_store, tmp_path):
     from asr.config import EvaluateConfig
-    from asr.evaluate import evaluate
+    from asr.evaluation.evaluate import evaluate
 
     test_clean = str(split_dir("test-clean"))
     scores = evaluate(EvaluateConfig(dataset=test_clean, worst=3, batch_seconds=30), progress=False)

@@ -18,7 +18,7 @@ from torch import nn
 
 from asr.checkpoint import load_checkpoint, save_checkpoint
 from asr.config import TrainConfig
-from asr.data import collate
+from asr.data.dataset import collate
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 from asr.text import VOCAB

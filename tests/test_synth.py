@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr import synth
+from asr.data import synth
 
 TINY = {"train_minutes": 1.5, "dev_minutes": 0.5, "test_minutes": 0.5}
 TRANSCRIPT = re.compile(r"^[A-Z']+( [A-Z']+)*$")

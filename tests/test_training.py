@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.data import SpeechDataset, plan_batches, read_split
+from asr.data.dataset import SpeechDataset, plan_batches, read_split
 from asr.features import FeatureExtractor
-from asr.train import ctc_min_frames, train
+from asr.training.train import ctc_min_frames, train
 
 pytestmark = pytest.mark.slow  # real training runs, torchrun
 

@@ -381,7 +381,7 @@ def _prepare_root(root: Path) -> None:
         folder = root / split
         if folder.exists() and any(folder.iterdir()):
             if not ours:
-                raise SynthError(f"{folder} exists and was not written by asr.synth; pick another root")
+                raise SynthError(f"{folder} exists and was not written by asr.data.synth; pick another root")
             shutil.rmtree(folder)
     (root / "corpus.json").unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -497,7 +497,7 @@ def _readme(summary: dict, sources: dict[str, str]) -> str:
     )
     return f"""# Synthetic English demo corpus
 
-Written by `asr.synth` so the toolkit can train and validate with no download.
+Written by `asr.data.synth` so the toolkit can train and validate with no download.
 Layout and transcript format follow LibriSpeech: `<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`
 (16 kHz mono FLAC) plus one `<speaker>-<chapter>.trans.txt` per chapter. Each speaker is one synthetic
 voice; dev and test voices never occur in train. Voice details are in `corpus.json`.

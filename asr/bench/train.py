@@ -70,7 +70,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
 
 
 def _peaks() -> dict[str, float]:
-    from asr.train import intra_op_threads
+    from asr.training.train import intra_op_threads
 
     torch.set_num_threads(intra_op_threads(TrainConfig(), 0))
     return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -79,7 +79,7 @@ def _peaks() -> dict[str, float]:
 def _naive_collate(features):
     """Naive: audio decoded and featurized in the main process, inside collate, for every batch."""
     from asr.audio import load_audio
-    from asr.data import collate
+    from asr.data.dataset import collate
 
     def fn(items):
         return collate([(features(load_audio(u.path, features.mfcc.sample_rate)),
@@ -90,12 +90,12 @@ def _naive_collate(features):
 def _measure(spec: Spec) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from asr.data import SpeechDataset
+    from asr.data.dataset import SpeechDataset
     from asr.features import FeatureExtractor
     from asr.model import BiGRU, SpeechModel
     from asr.precision import autocast_dtype
     from asr.text import VOCAB
-    from asr.train import (
+    from asr.training.train import (
         epoch_batches,
         forward_backward,
         intra_op_threads,
@@ -193,7 +193,7 @@ def _measure(spec: Spec) -> dict:
 
 
 def bench_utterances(data: str, count: int) -> list:
-    from asr.data import read_split
+    from asr.data.dataset import read_split
 
     utts = read_split(data)
     return sorted(random.Random(0).sample(utts, min(count, len(utts))), key=lambda u: u.file_id)
@@ -202,7 +202,7 @@ def bench_utterances(data: str, count: int) -> list:
 def real_mean_batch(spec: Spec) -> int:
     """Utterances per batch of the real path (from file headers), so the naive path gets the same batch size."""
     from asr.features import FeatureExtractor
-    from asr.train import epoch_batches
+    from asr.training.train import epoch_batches
 
     cfg = TrainConfig(**{**CONFIGS[spec.config], **spec.overrides})
     fe = FeatureExtractor.from_config(cfg)

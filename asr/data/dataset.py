@@ -22,7 +22,7 @@ from tqdm import tqdm
 from asr import UserError, text
 from asr.atomic import atomic_path
 from asr.audio import AudioError, load_audio
-from asr.augment import WaveAugment, item_generator
+from asr.data.augment import WaveAugment, item_generator
 from asr.features import FeatureExtractor
 
 FILE_ID = re.compile(r"^\d+-\d+-\d+$")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asr import UserError
-from asr.bench import cpu_name, in_fresh_process, write_section
+from asr.bench.train import cpu_name, in_fresh_process, write_section
 
 SECTION = "infer"
 CLIP_SECONDS = 10.0
@@ -53,7 +53,7 @@ def ten_second_clip(utts: list, sample_rate: int) -> torch.Tensor:
 def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: int, repeats: int) -> dict:
     from asr import tracking
     from asr.config import DecodeConfig
-    from asr.evaluate import score_split, utterances_of
+    from asr.evaluation.evaluate import score_split, utterances_of
 
     tracking.setup_uri()
     cfg = DecodeConfig(decoder=setting.decoder, precision=setting.precision, lm=lm if setting.lm else "",

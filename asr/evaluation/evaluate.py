@@ -16,7 +16,7 @@ from tqdm import tqdm
 from asr import UserError, tracking
 from asr.audio import load_audio
 from asr.config import DecodeConfig, EvaluateConfig, TuneConfig, to_dict
-from asr.data import Utterance, read_split
+from asr.data.dataset import Utterance, read_split
 from asr.decoding import make_decoder
 from asr.metrics import cer, wer
 from asr.text import normalized

@@ -9,7 +9,7 @@ import pandas as pd
 
 from asr import tracking
 from asr.config import ValidateConfig
-from asr.data import DataError, Utterance, find_utterance
+from asr.data.dataset import DataError, Utterance, find_utterance
 from asr.metrics import cer, wer
 from asr.text import normalized
 

@@ -2,7 +2,7 @@
 
 Resumable (`last.pt` every few steps and every epoch holds everything needed to continue bit-for-bit),
 interruptible (SIGINT/SIGTERM finish the step, checkpoint and mark the run KILLED) and data-parallel
-under `torchrun` (see asr/distributed.py).
+under `torchrun` (see asr/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from tqdm import tqdm
 
 from asr import UserError, tracking
 from asr import checkpoint as ckpt
-from asr import distributed as dist
-from asr.augment import WaveAugment
 from asr.config import TrainConfig, from_dict, save, to_dict
-from asr.data import SpeechDataset, collate, plan_batches, read_split, single_threaded_worker
+from asr.data.augment import WaveAugment
+from asr.data.dataset import SpeechDataset, collate, plan_batches, read_split, single_threaded_worker
 from asr.decoding import greedy_decode
 from asr.features import FeatureExtractor
 from asr.metrics import cer, wer
 from asr.model import SpeechModel
 from asr.precision import autocast, autocast_dtype
 from asr.text import BLANK, VOCAB, normalized
+from asr.training import distributed as dist
 
 
 class TrainingInterrupted(UserError):
