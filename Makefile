@@ -39,7 +39,7 @@ lock: install
 	  | $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --universal --python-version 3.11 --generate-hashes \
 	      --custom-compile-command 'make lock' --quiet $(LOCK_FLAGS) -o $(LOCK).tmp
 	cmp -s $(LOCK).tmp $(LOCK) && rm $(LOCK).tmp || mv $(LOCK).tmp $(LOCK)
-	$(PY) -m asr.requirements conda > conda.yaml.tmp && mv conda.yaml.tmp conda.yaml
+	$(PY) -m asr.tracking.requirements conda > conda.yaml.tmp && mv conda.yaml.tmp conda.yaml
 
 test: install
 	$(PY) -m pytest -q

@@ -1,4 +1,13 @@
-"""DeepSpeech2-style speech recognition with its whole life cycle tracked in MLflow."""
+"""DeepSpeech2-style speech recognition with its whole life cycle tracked in MLflow.
+
+`asr.load(ref)` is the front door: a Transcriber (waveforms -> text) from a checkpoint, a training output folder,
+a run id, or a runs:/ or models:/ URI. The top-level modules are the model side, what a served model imports;
+the subpackages are the machinery around it (data, training, evaluation, tracking, bench).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
 
 
 def first_line(e: BaseException) -> str:
@@ -9,3 +18,17 @@ def first_line(e: BaseException) -> str:
 
 class UserError(Exception):
     """A problem the user can fix (bad input, missing data or model): the CLI prints it as one line, no traceback."""
+
+
+def redact(uri: str) -> str:
+    """The URI with its password (if any) replaced by ***: for messages, which end up in shared logs."""
+    password = urllib.parse.urlsplit(uri).password
+    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+
+
+def load(ref: str, decode=None):
+    """A `asr.transcribe.Transcriber` for the model `ref` names, decoding with `decode` (an `asr.config.DecodeConfig`;
+    default greedy). See `asr.loading.load_transcriber` for the forms of `ref` and the errors raised."""
+    from asr.loading import load_transcriber
+
+    return load_transcriber(ref, decode)

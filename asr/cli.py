@@ -24,7 +24,7 @@ from asr.config import (
     from_dict,
     load_settings,
 )
-from asr.requirements import torchaudio_load_error
+from asr.tracking.requirements import torchaudio_load_error
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -119,7 +119,7 @@ def server(**options) -> None:
     Team setup (README): --backend_store_uri postgresql://USER:PASSWORD@HOST:5432/DB --host 0.0.0.0
     --allowed_hosts mlflow.example.com:5000; clients set MLFLOW_TRACKING_URI=http://mlflow.example.com:5000.
     """
-    from asr.tracking import redact
+    from asr import redact
 
     cfg = from_dict(ServerConfig, options)
     argv = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination",
@@ -161,11 +161,12 @@ def transcribe(files: tuple[str, ...], model_uri: str, as_json: bool, **options)
     """
     import json
 
-    from asr import tracking
     from asr.audio import load_audio
+    from asr.loading import load_transcriber
+    from asr.tracking.store import setup_uri
 
-    tracking.setup_uri()
-    transcriber = tracking.load_transcriber(model_uri, from_dict(DecodeConfig, options))
+    setup_uri()
+    transcriber = load_transcriber(model_uri, from_dict(DecodeConfig, options))
     for path in files:  # one file at a time: a long recording never shares memory with the next
         wave = load_audio(path, transcriber.sample_rate)
         text = transcriber.transcribe([wave])[0]
@@ -264,11 +265,12 @@ def export(model_uri: str, fmt: str, out: str, quantize: bool) -> None:
     """
     import torch
 
-    from asr import tracking
     from asr.export import export_model, max_abs_diff, quantize_dynamic
+    from asr.loading import load_transcriber
+    from asr.tracking.store import setup_uri
 
-    tracking.setup_uri()
-    transcriber = tracking.load_transcriber(model_uri)
+    setup_uri()
+    transcriber = load_transcriber(model_uri)
     n_mfcc = transcriber.cfg.n_mfcc
     path = export_model(transcriber.fp32_model, fmt, out, quantize=quantize, n_feats=n_mfcc)
     g = torch.Generator().manual_seed(0)

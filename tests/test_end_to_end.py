@@ -35,13 +35,15 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from asr import UserError, tracking
+from asr import UserError
 from asr.audio import load_audio
 from asr.config import to_dict
 from asr.data.dataset import read_split
 from asr.model import SpeechModel
 from asr.pyfunc import audio_to_base64
 from asr.text import BLANK, VOCAB, normalized
+from asr.tracking import registry as model_registry
+from asr.tracking import store
 from asr.training.train import train
 from asr.transcribe import Transcriber
 
@@ -158,7 +160,7 @@ def test_first_version_is_registered_and_promoted(trained):
     assert stage == "Production"
     assert aliases == ["production"]
     assert {k: str(v) for k, v in trained.registered_aliases.items()} == {"production": "1"}
-    assert float(tags[tracking.WER_TAG]) == pytest.approx(trained.result.dev["wer"], abs=1e-6)
+    assert float(tags[model_registry.WER_TAG]) == pytest.approx(trained.result.dev["wer"], abs=1e-6)
     assert tags["run_id"] == trained.result.run_id
     p = trained.result.promotion
     assert (p.version, p.promoted, p.policy, p.previous) == ("1", True, "if-better", None)
@@ -186,7 +188,7 @@ def test_promotion_policies(trained_store, tiny_config):
     assert client.get_run(r3.run_id).data.tags["promoted"] == "False"
 
     # if-better against a Production version that scored a perfect dev WER: no tiny model beats it
-    client.set_model_version_tag(MODEL_NAME, "2", tracking.WER_TAG, "0.0")
+    client.set_model_version_tag(MODEL_NAME, "2", model_registry.WER_TAG, "0.0")
     r4 = tiny_train("if-better")
     assert (r4.promotion.version, r4.promotion.promoted, str(r4.promotion.previous)) == ("4", False, "2")
     assert r4.promotion.previous_wer == 0.0 and r4.promotion.dev_wer >= 0.0
@@ -195,7 +197,7 @@ def test_promotion_policies(trained_store, tiny_config):
     assert "not promoted" in r4.promotion.describe()
 
     # ... and against one that scored worse than any model can: promoted
-    client.set_model_version_tag(MODEL_NAME, "2", tracking.WER_TAG, "1000.0")
+    client.set_model_version_tag(MODEL_NAME, "2", model_registry.WER_TAG, "1000.0")
     r5 = tiny_train("if-better")
     assert (r5.promotion.version, r5.promotion.promoted, str(r5.promotion.previous)) == ("5", True, "2")
     stages, aliases = registry(client)
@@ -270,7 +272,7 @@ def test_user_errors_are_one_line_with_exit_code_1(trained, tmp_path, empty_stor
     empty = tmp_path / "empty-store"
     new_store(empty_store_db, empty)
     with mlflow_store(empty):
-        tracking.setup(EXPERIMENT)  # an initialized store with no registered model at all
+        store.setup(EXPERIMENT)  # an initialized store with no registered model at all
 
     main_py = [sys.executable, str(REPO / "main.py"), "--train=False"]
     asr_validate = asr_command() + ["validate"]

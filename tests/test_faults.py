@@ -32,7 +32,7 @@ from conftest import (
 from mlflow import MlflowClient
 
 from asr import checkpoint as ckpt
-from asr import tracking
+from asr.tracking import registry
 
 pytestmark = pytest.mark.slow  # real training processes killed and resumed, full disks
 
@@ -91,8 +91,8 @@ def max_weight_diff(a: Path, b: Path) -> float:
 def assert_one_production(client: MlflowClient, name: str = MODEL_NAME) -> str:
     """Exactly one version in stage Production, and the production alias on that same version."""
     staged = [str(v.version) for v in client.search_model_versions(f"name='{name}'")
-              if v.current_stage == tracking.PRODUCTION_STAGE]
-    alias = str(client.get_registered_model(name).aliases.get(tracking.PRODUCTION_ALIAS))
+              if v.current_stage == registry.PRODUCTION_STAGE]
+    alias = str(client.get_registered_model(name).aliases.get(registry.PRODUCTION_ALIAS))
     assert staged == [alias], f"stage Production on {staged}, alias production on {alias}"
     return alias
 
@@ -215,13 +215,13 @@ def test_two_trainings_at_once_share_a_sqlite_store(short_dev: Path, tmp_path: P
 
 
 def promote_all_at_once(name: str, versions: list[str]) -> list[Exception]:
-    """`tracking.promote` of every version, each in its own thread, released together; the exceptions raised."""
+    """`registry.promote` of every version, each in its own thread, released together; the exceptions raised."""
     start, errors = threading.Barrier(len(versions)), []
 
     def promote(version: str) -> None:
         start.wait()
         try:
-            tracking.promote(name, version)
+            registry.promote(name, version)
         except Exception as e:  # collected: an exception in a thread would otherwise go unnoticed
             errors.append(e)
 
@@ -237,7 +237,7 @@ def test_concurrent_promotions_leave_one_production_version(isolated_mlflow: str
     """Six threads promote six versions at once, five times over: whatever the interleaving of alias writes and
     stage transitions, exactly one version ends in stage Production, and the production alias is on it."""
     client, threads, started = MlflowClient(), 6, time.time()
-    caplog.set_level(logging.INFO, logger=tracking.__name__)
+    caplog.set_level(logging.INFO, logger=registry.__name__)
     for round_ in range(5):
         name = f"Concurrent{round_}"
         client.create_registered_model(name)
@@ -245,7 +245,7 @@ def test_concurrent_promotions_leave_one_production_version(isolated_mlflow: str
                     for i in range(threads)]
         assert promote_all_at_once(name, versions) == []
         winner = assert_one_production(client, name)
-        assert winner in versions and tracking.settle_production(client, name) == winner
+        assert winner in versions and registry.settle_production(client, name) == winner
     retries = [r.getMessage() for r in caplog.records if "registry busy" in r.getMessage()]
     print(f"5 rounds of {threads} concurrent promotions: {time.time() - started:.1f} s, {len(retries)} retries")
 

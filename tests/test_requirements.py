@@ -16,7 +16,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from asr.requirements import (
+from asr.tracking.requirements import (
     MODEL_DISTRIBUTIONS,
     Locked,
     LockError,
@@ -62,8 +62,8 @@ def test_the_lock_requires_exactly_the_declared_packages():
 
 
 def test_the_locked_torch_and_torchaudio_load_together():
-    """In a fresh process, as `python -m asr.requirements check` runs it in CI before the tests."""
-    proc = subprocess.run([sys.executable, "-m", "asr.requirements", "check"], capture_output=True, text=True,
+    """In a fresh process, as `python -m asr.tracking.requirements check` runs it in CI before the tests."""
+    proc = subprocess.run([sys.executable, "-m", "asr.tracking.requirements", "check"], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     pins = {e.name: e.version for e in LOCK if applies_here(e)}
@@ -144,7 +144,7 @@ def test_a_logged_model_requires_everything_it_imports_at_the_locked_versions(tr
 
 def test_a_torchaudio_library_that_does_not_load_is_named_in_one_line():
     """torch wraps the linker's error; the line names both installed versions and the linker's reason."""
-    from asr.requirements import torchaudio_load_error
+    from asr.tracking.requirements import torchaudio_load_error
 
     try:
         try:

@@ -11,7 +11,7 @@ import torch
 from conftest import asr_command, one_line_error, run_cli
 
 from asr.checkpoint import CheckpointError, load_checkpoint
-from asr.tracking import load_transcriber
+from asr.loading import load_transcriber
 
 pytestmark = pytest.mark.slow  # CLI subprocesses on a trained model
 

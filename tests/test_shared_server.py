@@ -40,7 +40,8 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from asr import tracking
+from asr.tracking import store
+from asr.tracking.metric_log import MetricLog
 
 pytestmark = pytest.mark.slow  # PostgreSQL and MLflow servers
 
@@ -272,7 +273,7 @@ def test_metrics_outlive_a_server_outage(shared_server, tmp_path, capsys):
     dead = f"http://127.0.0.1:{free_port()}"
     try:
         mlflow.set_tracking_uri(dead)
-        metrics = tracking.MetricLog(run_id, tmp_path)
+        metrics = MetricLog(run_id, tmp_path)
         started = time.monotonic()
         for step in (1, 2, 3):
             metrics.log({"loss": 1.0 / step}, step)
@@ -281,15 +282,15 @@ def test_metrics_outlive_a_server_outage(shared_server, tmp_path, capsys):
         assert time.monotonic() - started < 15, "sends to a dead server must not wait on MLflow's retries"
         assert len(metrics.pending) == 3 and metrics.failures == 3
         assert capsys.readouterr().err.count("does not answer") == 1
-        with pytest.raises(tracking.TrackingUnreachable, match=f"asr train --resume {tmp_path}$"):
+        with pytest.raises(store.TrackingUnreachable, match=f"asr train --resume {tmp_path}$"):
             metrics.close(attempts=1)
-        assert (tmp_path / tracking.MetricLog.UNSENT).is_file()
+        assert (tmp_path / MetricLog.UNSENT).is_file()
 
         mlflow.set_tracking_uri(live)  # the server is back; the run is resumed
-        resumed = tracking.MetricLog(run_id, tmp_path)
+        resumed = MetricLog(run_id, tmp_path)
         resumed.log({"loss": 0.25}, 4)
         resumed.close()
-        assert not (tmp_path / tracking.MetricLog.UNSENT).exists()
+        assert not (tmp_path / MetricLog.UNSENT).exists()
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [
             (1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
     finally:

@@ -51,14 +51,15 @@ def ten_second_clip(utts: list, sample_rate: int) -> torch.Tensor:
 
 
 def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: int, repeats: int) -> dict:
-    from asr import tracking
     from asr.config import DecodeConfig
     from asr.evaluation.evaluate import score_split, utterances_of
+    from asr.loading import load_transcriber
+    from asr.tracking.store import setup_uri
 
-    tracking.setup_uri()
+    setup_uri()
     cfg = DecodeConfig(decoder=setting.decoder, precision=setting.precision, lm=lm if setting.lm else "",
                        beam_size=beam_size)
-    transcriber = tracking.load_transcriber(model_uri, cfg)
+    transcriber = load_transcriber(model_uri, cfg)
     utts = utterances_of(data)
     clip = ten_second_clip(utts, transcriber.sample_rate)
     transcriber.transcribe([clip])  # warm-up: first-call allocations, decoder set-up

@@ -13,13 +13,15 @@ import mlflow
 import torch
 from tqdm import tqdm
 
-from asr import UserError, tracking
+from asr import UserError
 from asr.audio import load_audio
 from asr.config import DecodeConfig, EvaluateConfig, TuneConfig, to_dict
 from asr.data.dataset import Utterance, read_split
 from asr.decoding import make_decoder
+from asr.loading import load_transcriber
 from asr.metrics import cer, wer
 from asr.text import normalized
+from asr.tracking.store import setup, setup_uri
 from asr.transcribe import Transcriber
 
 GROUP = 32  # utterances read and run through the model at a time: bounds memory on any split size
@@ -90,10 +92,10 @@ def _prepare(cfg: EvaluateConfig) -> tuple[list[Utterance], Transcriber]:
     """The utterances and the model; the experiment is set up only once both load, so a bad model or dataset
     leaves no experiment or store behind."""
     utts = utterances_of(cfg.dataset, cfg.max_utterances)
-    tracking.setup_uri()
-    transcriber = tracking.load_transcriber(cfg.model_uri, _decode_config(cfg))
+    setup_uri()
+    transcriber = load_transcriber(cfg.model_uri, _decode_config(cfg))
     transcriber.batch_seconds = cfg.batch_seconds
-    tracking.setup(cfg.experiment)
+    setup(cfg.experiment)
     return utts, transcriber
 
 

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import mlflow
 import pandas as pd
 
-from asr import tracking
 from asr.config import ValidateConfig
 from asr.data.dataset import DataError, Utterance, find_utterance
+from asr.loading import load_pyfunc
 from asr.metrics import cer, wer
 from asr.text import normalized
+from asr.tracking.registry import model_uri
+from asr.tracking.store import setup
 
 
 @dataclass
@@ -31,9 +33,9 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
         trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
         raise DataError(f"{cfg.file_id}: its transcript has no letters to score against (line in {trans}: "
                         f"{(cfg.file_id + ' ' + utterance.transcript).strip()!r})")
-    tracking.setup(cfg.experiment)
-    uri = tracking.model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
-    model = tracking.load_model(uri)
+    setup(cfg.experiment)
+    uri = model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
+    model = load_pyfunc(uri)
     prediction = str(model.predict(pd.DataFrame({"audio": [str(utterance.path)]}))["text"][0])
     target = normalized(utterance.transcript)
     result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),

@@ -24,7 +24,7 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
-from asr import UserError, tracking
+from asr import UserError
 from asr import checkpoint as ckpt
 from asr.config import TrainConfig, from_dict, save, to_dict
 from asr.data.augment import WaveAugment
@@ -35,6 +35,9 @@ from asr.metrics import cer, wer
 from asr.model import SpeechModel
 from asr.precision import autocast, autocast_dtype
 from asr.text import BLANK, VOCAB, normalized
+from asr.tracking import registry, store
+from asr.tracking.metric_log import MetricLog
+from asr.tracking.packaging import log_model
 from asr.training import distributed as dist
 
 
@@ -47,7 +50,7 @@ class TrainResult:
     run_id: str
     dev: dict[str, float]
     test: dict[str, float]
-    promotion: tracking.Promotion | None  # None on the non-main ranks of a distributed run
+    promotion: registry.Promotion | None  # None on the non-main ranks of a distributed run
 
 
 @dataclass
@@ -255,8 +258,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     random.seed(cfg.seed)
     amp = autocast_dtype(cfg.precision, ctx.device)
     if ctx.main:
-        tracking.use_reachable_store(cfg.offline_ok)  # a server that does not answer: fail (or go local) in seconds
-        tracking.setup(cfg.experiment)  # fail on a bad tracking store before any compute
+        store.use_reachable_store(cfg.offline_ok)  # a server that does not answer: fail (or go local) in seconds
+        store.setup(cfg.experiment)  # fail on a bad tracking store before any compute
 
     features = FeatureExtractor.from_config(cfg)
     augment = wave_augment(cfg)
@@ -302,7 +305,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         run = mlflow.start_run(run_id=state["run_id"]) if state else mlflow.start_run(run_name=cfg.run_name or None)
         run_id = run.info.run_id
     out_dir = resume_from.parent if state else Path(cfg.output_dir) / run_id
-    metrics = tracking.MetricLog(run_id, out_dir)  # per-step and per-epoch metrics; outlive a server outage
+    metrics = MetricLog(run_id, out_dir)  # per-step and per-epoch metrics; outlive a server outage
     try:
         if ctx.main and state is None:
             params = {**to_dict(cfg), "parameters": n_params, "train_utterances": len(items)}
@@ -402,12 +405,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     except TrainingInterrupted:
         if ctx.main:
             metrics.send_or_keep()
-            tracking.end_run("KILLED")
+            store.end_run("KILLED")
         raise
     except BaseException:
         if ctx.main:
             metrics.send_or_keep()  # the curves up to the failure
-            tracking.end_run("FAILED")
+            store.end_run("FAILED")
         raise
     finally:
         ddp = None  # DDP's reducer holds the process group: release it, so shutdown destroys the group now, not
@@ -450,8 +453,8 @@ def finish(cfg: TrainConfig, model: SpeechModel, best_state: dict | None, pos: P
         log_predictions(test_rows, "predictions_test.json")
         print(f"held-out test ({cfg.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg, model), out_dir / ckpt.MODEL)
-    uri = tracking.log_model(checkpoint, dev_set.utterances[0].path)
-    promotion = tracking.register_and_promote(uri, cfg.registered_model, run_id, dev["wer"], cfg.promote)
+    uri = log_model(checkpoint, dev_set.utterances[0].path)
+    promotion = registry.register_and_promote(uri, cfg.registered_model, run_id, dev["wer"], cfg.promote)
     kill_point("registered")
     mlflow.set_tags({"registered_model": cfg.registered_model, "model_version": promotion.version,
                      "promoted": str(promotion.promoted)})

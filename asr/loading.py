@@ -1,0 +1,59 @@
+"""The front door: a recognizer from wherever a trained model lives (`asr.load`).
+
+A reference is a checkpoint file, a training output folder (OUTPUT_DIR/RUN_ID), a local MLflow model folder, a
+run id, or a runs:/, models:/, mlflow-artifacts: or file: URI. Registry references are read from MLflow's current
+tracking URI (MLFLOW_TRACKING_URI, or what `mlflow.set_tracking_uri` set).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from asr import UserError, redact
+from asr.config import DecodeConfig
+from asr.transcribe import Transcriber
+
+CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")  # what a training output folder holds, most final first
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:", "file:")
+
+
+class ModelNotFound(UserError):
+    """A model reference that names nothing loadable, with what to do about it."""
+
+
+def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """The MLflow pyfunc model at `uri`. Raises ModelNotFound, in one line naming the tracking store, when the
+    registry or the run has no such model."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return mlflow.pyfunc.load_model(uri)
+    except MlflowException as e:
+        raise ModelNotFound(f"cannot load {uri} from {redact(mlflow.get_tracking_uri())}: "
+                            f"{e.message.splitlines()[0]} (train and register one with `asr train`)") from None
+
+
+def load_transcriber(ref: str, decode: DecodeConfig | None = None) -> Transcriber:
+    """A Transcriber for the model `ref` names (see the module docstring for the forms), decoding with `decode`
+    (default: greedy). Raises ModelNotFound for a reference that names nothing, CheckpointError for a file that is
+    not a checkpoint."""
+    path = Path(ref)
+    if path.is_file():
+        return Transcriber.from_checkpoint(path, decode)
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return Transcriber.from_checkpoint(path / name, decode)
+        raise ModelNotFound(f"{ref}: no {', '.join(CHECKPOINT_NAMES[:-1])} or {CHECKPOINT_NAMES[-1]} in this folder")
+    uri = f"runs:/{ref}/model" if re.fullmatch(r"[0-9a-f]{32}", ref) else ref
+    if not (path.is_dir() or uri.startswith(MLFLOW_SCHEMES)):
+        raise ModelNotFound(f"{ref}: not a checkpoint, a model folder, a run id, or a runs:/ or models:/ URI")
+    transcriber = load_pyfunc(uri).unwrap_python_model().transcriber
+    if decode is not None:
+        transcriber.configure(decode)
+    return transcriber

@@ -1,0 +1,137 @@
+"""Where runs go: the tracking store, the experiment, and a tracking server that is down or goes away."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow.exceptions import MlflowException
+
+from asr import UserError, first_line, redact
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+PROBE_TIMEOUT = 5.0      # seconds the reachability probe waits for an answer
+SEND_ERRORS = (MlflowException, requests.RequestException, OSError)
+
+
+class TrackingError(UserError):
+    """An MLflow store or registry problem, with what to do about it."""
+
+
+class TrackingUnreachable(TrackingError):
+    """The tracking server does not answer."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def setup_uri() -> str:
+    """Points MLflow at the tracking store (for commands that read models but log no run)."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if urllib.parse.urlsplit(uri).password:  # MLflow would print "View run at <uri>", password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return uri
+
+
+def setup(experiment: str) -> str:
+    """Points MLflow at the tracking store and returns the experiment id, creating the experiment if needed.
+
+    With the default local store, artifacts go under ./mlruns next to mlflow.db.
+    """
+    uri = setup_uri()
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the run, and so its experiment, already exist
+        return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            exp_id = found.experiment_id
+        else:
+            location = Path("mlruns").resolve().as_uri() if uri.startswith("sqlite:") else None
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+    except MlflowException as e:
+        raise TrackingError(f"cannot use MLflow tracking store {redact(uri)}: {e.message.splitlines()[0]}") from None
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Raises TrackingUnreachable unless the http(s) tracking server at `uri` answers GET /health within `timeout`
+    seconds. MLflow's own client retries a dead server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, exponential
+    backoff, MLFLOW_HTTP_REQUEST_TIMEOUT=120 s); one short probe before any compute makes that an immediate error.
+    Any answer below HTTP 500 counts (401 from an auth proxy: MLflow's own calls say what is wrong); other stores
+    (sqlite:, file:, databricks) are not probed."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        status = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).status_code
+    except requests.exceptions.SSLError:
+        return  # something answers; MLflow's own calls will report the certificate problem
+    except requests.Timeout:
+        problem = f"no answer within {timeout:g} s"
+    except requests.RequestException as e:
+        problem = failure(e)
+    else:
+        if status < 500:
+            return
+        problem = f"HTTP {status}"  # e.g. a proxy in front of a server that is down
+    raise TrackingUnreachable(f"MLflow tracking server {redact(uri)} is unreachable ({problem}); start it "
+                              f"(`asr server`), fix MLFLOW_TRACKING_URI, or train with --offline_ok True to log to "
+                              f"{DEFAULT_TRACKING_URI} instead")
+
+
+def failure(e: Exception) -> str:
+    """The operating system's words for a failed connection (Connection refused, Name or service not known), which
+    requests and MLflow bury in a paragraph; else the first line of the message."""
+    text = str(e)
+    if found := re.search(r"\[Errno -?\d+\] ([^'\")]+)", text):
+        return found.group(1).strip()
+    return first_line(e)[:200]
+
+
+def use_reachable_store(offline_ok: bool) -> str:
+    """The tracking URI training logs to: $MLFLOW_TRACKING_URI when it answers; else, with offline_ok, the local
+    store, saying so (hours of compute are worth more than live curves); else a TrackingUnreachable error."""
+    try:
+        check_reachable(tracking_uri())
+    except TrackingUnreachable as e:
+        if not offline_ok:
+            raise
+        print(f"Warning: {str(e).split('; ')[0]}; --offline_ok: training anyway and logging to "
+              f"{DEFAULT_TRACKING_URI} in {Path.cwd()}", file=sys.stderr)
+        os.environ["MLFLOW_TRACKING_URI"] = DEFAULT_TRACKING_URI
+    return tracking_uri()
+
+
+@contextlib.contextmanager
+def quick_http(timeout: int = 5, retries: int = 1) -> Iterator[None]:
+    """Bounds MLflow's own HTTP retries for the calls inside (it reads these variables on every request): by
+    default it retries a dead server 7 times with backoff up to 2 minutes and 120 s timeouts, minutes per call,
+    which would stall training at every attempt to log."""
+    bounds = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    saved = {k: os.environ.get(k) for k in bounds}
+    os.environ.update(bounds)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def end_run(status: str) -> None:
+    """Ends the active run as `status` with one bounded attempt: after a failure the tracking server may be what
+    failed, and MLflow would retry it for minutes before the real error is shown."""
+    with contextlib.suppress(*SEND_ERRORS), quick_http():
+        mlflow.end_run(status)
