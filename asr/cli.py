@@ -301,7 +301,7 @@ def data() -> None:
 def synth(root: Path, seed: int, train_minutes: float, dev_minutes: float, test_minutes: float,
           workers: int) -> None:
     """Synthesize the demo corpus (text-to-speech, LibriSpeech layout) so everything runs with no download."""
-    from asr.data.synth import SynthConfig, synthesize_corpus
+    from asr.data.synth.corpus import SynthConfig, synthesize_corpus
 
     summary = synthesize_corpus(SynthConfig(root, seed, train_minutes, dev_minutes, test_minutes, workers))
     for split in ("train", "dev", "test"):

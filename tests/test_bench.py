@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import asr_command, run_cli, split_dir
 
-from asr.bench.train import write_section
+from asr.bench.report import write_section
 from asr.data.dataset import read_split
 
 

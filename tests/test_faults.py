@@ -49,7 +49,7 @@ class Training:
     def __init__(self, args: list[str], cwd: Path, uri: str, log: Path, preexec: Callable | None = None,
                  kill_at: str = "") -> None:
         self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
-        env = subprocess_env(uri) | ({"ASR_KILL_AT": kill_at} if kill_at else {})  # asr.training.train.kill_point
+        env = subprocess_env(uri) | ({"ASR_KILL_AT": kill_at} if kill_at else {})  # asr.training.state.kill_point
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(asr_command() + ["train", *args], cwd=cwd, env=env,
                                          stdout=out, stderr=err, start_new_session=True, preexec_fn=preexec)
@@ -342,7 +342,8 @@ def state_size(cfg) -> int:
 
     from asr.model import SpeechModel
     from asr.text import VOCAB
-    from asr.training.train import Progress, one_cycle, training_state
+    from asr.training.loop import one_cycle
+    from asr.training.state import Progress, training_state
 
     model = SpeechModel.from_config(cfg, len(VOCAB))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)

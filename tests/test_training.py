@@ -24,7 +24,8 @@ from asr import UserError
 from asr import checkpoint as ckpt
 from asr.data.dataset import SpeechDataset, plan_batches, read_split
 from asr.features import FeatureExtractor
-from asr.training.train import ctc_min_frames, train
+from asr.training.batches import ctc_min_frames
+from asr.training.train import train
 
 pytestmark = pytest.mark.slow  # real training runs, torchrun
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asr import UserError
-from asr.bench.train import cpu_name, in_fresh_process, write_section
+from asr.bench.report import cpu_name, in_fresh_process, write_section
 
 SECTION = "infer"
 CLIP_SECONDS = 10.0

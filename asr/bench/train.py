@@ -8,11 +8,8 @@ and compared with the machine's own measured matmul peak, fp32 and bf16.
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
-import platform
 import random
-import re
 import resource
 import statistics
 import time
@@ -24,7 +21,7 @@ import soundfile as sf
 import torch
 
 from asr import UserError
-from asr.atomic import atomic_path
+from asr.bench.report import cpu_name, in_fresh_process, write_section
 from asr.config import TrainConfig
 
 # The spine's first default: the classic DeepSpeech2-tutorial proportions at ~3.5 M parameters.
@@ -46,16 +43,6 @@ class Spec:
     overrides: dict = field(default_factory=dict)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
     """FLOP/s of a large square matmul: the most this machine's cores give a dense kernel."""
     torch.manual_seed(0)
@@ -70,7 +57,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
 
 
 def _peaks() -> dict[str, float]:
-    from asr.training.train import intra_op_threads
+    from asr.training.batches import intra_op_threads
 
     torch.set_num_threads(intra_op_threads(TrainConfig(), 0))
     return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -87,107 +74,119 @@ def _naive_collate(features):
     return fn
 
 
+class _Clock:
+    """Ends a measurement: the first WARMUP steps are not counted (the stats are reset after them), then it runs
+    for `seconds` and at least 3 counted steps."""
+    WARMUP = 2
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.warmup, self.steps, self.done = seconds, self.WARMUP, 0, False
+        self.start = time.perf_counter()
+
+    def after_step(self, *stats) -> bool:
+        """Call after every optimizer step with the stats being counted; True once the measurement is done."""
+        if self.warmup:
+            self.warmup -= 1
+            for s in stats:
+                s.__init__()  # what the warm-up steps took is not measured
+            self.start = time.perf_counter()
+            return False
+        self.steps += 1
+        self.done = time.perf_counter() - self.start > self.seconds and self.steps >= 3
+        return self.done
+
+
+def _real_path(cfg: TrainConfig, model, dataset, seconds: float):
+    """The training loop's own units, as `asr train` runs them: features computed once up front, length-bucketed
+    shuffled epochs, the configured precision and threads. Returns (stats, wall seconds, autocast dtype,
+    featurization seconds, a batch for FLOP counting)."""
+    from asr.precision import autocast_dtype
+    from asr.training.batches import TrainData, train_loader
+    from asr.training.distributed import Context
+    from asr.training.loop import EpochStats, build_trainer, train_one_epoch
+    from asr.training.state import Progress
+
+    cpu = torch.device("cpu")
+    started = time.perf_counter()
+    lengths = dataset.precompute(cfg.workers)
+    featurize_s = time.perf_counter() - started
+    items = list(range(len(dataset)))
+    data = TrainData(dataset.features, dataset, dataset, lengths, lengths, items, {}, 0)
+    amp = autocast_dtype(cfg.precision, cpu)
+    trainer = build_trainer(cfg, Context(0, 1, cpu), model, amp, total_steps=1_000_000)
+    probe = next(iter(train_loader(dataset, [items[:cfg.batch]], 0, cpu)))
+    clock, total, pos = _Clock(seconds), EpochStats(), Progress(epoch=1)  # from epoch 1 on: shuffled, as most are
+    while not clock.done:
+        total.add(train_one_epoch(trainer, data, pos, lambda _, stats: clock.after_step(stats, total)))
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+    return total, time.perf_counter() - clock.start, amp, featurize_s, probe
+
+
+def _naive_path(cfg: TrainConfig, model, dataset, spec: Spec):
+    """Per batch: audio decoded and featurized in the main process, random order, fp32, torch's default threads.
+    Returns what _real_path does."""
+    from asr.training.loop import EpochStats, forward_backward, optimizer_step, spec_augment
+
+    cpu = torch.device("cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scaler, specaug = torch.amp.GradScaler("cpu", enabled=False), spec_augment(cfg)
+    pairs = list(zip(dataset.utterances, dataset.labels, strict=True))
+    collate = _naive_collate(dataset.features)
+    probe = collate(pairs[:spec.naive_batch])
+    clock, stats, epoch = _Clock(spec.seconds), EpochStats(), 0
+    while True:
+        order = list(range(len(pairs)))
+        random.Random(epoch).shuffle(order)
+        for i in range(0, len(order), spec.naive_batch):
+            t0 = time.perf_counter()
+            batch = collate([pairs[j] for j in order[i:i + spec.naive_batch]])
+            t1 = time.perf_counter()
+            loss = forward_backward(model, batch, specaug, None, cpu, scaler, weight=1.0 / batch["features"].shape[0])
+            t2 = time.perf_counter()
+            optimizer_step(model, optimizer, scheduler, scaler, cfg.grad_clip, loss)
+            for key, seconds in zip(stats.seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2), strict=True):
+                stats.seconds[key] += seconds
+            stats.count(batch)
+            stats.steps += 1
+            if clock.after_step(stats):
+                return stats, time.perf_counter() - clock.start, None, 0.0, probe
+        epoch += 1
+
+
 def _measure(spec: Spec) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from asr.data.dataset import SpeechDataset
     from asr.features import FeatureExtractor
     from asr.model import BiGRU, SpeechModel
-    from asr.precision import autocast_dtype
     from asr.text import VOCAB
-    from asr.training.train import (
-        epoch_batches,
-        forward_backward,
-        intra_op_threads,
-        optimizer_step,
-        spec_augment,
-        train_loader,
-    )
+    from asr.training.batches import intra_op_threads
+    from asr.training.loop import compute_loss
 
     cfg = TrainConfig(**{**CONFIGS[spec.config], **spec.overrides})
-    real = spec.path == "real"
-    BiGRU.fused_on_cpu = spec.path != "naive"
-    if real:
+    if spec.path == "real":
         torch.set_num_threads(intra_op_threads(cfg, 0))
     torch.manual_seed(0)
-    cpu = torch.device("cpu")
-    utts = bench_utterances(spec.data, spec.utterances)
-    features = FeatureExtractor.from_config(cfg)
     model = SpeechModel.from_config(cfg, len(VOCAB))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    specaug = spec_augment(cfg)
-    dataset = SpeechDataset(utts, features)
-    started = time.perf_counter()
-    if real:
-        lengths = dataset.precompute(cfg.workers)
-        amp = autocast_dtype(cfg.precision, cpu)
-    else:
-        lengths = [features.num_frames(sf.info(str(u.path)).frames) for u in utts]
-        amp = None
-    featurize_s = time.perf_counter() - started
-
-    def batches_for(epoch: int) -> list[list[int]]:
-        if real:
-            return epoch_batches(cfg, lengths, list(range(len(utts))), epoch + 1, 1)
-        order = list(range(len(utts)))
-        random.Random(epoch).shuffle(order)
-        return [order[i:i + spec.naive_batch] for i in range(0, len(order), spec.naive_batch)]
-
-    def loader_for(epoch: int):
-        if real:
-            return train_loader(dataset, batches_for(epoch), 0, cpu)
-        pairs = list(zip(utts, dataset.labels, strict=True))
-        return torch.utils.data.DataLoader(pairs, batch_sampler=batches_for(epoch), collate_fn=_naive_collate(features))
-
+    for m in model.modules():
+        if isinstance(m, BiGRU):
+            m.fused_on_cpu = spec.path != "naive"  # this model's GRUs only: the class default stays as it is
+    dataset = SpeechDataset(bench_utterances(spec.data, spec.utterances), FeatureExtractor.from_config(cfg))
+    measure = _real_path(cfg, model, dataset, spec.seconds) if spec.path == "real" else \
+        _naive_path(cfg, model, dataset, spec)
+    stats, wall, amp, featurize_s, probe = measure
     # FLOPs of one forward+backward grow with padded frames x utterances: calibrate on one batch
-    probe = next(iter(loader_for(0)))
     with FlopCounterMode(display=False) as counter:
-        forward_backward(model, probe, specaug, amp, cpu, scaler, weight=1.0)
+        compute_loss(model, probe, amp, torch.device("cpu"))[0].backward()
     flops_per_frame = counter.get_total_flops() / probe["features"].shape[0] / probe["features"].shape[-1]
-    optimizer.zero_grad(set_to_none=True)
-
-    model.train()
-    times = {"load": 0.0, "forward+backward": 0.0, "optimizer": 0.0}
-    audio_frames = padded_frames = steps = utts_seen = 0
-    epoch, start = 0, time.perf_counter()
-    warmup = 2
-    while True:
-        loaded = iter(loader_for(epoch))
-        while True:
-            t0 = time.perf_counter()
-            batch = next(loaded, None)
-            if batch is None:
-                break
-            t1 = time.perf_counter()
-            loss = forward_backward(model, batch, specaug, amp, cpu, scaler, weight=1.0 / batch["features"].shape[0])
-            t2 = time.perf_counter()
-            optimizer_step(model, optimizer, scheduler, scaler, cfg.grad_clip, loss)
-            t3 = time.perf_counter()
-            if warmup:
-                warmup -= 1
-                start = time.perf_counter()
-                continue
-            times["load"] += t1 - t0
-            times["forward+backward"] += t2 - t1
-            times["optimizer"] += t3 - t2
-            steps += 1
-            utts_seen += batch["features"].shape[0]
-            audio_frames += int(batch["feature_lengths"].sum())
-            padded_frames += batch["features"].shape[0] * batch["features"].shape[-1]
-            if time.perf_counter() - start > spec.seconds and steps >= 3:
-                break
-        if time.perf_counter() - start > spec.seconds and steps >= 3:
-            break
-        epoch += 1
-    wall = time.perf_counter() - start
     return {
         **asdict(spec), "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-        "precision": str(amp).removeprefix("torch.") if amp else "fp32", "steps": steps,
-        "mean_batch": utts_seen / steps, "audio_s_per_s": audio_frames * cfg.hop_ms / 1000 / wall,
-        "padding": padded_frames / audio_frames - 1, "flops_per_s": flops_per_frame * padded_frames / wall,
-        "time_split": {k: v / wall for k, v in times.items()}, "featurize_s": featurize_s,
+        "precision": str(amp).removeprefix("torch.") if amp else "fp32", "steps": stats.steps,
+        "mean_batch": stats.utterances / stats.steps, "audio_s_per_s": stats.audio_frames * cfg.hop_ms / 1000 / wall,
+        "padding": stats.padded_frames / stats.audio_frames - 1,
+        "flops_per_s": flops_per_frame * stats.padded_frames / wall,
+        "time_split": {k: v / wall for k, v in stats.seconds.items()}, "featurize_s": featurize_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -202,7 +201,7 @@ def bench_utterances(data: str, count: int) -> list:
 def real_mean_batch(spec: Spec) -> int:
     """Utterances per batch of the real path (from file headers), so the naive path gets the same batch size."""
     from asr.features import FeatureExtractor
-    from asr.training.train import epoch_batches
+    from asr.training.batches import epoch_batches
 
     cfg = TrainConfig(**{**CONFIGS[spec.config], **spec.overrides})
     fe = FeatureExtractor.from_config(cfg)
@@ -210,11 +209,6 @@ def real_mean_batch(spec: Spec) -> int:
     lengths = [fe.num_frames(sf.info(str(u.path)).frames) for u in utts]
     batches = epoch_batches(cfg, lengths, list(range(len(utts))), 1, 1)
     return max(1, round(statistics.mean(len(b) for b in batches)))
-
-
-def in_fresh_process(fn, *args):
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def run(data: str, utterances: int, seconds: float, configs: list[str], out: Path, say=print) -> list[dict]:
@@ -281,12 +275,3 @@ def render(results: list[dict], peaks: dict[str, float], data: str, seconds: flo
     return "\n".join(lines)
 
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replaces (or appends) one benchmark's section of BENCHMARKS.md, leaving the others alone."""
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers written by the project's own scripts.\n"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    with atomic_path(path) as tmp:  # a crash mid-write must not cost the other sections' numbers
-        tmp.write_text(text)

@@ -1,0 +1,277 @@
+"""The demo corpus on disk: plan every utterance from the seed, synthesise them in worker processes, finish the
+audio (16 kHz, trimmed, normalised, a faint noise floor) and write the LibriSpeech layout with its README."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from asr.data.synth.espeak import Espeak, SynthError, speak
+from asr.data.synth.sentences import VOCAB_SOURCE_SIZE, sample_sentence
+from asr.data.synth.voices import FIRST_SPEAKER, Voice, voice_roster
+
+SAMPLE_RATE = 16_000
+SPLITS = ("train", "dev", "test")
+FORMAT_VERSION = 1  # bump whenever the output for a given config changes
+
+
+@dataclass
+class SynthConfig:
+    root: Path  # output folder; splits are written as root/train, root/dev, root/test
+    seed: int = 0  # same seed + same config -> byte-identical transcripts and audio
+    train_minutes: float = 150.0
+    dev_minutes: float = 4.0
+    test_minutes: float = 4.0
+    workers: int = 2  # processes used for synthesis
+
+
+PEAK = 10 ** (-3 / 20)  # -3 dBFS
+KEEP_SILENCE_S = 0.15
+NOISE_FLOOR = 10 ** (-70 / 20)  # -70 dBFS rms
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Band-limited resampling in the frequency domain.
+
+    numpy's FFT is single-threaded and BLAS-free, so it does not compete with the synthesis
+    children for cores; a short raised-cosine roll-off below the new Nyquist avoids ringing.
+    """
+    g = math.gcd(rate_in, rate_out)
+    up, down = rate_out // g, rate_in // g
+    size = down * 2 ** max(0, math.ceil(math.log2((len(x) + 1024) / down)))  # padded: wrap-around stays silent
+    out_size = size // down * up
+    spectrum = np.fft.rfft(x, size)[: out_size // 2 + 1]
+    freqs = np.arange(len(spectrum)) * rate_in / size
+    edge = min(rate_in, rate_out) / 2
+    ramp = np.clip((freqs - 0.9 * edge) / (0.1 * edge), 0.0, 1.0)
+    spectrum *= 0.5 + 0.5 * np.cos(np.pi * ramp)
+    return np.fft.irfft(spectrum, out_size)[: len(x) * up // down] * (up / down)
+
+
+def finish_audio(x: np.ndarray, rate_in: int, rng: np.random.Generator) -> np.ndarray:
+    """Resample to 16 kHz, trim to the speech plus 0.15 s each side, peak-normalise, int16.
+
+    espeak emits digital zeros (at the edges and between words); a faint noise floor keeps
+    log-spectral features finite and the model from keying on exact silence.
+    """
+    y = resample(x.astype(np.float64), rate_in, SAMPLE_RATE)
+    loud = np.flatnonzero(np.abs(y) > 0.01 * np.abs(y).max(initial=0.0))
+    if len(loud) == 0:
+        raise SynthError("espeak-ng produced silence")
+    pad = np.zeros(int(KEEP_SILENCE_S * SAMPLE_RATE))
+    y = np.concatenate([pad, y[loud[0] : loud[-1] + 1], pad])
+    y *= PEAK / np.abs(y).max()
+    y += rng.normal(0.0, NOISE_FLOOR, len(y))
+    return np.round(np.clip(y, -1, 1) * 32767).astype(np.int16)
+
+
+CHAPTER_SIZE = 25  # utterances per chapter
+CHAPTERS_PER_SPEAKER = 1000  # chapter ids: speaker k (0-based) gets k*1000+1, ... so ids never depend on sizes
+_SECONDS_PER_WORD_AT_175 = 0.35  # measured; used only to plan how many sentences fill the budget
+_OVERHEAD_S = 0.48  # 0.3 s padding plus sentence-final lengthening
+
+
+@dataclass(frozen=True)
+class _Utterance:
+    """What one utterance says and how (seed drives espeak's noise and the noise floor)."""
+
+    voice: Voice
+    text: str  # lower case, as spoken
+    rate: int
+    pitch: int
+    pitch_range: int
+    seed: int
+
+
+def _plan_split(split: str, minutes: float, voices: tuple[Voice, ...], seed: int) -> list[_Utterance]:
+    """Deterministic utterances for a split; its own RNG so splits do not shift each other."""
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    order = rng.permutation(len(voices))
+    plan: list[_Utterance] = []
+    budget = minutes * 60
+    while budget > 0:
+        k = int(order[len(plan) % len(voices)])
+        voice, words = voices[k], sample_sentence(rng)
+        rate = round(voice.rate * rng.uniform(0.85, 1.15))
+        pitch = int(np.clip(voice.pitch + rng.integers(-8, 9), 0, 100))
+        pitch_range = int(np.clip(voice.range + rng.integers(-10, 11), 0, 100))
+        plan.append(_Utterance(voice, " ".join(words), rate, pitch, pitch_range, int(rng.integers(2**31))))
+        budget -= len(words) * _SECONDS_PER_WORD_AT_175 * 175 / rate + _OVERHEAD_S
+    return plan
+
+
+def _identity(cfg: SynthConfig) -> dict:
+    """What determines the output (root and workers do not)."""
+    return {
+        "format": FORMAT_VERSION,
+        "seed": cfg.seed,
+        "train_minutes": cfg.train_minutes,
+        "dev_minutes": cfg.dev_minutes,
+        "test_minutes": cfg.test_minutes,
+    }
+
+
+def _prepare_root(root: Path) -> None:
+    """Clear splits left by an earlier or interrupted synth run; refuse to touch foreign data."""
+    marker = root / ".synth-in-progress"
+    ours = marker.exists() or (root / "corpus.json").exists()
+    for split in SPLITS:
+        folder = root / split
+        if folder.exists() and any(folder.iterdir()):
+            if not ours:
+                raise SynthError(f"{folder} exists and was not written by asr.data.synth; pick another root")
+            shutil.rmtree(folder)
+    (root / "corpus.json").unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
+    """Writes the corpus (skips work if root/corpus.json already records the same config) and returns a summary
+    dict: per split -> {"utterances": n, "minutes": m, "voices": [...], "speakers": [...]}, plus "distinct_words".
+
+    With workers >= 2 it uses spawned processes, so scripts must call it under ``if __name__ == "__main__":``.
+    """
+    root = Path(cfg.root)
+    meta_path = root / "corpus.json"
+    if meta_path.exists():
+        stored = json.loads(meta_path.read_text())
+        if stored.get("config") == _identity(cfg):
+            return stored["summary"]
+
+    with Espeak() as tts:  # fail fast with an actionable SynthError
+        engine_version = tts.version
+    roster = voice_roster()
+    speaker_of = {v.name: FIRST_SPEAKER + i for i, v in enumerate(v for vs in roster.values() for v in vs)}
+    _prepare_root(root)
+    jobs, transcripts, used = _plan_corpus(cfg, root, roster, speaker_of)
+    samples = _render_all(jobs, cfg.workers, progress)
+    for path, lines in transcripts.items():
+        path.write_text("\n".join(lines) + "\n")
+    summary = _summary(root, jobs, samples, used, speaker_of)
+    sources = {
+        "engine": f"espeak-ng {engine_version} via espeakng-loader {_version('espeakng-loader')}",
+        "text": f"wordfreq {_version('wordfreq')} top {VOCAB_SOURCE_SIZE} English words",
+    }
+    speakers = {
+        speaker_of[v.name]: {"split": split, "voice": v.name, "pitch": v.pitch, "range": v.range, "rate": v.rate}
+        for split, vs in roster.items()
+        for v in vs
+    }
+    (root / "README.md").write_text(_readme(summary, sources))
+    meta = {"config": _identity(cfg), "summary": summary, "sources": sources, "speakers": speakers}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence means "complete"
+    (root / ".synth-in-progress").unlink()
+    return summary
+
+
+def _plan_corpus(cfg: SynthConfig, root: Path, roster: dict[str, tuple[Voice, ...]], speaker_of: dict[str, int]
+                 ) -> tuple[list[tuple[Path, _Utterance]], dict[Path, list[str]], dict[str, list[Voice]]]:
+    """Everything up front (cheap): (flac path, utterance) jobs, transcript lines per trans.txt, and the voices
+    each split uses. Creates the chapter folders."""
+    jobs: list[tuple[Path, _Utterance]] = []
+    transcripts: dict[Path, list[str]] = {}
+    used: dict[str, list[Voice]] = {}
+    for split in SPLITS:
+        plan = _plan_split(split, getattr(cfg, f"{split}_minutes"), roster[split], cfg.seed)
+        used[split] = [v for v in roster[split] if any(u.voice == v for u in plan)]
+        for voice in used[split]:
+            speaker = speaker_of[voice.name]
+            mine = [u for u in plan if u.voice == voice]
+            assert len(mine) <= CHAPTER_SIZE * CHAPTERS_PER_SPEAKER, "corpus too large for the chapter id scheme"
+            for k, start in enumerate(range(0, len(mine), CHAPTER_SIZE)):
+                chapter = (speaker - FIRST_SPEAKER) * CHAPTERS_PER_SPEAKER + k + 1
+                folder = root / split / str(speaker) / str(chapter)
+                folder.mkdir(parents=True, exist_ok=True)
+                lines = transcripts[folder / f"{speaker}-{chapter}.trans.txt"] = []
+                for i, u in enumerate(mine[start : start + CHAPTER_SIZE]):
+                    utt_id = f"{speaker}-{chapter}-{i:04d}"
+                    jobs.append((folder / f"{utt_id}.flac", u))
+                    lines.append(f"{utt_id} {u.text.upper()}")
+    return jobs, transcripts, used
+
+
+def _render_all(jobs: list[tuple[Path, _Utterance]], workers: int, progress: bool) -> dict[Path, int]:
+    """Synthesises every job; returns samples written per file."""
+    with tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress) as bar:
+        if workers <= 1:
+            return dict(_count(map(_render, jobs), bar))
+        with mp.get_context("spawn").Pool(workers) as pool:  # spawn: fresh interpreters, whatever the caller has
+            return dict(_count(pool.imap_unordered(_render, jobs, chunksize=4), bar))
+
+
+def _summary(root: Path, jobs: list[tuple[Path, _Utterance]], samples: dict[Path, int],
+             used: dict[str, list[Voice]], speaker_of: dict[str, int]) -> dict:
+    lengths = {
+        split: [n for path, n in samples.items() if path.relative_to(root).parts[0] == split] for split in SPLITS
+    }
+    summary: dict = {
+        split: {
+            "utterances": len(lengths[split]),
+            "minutes": round(sum(lengths[split]) / SAMPLE_RATE / 60, 3),
+            "voices": [v.name for v in used[split]],
+            "speakers": [speaker_of[v.name] for v in used[split]],
+        }
+        for split in SPLITS
+    }
+    summary["distinct_words"] = len({w for _, u in jobs for w in u.text.split()})
+    return summary
+
+
+def _render(job: tuple[Path, _Utterance]) -> tuple[Path, int]:
+    """Synthesise one utterance to FLAC (runs in a worker); returns (path, samples)."""
+    path, u = job
+    raw, rate = speak(u.text + ".", u.voice.name, u.rate, u.pitch, u.pitch_range, u.seed)
+    audio = finish_audio(raw, rate, np.random.default_rng(u.seed))
+    sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return path, len(audio)
+
+
+def _count(results: Iterator[tuple[Path, int]], bar: tqdm) -> Iterator[tuple[Path, int]]:
+    for item in results:
+        bar.update()
+        yield item
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _readme(summary: dict, sources: dict[str, str]) -> str:
+    rows = "\n".join(
+        f"| {s} | {summary[s]['utterances']} | {summary[s]['minutes']:.1f} | {len(summary[s]['voices'])} |"
+        for s in SPLITS
+    )
+    return f"""# Synthetic English demo corpus
+
+Written by `asr.data.synth` so the toolkit can train and validate with no download.
+Layout and transcript format follow LibriSpeech: `<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`
+(16 kHz mono FLAC) plus one `<speaker>-<chapter>.trans.txt` per chapter. Each speaker is one synthetic
+voice; dev and test voices never occur in train. Voice details are in `corpus.json`.
+
+| split | utterances | minutes | voices |
+|---|---|---|---|
+{rows}
+
+Distinct words: {summary["distinct_words"]}. Sentences are random word sequences (3-20 words), not natural text.
+
+## Sources and licences
+- Speech: {sources["engine"]}. eSpeak NG is GPL-3.0-or-later; audio it produces is not covered by the GPL.
+- Text: {sources["text"]}, sampled with flattened Zipf weights. wordfreq's code is Apache-2.0 and its
+  word-frequency data is CC BY-SA 4.0 (sources: Wikipedia, OpenSubtitles, news, Google Books, web text,
+  and others; see https://github.com/rspeer/wordfreq). The transcripts are therefore shared under
+  CC BY-SA 4.0 with attribution to wordfreq.
+"""

@@ -1,0 +1,129 @@
+"""What training reads: the splits as datasets, the utterances worth training on, each epoch's batches and the
+loader that brings them, and how the cores are shared between loading and compute."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+
+from asr.config import TrainConfig
+from asr.data.augment import WaveAugment
+from asr.data.dataset import SpeechDataset, collate, plan_batches, read_split, single_threaded_worker
+from asr.features import FeatureExtractor
+from asr.model import SpeechModel
+
+
+@dataclass
+class TrainData:
+    """The featurized splits one run trains and validates on, and which training utterances it uses."""
+    features: FeatureExtractor
+    train_set: SpeechDataset
+    dev_set: SpeechDataset
+    train_lengths: list[int]     # feature frames per training utterance
+    dev_lengths: list[int]
+    items: list[int]             # indices of the training utterances worth training on
+    skipped: dict[str, int]      # counts of those left out, by reason
+    loader_workers: int          # processes the training loader reads with (0: in the training process)
+
+
+def load_dataset(dirs: str, features: FeatureExtractor, limit: int = 0, seed: int = 0,
+                 augment: WaveAugment | None = None) -> SpeechDataset:
+    """The utterances of one or more split folders (comma-separated), `limit` of them sampled with `seed` if set."""
+    utterances = [u for d in dirs.split(",") if d.strip() for u in read_split(d.strip())]
+    if limit and limit < len(utterances):
+        utterances = sorted(random.Random(seed).sample(utterances, limit), key=lambda u: u.file_id)
+    return SpeechDataset(utterances, features, augment, seed)
+
+
+def wave_augment(cfg: TrainConfig) -> WaveAugment:
+    return WaveAugment(gain_db=cfg.gain_db, noise_snr_db=cfg.noise_snr_db, shift_ms=cfg.shift_ms,
+                       speed=cfg.speed_perturb, sample_rate=cfg.sample_rate)
+
+
+def training_data(cfg: TrainConfig, model: SpeechModel, progress: bool, say=print) -> TrainData:
+    """Reads and featurizes the training and dev splits (features cached when cfg.feature_cache is set) and picks
+    the training utterances `model` can learn from; says which files it could not read."""
+    features = FeatureExtractor.from_config(cfg)
+    augment = wave_augment(cfg)
+    train_set = load_dataset(cfg.train_data, features, cfg.max_utterances, cfg.seed, augment)
+    dev_set = load_dataset(cfg.dev_data, features)
+    train_lengths = train_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features train")
+    dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features dev")
+    for message in dict.fromkeys(train_set.unreadable + dev_set.unreadable):  # once per file, in order
+        say(f"skipping {message}")
+    items, skipped = trainable_items(train_set, train_lengths, model, cfg)
+    loader_workers = cfg.workers if augment.enabled else 0  # cached features need no workers
+    return TrainData(features, train_set, dev_set, train_lengths, dev_lengths, items, skipped, loader_workers)
+
+
+def ctc_min_frames(labels: list[int]) -> int:
+    """CTC needs a frame per label plus a blank between repeated labels."""
+    return len(labels) + sum(a == b for a, b in zip(labels, labels[1:], strict=False))
+
+
+def trainable_items(dataset: SpeechDataset, lengths: list[int], model: SpeechModel, cfg: TrainConfig
+                    ) -> tuple[list[int], dict[str, int]]:
+    """Indices worth training on, and counts of those skipped: audio that cannot be used (already left out by
+    `precompute`), an empty transcript (an id alone on its line, or nothing but digits and symbols: it would teach
+    the model to say nothing over speech), too long for memory, or too short for their transcript under CTC (they
+    could only ever produce an infinite loss)."""
+    max_frames = cfg.max_seconds * 1000 / cfg.hop_ms
+    out = model.output_lengths(torch.tensor(lengths)).tolist()
+    items, skipped = [], {"skipped_unreadable": len(dataset.unreadable), "skipped_empty_transcript": 0,
+                          "skipped_too_long": 0, "skipped_too_short": 0}
+    for i, (frames, out_frames) in enumerate(zip(lengths, out, strict=True)):
+        if not dataset.labels[i]:
+            skipped["skipped_empty_transcript"] += 1
+        elif frames > max_frames:
+            skipped["skipped_too_long"] += 1
+        elif out_frames < ctc_min_frames(dataset.labels[i]):
+            skipped["skipped_too_short"] += 1
+        else:
+            items.append(i)
+    return items, skipped
+
+
+def max_batch_frames(cfg: TrainConfig) -> int:
+    return int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)
+
+
+def epoch_batches(cfg: TrainConfig, lengths: list[int], items: list[int], epoch: int, world: int) -> list[list[int]]:
+    """The epoch's global batches. SortaGrad (Deep Speech 2): epoch 1 runs shortest-first, which gets CTC off its
+    blank plateau sooner; later epochs are shuffled. Batches too small to give every rank an item are dropped."""
+    batches = plan_batches(lengths, items, max_items=cfg.batch, max_frames=max_batch_frames(cfg),
+                           seed=None if epoch == 0 else cfg.seed + epoch)
+    return [b for b in batches if len(b) >= world]
+
+
+def steps_in(n_batches: int, accumulate: int) -> int:
+    return math.ceil(n_batches / accumulate)
+
+
+def total_steps(cfg: TrainConfig, data: TrainData, world: int) -> int:
+    """Optimizer steps over the whole run (the one-cycle schedule spans them)."""
+    return sum(steps_in(len(epoch_batches(cfg, data.train_lengths, data.items, e, world)), cfg.accumulate)
+               for e in range(cfg.epoch))
+
+
+def train_loader(dataset: SpeechDataset, batches: list[list[int]], workers: int, device: torch.device
+                 ) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+        worker_init_fn=single_threaded_worker, pin_memory=device.type == "cuda",
+        generator=torch.Generator())  # its own generator: creating the loader must not advance the global RNG
+
+
+def prep_workers(cfg: TrainConfig) -> int:
+    """Up-front featurization has the machine to itself: one single-threaded process per core (up to 8)."""
+    return 0 if cfg.workers == 0 else max(cfg.workers, min(8, os.cpu_count() or 1))
+
+
+def intra_op_threads(cfg: TrainConfig, loader_workers: int) -> int:
+    """On few cores, oversubscription is what kills throughput: busy loader workers each take a core."""
+    if cfg.threads:
+        return cfg.threads
+    return max(1, torch.get_num_threads() - loader_workers)
