@@ -16,7 +16,7 @@ import torch
 
 from asr import UserError, first_line
 from asr.atomic import atomic_path
-from asr.config import TrainConfig, from_dict, to_dict
+from asr.config import RecognizerConfig, TrainConfig, from_dict, to_dict
 from asr.model import SpeechModel
 from asr.text import VOCAB
 
@@ -71,12 +71,13 @@ def write_failure(path: Path, error: OSError) -> str:
     return f"could not write checkpoint {path}: {error.strerror or error}; the previous one is intact{resume}"
 
 
-def model_state(cfg: TrainConfig, model: SpeechModel) -> dict[str, Any]:
-    return {"config": to_dict(cfg), "vocab": list(VOCAB),
+def model_state(cfg: RecognizerConfig | TrainConfig, model: SpeechModel) -> dict[str, Any]:
+    """What inference needs, and nothing else: the feature and model settings (flat), vocabulary and weights."""
+    return {"config": to_dict(RecognizerConfig(cfg.features, cfg.model)), "vocab": list(VOCAB),
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 
-def save_checkpoint(path: Path, cfg: TrainConfig, model: SpeechModel) -> Path:
+def save_checkpoint(path: Path, cfg: RecognizerConfig | TrainConfig, model: SpeechModel) -> Path:
     return atomic_save(model_state(cfg, model), path)
 
 
@@ -95,9 +96,11 @@ def _load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(path: str | Path) -> tuple[TrainConfig, SpeechModel]:
+def load_checkpoint(path: str | Path) -> tuple[RecognizerConfig, SpeechModel]:
+    """The settings and model (eval mode) of a model or training checkpoint. Checkpoints written before the
+    settings had sections hold every training setting, flat: the feature and model ones are picked out."""
     state = _load(path)
-    cfg = from_dict(TrainConfig, state["config"])
+    cfg = from_dict(RecognizerConfig, state["config"])
     model = SpeechModel.from_config(cfg, len(VOCAB))
     model.load_state_dict(state["model"])
     return cfg, model.eval()

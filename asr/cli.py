@@ -271,7 +271,7 @@ def export(model_uri: str, fmt: str, out: str, quantize: bool) -> None:
 
     setup_uri()
     transcriber = load_transcriber(model_uri)
-    n_mfcc = transcriber.cfg.n_mfcc
+    n_mfcc = transcriber.cfg.features.n_mfcc
     path = export_model(transcriber.fp32_model, fmt, out, quantize=quantize, n_feats=n_mfcc)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torchaudio
 
+from asr.config import FeatureConfig
+
 
 class FeatureExtractor(torch.nn.Module):
     """Waveform -> per-utterance normalized MFCCs, shape (n_mfcc, frames).
@@ -25,7 +27,7 @@ class FeatureExtractor(torch.nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg) -> FeatureExtractor:
+    def from_config(cls, cfg: FeatureConfig) -> FeatureExtractor:
         return cls(sample_rate=cfg.sample_rate, n_mfcc=cfg.n_mfcc, n_mels=cfg.n_mels, win_ms=cfg.win_ms,
                    hop_ms=cfg.hop_ms)
 

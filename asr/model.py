@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from asr.config import RecognizerConfig, TrainConfig
 from asr.rnn import bigru_scan
 
 
@@ -118,9 +119,10 @@ class SpeechModel(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg, n_classes: int) -> SpeechModel:
-        return cls(cfg.n_mfcc, n_classes, cnn_layers=cfg.cnn_layers, cnn_channels=cfg.cnn_channels,
-                   rnn_layers=cfg.rnn_layers, rnn_dim=cfg.rnn_dim, dropout=cfg.dropout, time_stride=cfg.time_stride)
+    def from_config(cls, cfg: RecognizerConfig | TrainConfig, n_classes: int) -> SpeechModel:
+        m = cfg.model
+        return cls(cfg.features.n_mfcc, n_classes, cnn_layers=m.cnn_layers, cnn_channels=m.cnn_channels,
+                   rnn_layers=m.rnn_layers, rnn_dim=m.rnn_dim, dropout=m.dropout, time_stride=m.time_stride)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Exact frame counts after the strided stem."""

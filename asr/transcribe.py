@@ -7,14 +7,14 @@ memory stays bounded whatever the input, and the pieces' texts are joined again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from asr.audio import pieces
+from asr.batching import pad_features, plan_batches
 from asr.checkpoint import load_checkpoint
-from asr.config import DecodeConfig, TrainConfig
+from asr.config import DecodeConfig, RecognizerConfig
 from asr.decoding import Decoder, make_decoder
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
@@ -22,11 +22,11 @@ from asr.precision import autocast
 
 
 class Transcriber:
-    def __init__(self, cfg: TrainConfig, model: SpeechModel, decode: DecodeConfig | None = None,
+    def __init__(self, cfg: RecognizerConfig, model: SpeechModel, decode: DecodeConfig | None = None,
                  batch_seconds: float = 200.0):
         self.cfg = cfg
         self.fp32_model = model.eval()
-        self.features = FeatureExtractor.from_config(cfg)
+        self.features = FeatureExtractor.from_config(cfg.features)
         self.batch_seconds = batch_seconds
         self.configure(decode or DecodeConfig())
 
@@ -47,20 +47,7 @@ class Transcriber:
 
     @property
     def sample_rate(self) -> int:
-        return self.cfg.sample_rate
-
-    def _batches(self, items: list[torch.Tensor]) -> Iterator[list[int]]:
-        """Indices of `items` in length order, grouped so that each batch's padded audio fits the budget."""
-        order = sorted(range(len(items)), key=lambda i: items[i].numel())
-        budget = self.batch_seconds * self.sample_rate
-        batch: list[int] = []
-        for i in order:
-            if batch and (len(batch) + 1) * items[i].numel() > budget:
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+        return self.cfg.features.sample_rate
 
     @torch.inference_mode()
     def emissions(self, waves: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -68,10 +55,11 @@ class Transcriber:
         chunks = [(w, p) for w, wave in enumerate(waves)
                   for p in pieces(wave, self.sample_rate, self.decode_cfg.chunk_seconds)]
         out: list[torch.Tensor | None] = [None] * len(chunks)
-        for batch in self._batches([p for _, p in chunks]):
-            feats = [self.features(chunks[i][1]) for i in batch]
-            lengths = torch.tensor([f.shape[-1] for f in feats])
-            padded = torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2)
+        sizes = [p.numel() for _, p in chunks]
+        # Batches whose padded audio fits the budget, so memory stays bounded whatever the input.
+        for batch in plan_batches(sizes, range(len(chunks)), max_items=len(chunks),
+                                  max_frames=max(1, int(self.batch_seconds * self.sample_rate)), seed=None):
+            padded, lengths = pad_features([self.features(chunks[i][1]) for i in batch])
             with autocast(torch.device("cpu"), torch.bfloat16 if self.decode_cfg.precision == "bf16" else None):
                 log_probs, out_lengths = self.model(padded, lengths)
             for row, i in enumerate(batch):

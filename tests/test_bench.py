@@ -52,7 +52,7 @@ def test_bench_infer_measures_every_decoder_and_precision(trained, short_dev: Pa
     lm = tmp_path / "lm.arpa"
     build_arpa([normalized(u.transcript) for u in read_split(split_dir("dev-clean"))], 2, lm)
     out = tmp_path / "BENCHMARKS.md"
-    checkpoint = Path(trained.cfg.output_dir) / trained.result.run_id / "model.pt"
+    checkpoint = Path(trained.cfg.checkpoint.output_dir) / trained.result.run_id / "model.pt"
     proc = run_cli(asr_command() + ["bench", "infer", "--model-uri", str(checkpoint), "--data",
                                     str(split_dir("test-clean")), "--lm", str(lm), "--beam-size", "8",
                                     "--repeats", "2", "--out", str(out)], cwd=tmp_path, timeout=600)

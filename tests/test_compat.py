@@ -113,15 +113,17 @@ def test_a_logged_model_ships_only_the_model_side(flat_layout_model, tmp_path):
     import torch
 
     from asr.checkpoint import save_checkpoint
-    from asr.config import TrainConfig
+    from asr.config import RecognizerConfig, fields, from_dict
     from asr.model import SpeechModel
     from asr.text import VOCAB
     from asr.tracking.packaging import NOT_MODEL_SIDE, log_model
 
     _, audio = flat_layout_model
-    cfg = TrainConfig(cnn_layers=1, cnn_channels=4, rnn_layers=1, rnn_dim=16)
+    cfg = from_dict(RecognizerConfig, dict(cnn_layers=1, cnn_channels=4, rnn_layers=1, rnn_dim=16))
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "model.pt", cfg, SpeechModel.from_config(cfg, len(VOCAB)))
+    settings = torch.load(checkpoint, weights_only=True)["config"]
+    assert set(settings) == {f.name for f in fields(RecognizerConfig)}  # features and model shape, nothing else
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("model-side")
     with mlflow.start_run():

@@ -13,7 +13,7 @@ import sys
 import click
 import pytest
 import yaml
-from conftest import REPO, asr_command, subprocess_env
+from conftest import REPO, asr_command, one_line_error, run_cli, subprocess_env
 
 from asr import config
 from asr.cli import main as asr_cli
@@ -24,7 +24,7 @@ ENTRY_POINTS = {"server": ServerConfig, "train": TrainConfig, "validate": Valida
 
 
 def names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    return [f.name for f in config.fields(cls)]
 
 
 def load_main_py():
@@ -69,7 +69,7 @@ def test_mlproject_entry_points_mirror_the_dataclasses():
         ep = spec["entry_points"][entry]
         params = ep["parameters"]
         assert list(params) == names(cls), entry
-        for f in dataclasses.fields(cls):
+        for f in config.fields(cls):
             p = params[f.name]
             if f.type in ("int", "float"):
                 assert p["type"] == "float", (entry, f.name)
@@ -109,7 +109,7 @@ def test_mlproject_default_command_parses_back_to_the_default_config(entry, cls)
                                           ("server", ServerConfig)])
 def test_asr_help_lists_every_field(command, cls):
     listed, text = help_options(asr_command() + [command])
-    for f in dataclasses.fields(cls):
+    for f in config.fields(cls):
         assert f"--{f.name}" in listed, f"`asr {command} --help` lacks --{f.name}"
         if "_" in f.name:
             assert f"--{f.name.replace('_', '-')}" in listed
@@ -132,7 +132,7 @@ def test_main_py_help_lists_every_field():
 def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls):
     params = {p.name: p for p in asr_cli.commands[command].params if p.name not in ("help", "config_file")}
     assert list(params) == names(cls)
-    for f in dataclasses.fields(cls):
+    for f in config.fields(cls):
         p = params[f.name]
         assert p.default == f.default, f.name
         if f.metadata.get("choices"):
@@ -151,15 +151,15 @@ def test_main_py_options_cover_both_configs_once():
 def test_cli_options_build_the_config():
     args = ["--epoch", "3", "--learning-rate", "0.01", "--promote", "never", "--run_name", "x", "--file_id", "1-2-3"]
     ctx = load_main_py().main.make_context("main.py", args)
-    cfg = from_dict(TrainConfig, ctx.params)
-    assert (cfg.epoch, cfg.learning_rate, cfg.promote, cfg.run_name) == (3, 0.01, "never", "x")
+    cfg = config.to_dict(from_dict(TrainConfig, ctx.params))
+    assert (cfg["epoch"], cfg["learning_rate"], cfg["promote"], cfg["run_name"]) == (3, 0.01, "never", "x")
     assert from_dict(ValidateConfig, ctx.params).file_id == "1-2-3"
     with pytest.raises(click.BadParameter):
         asr_cli.commands["train"].make_context("train", ["--promote", "sometimes"])
 
 
 def test_config_json_round_trip(tmp_path):
-    cfg = TrainConfig(epoch=2, run_name="r", promote="always")
+    cfg = from_dict(TrainConfig, dict(epoch=2, run_name="r", promote="always"), strict=True)
     config.save(cfg, tmp_path / "config.json")
     import json
 
@@ -178,7 +178,7 @@ def test_settings_file_is_overridden_by_options_given_on_the_command_line(tmp_pa
     with ctx:
         options = {k: v for k, v in ctx.params.items() if k != "config_file"}
         cfg = with_settings_file(options, ctx.params["config_file"])
-    assert (cfg.epoch, cfg.n_mfcc, cfg.run_name, cfg.batch) == (3, 20, "from-file", TrainConfig().batch)
+    assert (cfg.optim.epoch, cfg.features.n_mfcc, cfg.tracking.run_name, cfg.optim.batch) == (3, 20, "from-file", 16)
     settings.write_text('{"epochs": 7}')
     with ctx, pytest.raises(UserError, match="unknown setting.*epochs"):
         with_settings_file(options, str(settings))
@@ -187,3 +187,42 @@ def test_settings_file_is_overridden_by_options_given_on_the_command_line(tmp_pa
 def test_shipped_recipes_name_only_real_settings():
     for recipe in (REPO / "recipes").glob("*.json"):
         assert config.load_settings(TrainConfig, recipe), recipe
+
+
+def bounded_settings() -> list[tuple[type, dataclasses.Field]]:
+    return [(cls, f) for cls in (TrainConfig, config.TuneConfig, ServerConfig) for f in config.fields(cls)
+            if f.metadata.get("min") is not None or f.metadata.get("below") is not None]
+
+
+@pytest.mark.parametrize("cls, f", bounded_settings(), ids=lambda x: getattr(x, "name", ""))
+def test_every_range_is_checked_when_the_config_is_built(cls, f):
+    low, high = f.metadata.get("min"), f.metadata.get("below")
+    bad = low - 1 if low is not None else high
+    with pytest.raises(config.ConfigError, match=f"^--{f.name} must be"):
+        from_dict(cls, {f.name: config._TYPES[f.type](bad)})
+    edge = low if low is not None else high / 2
+    companions = {"n_mfcc": 1} if f.name == "n_mels" else {}  # n_mfcc may not exceed n_mels
+    assert config.to_dict(from_dict(cls, {f.name: config._TYPES[f.type](edge), **companions}))[f.name] == edge
+
+
+def test_sections_keep_flat_names_and_round_trip():
+    names = [f.name for f in config.fields(TrainConfig)]
+    assert len(names) == len(set(names)), "a setting name appears in two sections"
+    cfg = from_dict(TrainConfig, {"hop_ms": 12.5, "epoch": 3, "promote": "never", "not_a_setting": 1})
+    assert (cfg.features.hop_ms, cfg.optim.epoch, cfg.tracking.promote) == (12.5, 3, "never")
+    assert from_dict(TrainConfig, config.to_dict(cfg)) == cfg
+    with pytest.raises(config.ConfigError, match="unknown setting.*not_a_setting"):
+        from_dict(TrainConfig, {"not_a_setting": 1}, strict=True)
+    with pytest.raises(config.ConfigError, match="--n_mfcc .* cannot exceed --n_mels"):
+        from_dict(TrainConfig, {"n_mfcc": 81})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["asr", "train", "--epoch", "0"], ["asr", "train", "--dropout", "1"],
+                                  ["main.py", "--n_mfcc", "100", "--n_mels", "40"]])
+def test_impossible_settings_fail_in_one_line_before_any_data_is_read(args, tmp_path):
+    command = asr_command() + args[1:] if args[0] == "asr" else [sys.executable, str(REPO / "main.py"), *args[1:]]
+    proc = run_cli(command + ["--train_data", str(tmp_path / "missing")], cwd=tmp_path)
+    assert one_line_error(proc) is None, proc.stderr
+    assert "must be" in proc.stderr or "cannot exceed" in proc.stderr
+    assert "missing" not in proc.stderr and not (tmp_path / "mlflow.db").exists()

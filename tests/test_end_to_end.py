@@ -93,20 +93,20 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
         assert params[key] == str(value), key
     n_params = sum(p.numel() for p in SpeechModel.from_config(cfg, len(VOCAB)).parameters())
     assert params["parameters"] == str(n_params)
-    assert params["train_utterances"] == str(cfg.max_utterances)
+    assert params["train_utterances"] == str(cfg.data.max_utterances)
 
     # metrics: loss and learning rate every step, validation every epoch
-    steps = cfg.epoch * math.ceil(cfg.max_utterances / cfg.batch)
+    steps = cfg.optim.epoch * math.ceil(cfg.data.max_utterances / cfg.optim.batch)
     assert steps == 4
     loss, lr = history(client, run.info.run_id, "loss"), history(client, run.info.run_id, "learning_rate")
     assert [s for s, _ in loss] == list(range(1, steps + 1))
     assert all(math.isfinite(v) and v > 0 for _, v in loss)
     assert [s for s, _ in lr] == list(range(1, steps + 1))
-    assert all(0 < v <= cfg.learning_rate * (1 + 1e-6) for _, v in lr)
+    assert all(0 < v <= cfg.optim.learning_rate * (1 + 1e-6) for _, v in lr)
     assert len({v for _, v in lr}) == steps  # a schedule, not a constant
     for key in ("val_loss", "wer", "cer"):
         values = history(client, run.info.run_id, key)
-        assert [s for s, _ in values] == list(range(1, cfg.epoch + 1)), key
+        assert [s for s, _ in values] == list(range(1, cfg.optim.epoch + 1)), key
         assert all(math.isfinite(v) and v >= 0 for _, v in values), key
     wers = [v for _, v in history(client, run.info.run_id, "wer")]
     assert run.data.metrics["best_wer"] == pytest.approx(min(wers))
@@ -124,14 +124,14 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
 
     # the predictions table: every dev utterance, normalized target, decoded prediction
     table = client.load_table(run.info.experiment_id, "predictions_dev.json", run_ids=[run.info.run_id])
-    dev = read_split(cfg.dev_data)
+    dev = read_split(cfg.data.dev_data)
     assert len(table) == len(dev) == 13
     assert {"file_id", "target", "prediction"} <= set(table.columns)
     targets = dict(zip(table["file_id"], table["target"], strict=True))
     assert targets == {u.file_id: normalized(u.transcript) for u in dev}
     assert all(set(p) <= VOCAB_CHARS for p in table["prediction"])
     test_table = client.load_table(run.info.experiment_id, "predictions_test.json", run_ids=[run.info.run_id])
-    assert sorted(test_table["file_id"]) == sorted(u.file_id for u in read_split(cfg.test_data))
+    assert sorted(test_table["file_id"]) == sorted(u.file_id for u in read_split(cfg.data.test_data))
 
     # the logged model: a pyfunc model of this run, holding the checkpoint
     outputs = run.outputs.model_outputs
@@ -142,7 +142,7 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
     assert {"MLmodel", "artifacts", "requirements.txt"} <= files
     ckpt = mlflow.artifacts.list_artifacts(artifact_uri=f"{logged.artifact_location}/artifacts")
     assert [Path(a.path).name for a in ckpt] == ["model.pt"]
-    assert (Path(cfg.output_dir) / run.info.run_id / "model.pt").is_file()
+    assert (Path(cfg.checkpoint.output_dir) / run.info.run_id / "model.pt").is_file()
 
     # and its registration
     assert run.data.tags["registered_model"] == MODEL_NAME

@@ -14,14 +14,14 @@ import torch
 from conftest import randomize_layernorms
 from torch import nn
 
-from asr.config import TrainConfig
+from asr.config import FeatureConfig, RecognizerConfig, from_dict
 from asr.decoding import greedy_decode
 from asr.export import ExportError, export_model, max_abs_diff, quantize_dynamic
 from asr.metrics import cer
 from asr.model import BiGRU, SpeechModel
 from asr.text import VOCAB
 
-N_FEATS = TrainConfig().n_mfcc
+N_FEATS = FeatureConfig().n_mfcc
 FP32_TOLERANCE = 1e-4
 
 
@@ -30,7 +30,7 @@ def make_model(seed: int = 0) -> SpeechModel:
     ones are exactly 1 and 0) and a larger classifier make the log-probs far from uniform (mean top
     probability ~0.4), so differences in them are not hidden by a flat output."""
     torch.manual_seed(seed)
-    model = randomize_layernorms(SpeechModel.from_config(TrainConfig(rnn_dim=32), len(VOCAB)))
+    model = randomize_layernorms(SpeechModel.from_config(from_dict(RecognizerConfig, {"rnn_dim": 32}), len(VOCAB)))
     with torch.no_grad():
         for linear in (model.classifier[0], model.classifier[-1]):
             linear.weight.normal_(0, 3 / linear.in_features ** 0.5)

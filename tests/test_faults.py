@@ -346,11 +346,11 @@ def state_size(cfg) -> int:
     from asr.training.state import Progress, training_state
 
     model = SpeechModel.from_config(cfg, len(VOCAB))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.learning_rate)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # creates the moments
-    state = training_state(cfg, model, optimizer, one_cycle(optimizer, cfg.learning_rate, 10),
+    state = training_state(cfg, model, optimizer, one_cycle(optimizer, cfg.optim.learning_rate, 10),
                            torch.amp.GradScaler("cpu", enabled=False), Progress(), "0" * 32)
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -59,7 +59,7 @@ def test_a_last_sliver_joins_its_neighbour():
 
 @pytest.fixture
 def transcriber(trained) -> Transcriber:
-    return Transcriber.from_checkpoint(Path(trained.cfg.output_dir) / trained.result.run_id / "model.pt")
+    return Transcriber.from_checkpoint(Path(trained.cfg.checkpoint.output_dir) / trained.result.run_id / "model.pt")
 
 
 def test_long_audio_is_transcribed_piecewise_like_its_parts(transcriber):
@@ -99,7 +99,7 @@ def test_transcribe_cli_reads_flac_and_44k_stereo_wav(trained_store, tmp_path):
     assert lines[1]["seconds"] == pytest.approx(len(mono) / rate, abs=1e-3)
 
     # the model sees (nearly) the same thing either way: 44.1 kHz stereo is mixed down and resampled
-    t = Transcriber.from_checkpoint(Path(trained.cfg.output_dir) / trained.result.run_id / "model.pt")
+    t = Transcriber.from_checkpoint(Path(trained.cfg.checkpoint.output_dir) / trained.result.run_id / "model.pt")
     a, b = t.emissions([load_audio(source), load_audio(stereo)])
     assert a[0].shape == b[0].shape and (a[0] - b[0]).abs().max() < 0.5
     # and the command prints what the model says (run in this process: this tiny model's outputs are near-ties
@@ -208,7 +208,7 @@ def test_ten_minute_file_in_bounded_memory(trained, tmp_path):
     ten, one = tmp_path / "ten.flac", tmp_path / "one.flac"
     sf.write(ten, long_audio[: 600 * RATE], RATE)
     sf.write(one, long_audio[: 60 * RATE], RATE)
-    checkpoint = Path(trained.cfg.output_dir) / trained.result.run_id / "model.pt"
+    checkpoint = Path(trained.cfg.checkpoint.output_dir) / trained.result.run_id / "model.pt"
     script = ("import resource, sys; from asr.transcribe import Transcriber; from asr.audio import load_audio;"
               "t = Transcriber.from_checkpoint(sys.argv[1]); t.transcribe([load_audio(sys.argv[2])]);"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")

@@ -17,7 +17,7 @@ from conftest import randomize_layernorms
 from torch import nn
 
 from asr.checkpoint import load_checkpoint, save_checkpoint
-from asr.config import TrainConfig
+from asr.config import FeatureConfig, RecognizerConfig, from_dict
 from asr.data.dataset import collate
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
@@ -83,7 +83,7 @@ def test_feature_extractor_shape_matches_num_frames(n_mfcc, hop_ms, num_samples)
 
 
 def test_feature_extractor_normalizes_each_coefficient_per_utterance():
-    fe = FeatureExtractor.from_config(TrainConfig(n_mfcc=20, n_mels=40))
+    fe = FeatureExtractor.from_config(FeatureConfig(n_mfcc=20, n_mels=40))
     t = torch.arange(16000) / 16000
     feats = fe(0.3 * torch.sin(2 * torch.pi * 300 * t) + 0.01 * torch.randn(16000))
     assert feats.shape[0] == 20
@@ -205,7 +205,7 @@ def test_outputs_do_not_depend_on_batch_padding(cnn_layers):
 # ---------------------------------------------------------------- checkpoint
 
 def test_checkpoint_round_trip(tmp_path):
-    cfg = TrainConfig(n_mfcc=N_FEATS, cnn_layers=1, cnn_channels=4, rnn_layers=2, rnn_dim=16)
+    cfg = from_dict(RecognizerConfig, dict(n_mfcc=N_FEATS, cnn_layers=1, cnn_channels=4, rnn_layers=2, rnn_dim=16))
     model = SpeechModel.from_config(cfg, len(VOCAB))
     path = save_checkpoint(tmp_path / "sub" / "model.pt", cfg, model)
     assert path.is_file() and not path.with_suffix(".pt.tmp").exists()

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.data.dataset import SpeechDataset, plan_batches, read_split
+from asr.batching import plan_batches
+from asr.data.dataset import SpeechDataset, read_split
 from asr.features import FeatureExtractor
 from asr.training.batches import ctc_min_frames
 from asr.training.train import train

@@ -22,7 +22,7 @@ import torch
 
 from asr import UserError
 from asr.bench.report import cpu_name, in_fresh_process, write_section
-from asr.config import TrainConfig
+from asr.config import TrainConfig, from_dict
 
 # The spine's first default: the classic DeepSpeech2-tutorial proportions at ~3.5 M parameters.
 CLASSIC = dict(n_mfcc=40, cnn_layers=2, cnn_channels=32, rnn_layers=3, rnn_dim=256, dropout=0.1, freq_mask=8,
@@ -108,13 +108,13 @@ def _real_path(cfg: TrainConfig, model, dataset, seconds: float):
 
     cpu = torch.device("cpu")
     started = time.perf_counter()
-    lengths = dataset.precompute(cfg.workers)
+    lengths = dataset.precompute(cfg.data.workers)
     featurize_s = time.perf_counter() - started
     items = list(range(len(dataset)))
     data = TrainData(dataset.features, dataset, dataset, lengths, lengths, items, {}, 0)
-    amp = autocast_dtype(cfg.precision, cpu)
+    amp = autocast_dtype(cfg.optim.precision, cpu)
     trainer = build_trainer(cfg, Context(0, 1, cpu), model, amp, total_steps=1_000_000)
-    probe = next(iter(train_loader(dataset, [items[:cfg.batch]], 0, cpu)))
+    probe = next(iter(train_loader(dataset, [items[:cfg.optim.batch]], 0, cpu)))
     clock, total, pos = _Clock(seconds), EpochStats(), Progress(epoch=1)  # from epoch 1 on: shuffled, as most are
     while not clock.done:
         total.add(train_one_epoch(trainer, data, pos, lambda _, stats: clock.after_step(stats, total)))
@@ -128,7 +128,7 @@ def _naive_path(cfg: TrainConfig, model, dataset, spec: Spec):
     from asr.training.loop import EpochStats, forward_backward, optimizer_step, spec_augment
 
     cpu = torch.device("cpu")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     scaler, specaug = torch.amp.GradScaler("cpu", enabled=False), spec_augment(cfg)
     pairs = list(zip(dataset.utterances, dataset.labels, strict=True))
@@ -144,7 +144,7 @@ def _naive_path(cfg: TrainConfig, model, dataset, spec: Spec):
             t1 = time.perf_counter()
             loss = forward_backward(model, batch, specaug, None, cpu, scaler, weight=1.0 / batch["features"].shape[0])
             t2 = time.perf_counter()
-            optimizer_step(model, optimizer, scheduler, scaler, cfg.grad_clip, loss)
+            optimizer_step(model, optimizer, scheduler, scaler, cfg.optim.grad_clip, loss)
             for key, seconds in zip(stats.seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2), strict=True):
                 stats.seconds[key] += seconds
             stats.count(batch)
@@ -164,7 +164,7 @@ def _measure(spec: Spec) -> dict:
     from asr.training.batches import intra_op_threads
     from asr.training.loop import compute_loss
 
-    cfg = TrainConfig(**{**CONFIGS[spec.config], **spec.overrides})
+    cfg = from_dict(TrainConfig, {**CONFIGS[spec.config], **spec.overrides}, strict=True)
     if spec.path == "real":
         torch.set_num_threads(intra_op_threads(cfg, 0))
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def _measure(spec: Spec) -> dict:
     for m in model.modules():
         if isinstance(m, BiGRU):
             m.fused_on_cpu = spec.path != "naive"  # this model's GRUs only: the class default stays as it is
-    dataset = SpeechDataset(bench_utterances(spec.data, spec.utterances), FeatureExtractor.from_config(cfg))
+    dataset = SpeechDataset(bench_utterances(spec.data, spec.utterances), FeatureExtractor.from_config(cfg.features))
     measure = _real_path(cfg, model, dataset, spec.seconds) if spec.path == "real" else \
         _naive_path(cfg, model, dataset, spec)
     stats, wall, amp, featurize_s, probe = measure
@@ -183,7 +183,8 @@ def _measure(spec: Spec) -> dict:
     return {
         **asdict(spec), "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
         "precision": str(amp).removeprefix("torch.") if amp else "fp32", "steps": stats.steps,
-        "mean_batch": stats.utterances / stats.steps, "audio_s_per_s": stats.audio_frames * cfg.hop_ms / 1000 / wall,
+        "mean_batch": stats.utterances / stats.steps,
+        "audio_s_per_s": stats.audio_frames * cfg.features.hop_ms / 1000 / wall,
         "padding": stats.padded_frames / stats.audio_frames - 1,
         "flops_per_s": flops_per_frame * stats.padded_frames / wall,
         "time_split": {k: v / wall for k, v in stats.seconds.items()}, "featurize_s": featurize_s,
@@ -203,8 +204,8 @@ def real_mean_batch(spec: Spec) -> int:
     from asr.features import FeatureExtractor
     from asr.training.batches import epoch_batches
 
-    cfg = TrainConfig(**{**CONFIGS[spec.config], **spec.overrides})
-    fe = FeatureExtractor.from_config(cfg)
+    cfg = from_dict(TrainConfig, {**CONFIGS[spec.config], **spec.overrides}, strict=True)
+    fe = FeatureExtractor.from_config(cfg.features)
     utts = bench_utterances(spec.data, spec.utterances)
     lengths = [fe.num_frames(sf.info(str(u.path)).frames) for u in utts]
     batches = epoch_batches(cfg, lengths, list(range(len(utts))), 1, 1)

@@ -7,12 +7,10 @@ for any audio extension soundfile reads.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import random
 import re
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tqdm import tqdm
 from asr import UserError, text
 from asr.atomic import atomic_path
 from asr.audio import AudioError, load_audio
+from asr.batching import pad_features
 from asr.data.augment import WaveAugment, item_generator
 from asr.features import FeatureExtractor
 
@@ -232,40 +231,10 @@ def _cache_file(cache_dir: str, dataset: SpeechDataset) -> Path:
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Pads features (B, n_mfcc, T) and labels (B, L) and keeps their true lengths."""
     feats, labels = zip(*batch, strict=True)
+    features, lengths = pad_features(list(feats))
     return {
-        "features": torch.nn.utils.rnn.pad_sequence([f.T for f in feats], batch_first=True).transpose(1, 2),
-        "feature_lengths": torch.tensor([f.shape[-1] for f in feats]),
+        "features": features,
+        "feature_lengths": lengths,
         "labels": torch.nn.utils.rnn.pad_sequence(list(labels), batch_first=True),
         "label_lengths": torch.tensor([len(lab) for lab in labels]),
     }
-
-
-def plan_batches(lengths: list[int], items: Iterable[int], *, max_items: int, max_frames: int, seed: int | None,
-                 bucket_width: float = 0.1) -> list[list[int]]:
-    """Length-bucketed batches of `items` holding at most `max_items` utterances and, when `max_frames` is set,
-    at most `max_frames` padded frames (longest item x count), so padding stays small and long utterances
-    cannot blow memory.
-
-    Seeded: items are shuffled within buckets of ~10% length spread and the batch order is shuffled, so
-    batches differ every epoch. Unseeded: shortest first (SortaGrad, and deterministic evaluation).
-    """
-    order = sorted(items, key=lambda i: (lengths[i], i))
-    if seed is not None:
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        order.sort(key=lambda i: int(math.log(max(lengths[i], 1)) / math.log1p(bucket_width)))
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest = 0
-    for i in order:
-        longest_with = max(longest, lengths[i])
-        if batch and (len(batch) >= max_items or (max_frames and longest_with * (len(batch) + 1) > max_frames)):
-            batches.append(batch)
-            batch, longest_with = [], lengths[i]
-        batch.append(i)
-        longest = longest_with
-    if batch:
-        batches.append(batch)
-    if seed is not None:
-        rng.shuffle(batches)
-    return batches

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from asr.batching import plan_batches
 from asr.config import TrainConfig
 from asr.data.augment import WaveAugment
-from asr.data.dataset import SpeechDataset, collate, plan_batches, read_split, single_threaded_worker
+from asr.data.dataset import SpeechDataset, collate, read_split, single_threaded_worker
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 
@@ -40,23 +41,24 @@ def load_dataset(dirs: str, features: FeatureExtractor, limit: int = 0, seed: in
 
 
 def wave_augment(cfg: TrainConfig) -> WaveAugment:
-    return WaveAugment(gain_db=cfg.gain_db, noise_snr_db=cfg.noise_snr_db, shift_ms=cfg.shift_ms,
-                       speed=cfg.speed_perturb, sample_rate=cfg.sample_rate)
+    a = cfg.augment
+    return WaveAugment(gain_db=a.gain_db, noise_snr_db=a.noise_snr_db, shift_ms=a.shift_ms,
+                       speed=a.speed_perturb, sample_rate=cfg.features.sample_rate)
 
 
 def training_data(cfg: TrainConfig, model: SpeechModel, progress: bool, say=print) -> TrainData:
-    """Reads and featurizes the training and dev splits (features cached when cfg.feature_cache is set) and picks
+    """Reads and featurizes the training and dev splits (features cached when cfg.data.feature_cache is set) and picks
     the training utterances `model` can learn from; says which files it could not read."""
-    features = FeatureExtractor.from_config(cfg)
+    features = FeatureExtractor.from_config(cfg.features)
     augment = wave_augment(cfg)
-    train_set = load_dataset(cfg.train_data, features, cfg.max_utterances, cfg.seed, augment)
-    dev_set = load_dataset(cfg.dev_data, features)
-    train_lengths = train_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features train")
-    dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.feature_cache, progress, "features dev")
+    train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment)
+    dev_set = load_dataset(cfg.data.dev_data, features)
+    train_lengths = train_set.precompute(prep_workers(cfg), cfg.data.feature_cache, progress, "features train")
+    dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.data.feature_cache, progress, "features dev")
     for message in dict.fromkeys(train_set.unreadable + dev_set.unreadable):  # once per file, in order
         say(f"skipping {message}")
     items, skipped = trainable_items(train_set, train_lengths, model, cfg)
-    loader_workers = cfg.workers if augment.enabled else 0  # cached features need no workers
+    loader_workers = cfg.data.workers if augment.enabled else 0  # cached features need no workers
     return TrainData(features, train_set, dev_set, train_lengths, dev_lengths, items, skipped, loader_workers)
 
 
@@ -71,7 +73,7 @@ def trainable_items(dataset: SpeechDataset, lengths: list[int], model: SpeechMod
     `precompute`), an empty transcript (an id alone on its line, or nothing but digits and symbols: it would teach
     the model to say nothing over speech), too long for memory, or too short for their transcript under CTC (they
     could only ever produce an infinite loss)."""
-    max_frames = cfg.max_seconds * 1000 / cfg.hop_ms
+    max_frames = cfg.data.max_seconds * 1000 / cfg.features.hop_ms
     out = model.output_lengths(torch.tensor(lengths)).tolist()
     items, skipped = [], {"skipped_unreadable": len(dataset.unreadable), "skipped_empty_transcript": 0,
                           "skipped_too_long": 0, "skipped_too_short": 0}
@@ -88,14 +90,14 @@ def trainable_items(dataset: SpeechDataset, lengths: list[int], model: SpeechMod
 
 
 def max_batch_frames(cfg: TrainConfig) -> int:
-    return int(cfg.max_batch_seconds * 1000 / cfg.hop_ms)
+    return int(cfg.optim.max_batch_seconds * 1000 / cfg.features.hop_ms)
 
 
 def epoch_batches(cfg: TrainConfig, lengths: list[int], items: list[int], epoch: int, world: int) -> list[list[int]]:
     """The epoch's global batches. SortaGrad (Deep Speech 2): epoch 1 runs shortest-first, which gets CTC off its
     blank plateau sooner; later epochs are shuffled. Batches too small to give every rank an item are dropped."""
-    batches = plan_batches(lengths, items, max_items=cfg.batch, max_frames=max_batch_frames(cfg),
-                           seed=None if epoch == 0 else cfg.seed + epoch)
+    batches = plan_batches(lengths, items, max_items=cfg.optim.batch, max_frames=max_batch_frames(cfg),
+                           seed=None if epoch == 0 else cfg.optim.seed + epoch)
     return [b for b in batches if len(b) >= world]
 
 
@@ -105,8 +107,8 @@ def steps_in(n_batches: int, accumulate: int) -> int:
 
 def total_steps(cfg: TrainConfig, data: TrainData, world: int) -> int:
     """Optimizer steps over the whole run (the one-cycle schedule spans them)."""
-    return sum(steps_in(len(epoch_batches(cfg, data.train_lengths, data.items, e, world)), cfg.accumulate)
-               for e in range(cfg.epoch))
+    return sum(steps_in(len(epoch_batches(cfg, data.train_lengths, data.items, e, world)), cfg.optim.accumulate)
+               for e in range(cfg.optim.epoch))
 
 
 def train_loader(dataset: SpeechDataset, batches: list[list[int]], workers: int, device: torch.device
@@ -119,11 +121,11 @@ def train_loader(dataset: SpeechDataset, batches: list[list[int]], workers: int,
 
 def prep_workers(cfg: TrainConfig) -> int:
     """Up-front featurization has the machine to itself: one single-threaded process per core (up to 8)."""
-    return 0 if cfg.workers == 0 else max(cfg.workers, min(8, os.cpu_count() or 1))
+    return 0 if cfg.data.workers == 0 else max(cfg.data.workers, min(8, os.cpu_count() or 1))
 
 
 def intra_op_threads(cfg: TrainConfig, loader_workers: int) -> int:
     """On few cores, oversubscription is what kills throughput: busy loader workers each take a core."""
-    if cfg.threads:
-        return cfg.threads
+    if cfg.optim.threads:
+        return cfg.optim.threads
     return max(1, torch.get_num_threads() - loader_workers)

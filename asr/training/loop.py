@@ -18,8 +18,9 @@ import torchaudio
 from torch import nn
 from tqdm import tqdm
 
+from asr.batching import plan_batches
 from asr.config import TrainConfig
-from asr.data.dataset import SpeechDataset, collate, plan_batches
+from asr.data.dataset import SpeechDataset, collate
 from asr.decoding import greedy_decode
 from asr.metrics import cer, wer
 from asr.model import SpeechModel
@@ -52,10 +53,10 @@ class Trainer:
 
 def spec_augment(cfg: TrainConfig) -> nn.Module:
     masks: list[nn.Module] = []
-    if cfg.freq_mask:
-        masks.append(torchaudio.transforms.FrequencyMasking(cfg.freq_mask, iid_masks=True))
-    if cfg.time_mask:
-        masks += [torchaudio.transforms.TimeMasking(cfg.time_mask, iid_masks=True) for _ in range(2)]
+    if cfg.augment.freq_mask:
+        masks.append(torchaudio.transforms.FrequencyMasking(cfg.augment.freq_mask, iid_masks=True))
+    if cfg.augment.time_mask:
+        masks += [torchaudio.transforms.TimeMasking(cfg.augment.time_mask, iid_masks=True) for _ in range(2)]
     return nn.Sequential(*masks)
 
 
@@ -70,8 +71,8 @@ def build_trainer(cfg: TrainConfig, ctx: dist.Context, model: SpeechModel, amp: 
                   total_steps: int) -> Trainer:
     """AdamW with a one-cycle schedule over `total_steps`, a loss scaler (active for fp16 only) and SpecAugment;
     `Trainer.distribute()` then wraps the model for several ranks."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return Trainer(cfg, ctx, model, model, optimizer, one_cycle(optimizer, cfg.learning_rate, total_steps),
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
+    return Trainer(cfg, ctx, model, model, optimizer, one_cycle(optimizer, cfg.optim.learning_rate, total_steps),
                    torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16), spec_augment(cfg), amp)
 
 
@@ -156,12 +157,12 @@ def train_one_epoch(t: Trainer, data: TrainData, pos: Progress, after_step: Call
     batches = epoch_batches(cfg, data.train_lengths, data.items, pos.epoch, ctx.world)
     loaded = iter(train_loader(data.train_set, [dist.shard(b, ctx) for b in batches[pos.batch:]], data.loader_workers,
                                ctx.device))
-    bar = tqdm(total=len(batches) - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epoch}", unit="batch",
+    bar = tqdm(total=len(batches) - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.optim.epoch}", unit="batch",
                disable=not progress, leave=False)
     loss_sum = 0.0
     for k in range(pos.batch, len(batches)):
-        group_start = k - k % cfg.accumulate
-        group = min(cfg.accumulate, len(batches) - group_start)  # batches accumulated into this optimizer step
+        group_start = k - k % cfg.optim.accumulate
+        group = min(cfg.optim.accumulate, len(batches) - group_start)  # batches accumulated into this optimizer step
         last_of_group = k == group_start + group - 1
         started = time.perf_counter()
         batch = next(loaded)
@@ -180,7 +181,7 @@ def train_one_epoch(t: Trainer, data: TrainData, pos: Progress, after_step: Call
             continue
         stepped_at = time.perf_counter()
         mean_loss, loss_sum = dist.all_sum([loss_sum], ctx)[0], 0.0
-        if not optimizer_step(t.model, t.optimizer, t.scheduler, t.scaler, cfg.grad_clip, mean_loss):
+        if not optimizer_step(t.model, t.optimizer, t.scheduler, t.scaler, cfg.optim.grad_clip, mean_loss):
             pos.skipped_steps += 1
         pos.step, stats.steps = pos.step + 1, stats.steps + 1
         stats.seconds["optimizer"] += time.perf_counter() - stepped_at
@@ -199,7 +200,7 @@ def compute_validation(model: nn.Module, dataset: SpeechDataset, lengths: list[i
     prediction) rows sorted by id."""
     model.eval()
     total_loss, rows = 0.0, []
-    for idx in plan_batches(lengths, range(len(dataset)), max_items=cfg.batch, seed=None,
+    for idx in plan_batches(lengths, range(len(dataset)), max_items=cfg.optim.batch, seed=None,
                             max_frames=max_batch_frames(cfg)):
         idx = dist.shard(idx, ctx)
         if not idx:

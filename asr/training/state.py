@@ -48,18 +48,22 @@ class Resume:
 
 
 def resume_point(cfg: TrainConfig) -> tuple[TrainConfig, Resume | None]:
-    """With cfg.resume set, the run's own settings (resume kept) and its last training state; else (cfg, None)."""
-    if not cfg.resume:
+    """With cfg.checkpoint.resume set, the run's own settings (resume kept) and its last training state; else
+    (cfg, None). A training state written before the settings had sections keeps them all under "config"."""
+    if not cfg.checkpoint.resume:
         return cfg, None
-    path = ckpt.find_resumable(cfg.resume, cfg.output_dir)
+    path = ckpt.find_resumable(cfg.checkpoint.resume, cfg.checkpoint.output_dir)
     state = ckpt.load_training_state(path)
-    return from_dict(TrainConfig, {**state["config"], "resume": cfg.resume}), Resume(path, state)
+    settings = state.get("train_config", state["config"])
+    return from_dict(TrainConfig, {**settings, "resume": cfg.checkpoint.resume}), Resume(path, state)
 
 
 def training_state(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, progress: Progress,
                    run_id: str) -> dict[str, Any]:
-    return {**ckpt.model_state(cfg, model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "progress": to_dict(progress), "rng": ckpt.rng_states(), "run_id": run_id}
+    """last.pt: the model checkpoint plus every training setting and everything needed to continue bit-for-bit."""
+    return {**ckpt.model_state(cfg, model), "train_config": to_dict(cfg), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "progress": to_dict(progress),
+            "rng": ckpt.rng_states(), "run_id": run_id}
 
 
 def restore(resume: Resume, model: nn.Module, optimizer, scheduler, scaler) -> tuple[Progress, dict | None]:

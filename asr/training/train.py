@@ -77,17 +77,17 @@ class Run:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Trains a model as `cfg` says (or continues the run cfg.resume names), then logs, registers and promotes the
+    """Trains a model as `cfg` says (or continues the run --resume names), then logs, registers and promotes the
     best epoch's weights. Raises UserError for settings, data or a tracking store that cannot work, before any
     compute; TrainingInterrupted on SIGINT/SIGTERM, after checkpointing."""
     cfg, resume = resume_point(cfg)
     ctx = dist.init()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    amp = autocast_dtype(cfg.precision, ctx.device)
+    torch.manual_seed(cfg.optim.seed)
+    random.seed(cfg.optim.seed)
+    amp = autocast_dtype(cfg.optim.precision, ctx.device)
     if ctx.main:
-        store.use_reachable_store(cfg.offline_ok)  # a server that does not answer: fail (or go local) in seconds
-        store.setup(cfg.experiment)  # fail on a bad tracking store before any compute
+        store.use_reachable_store(cfg.tracking.offline_ok)  # a server that does not answer: fail (or go local) now
+        store.setup(cfg.tracking.experiment)  # fail on a bad tracking store before any compute
     run = set_up(cfg, ctx, amp, resume, progress and ctx.main)
     try:
         log_start(run, resume)
@@ -120,7 +120,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
     model = SpeechModel.from_config(cfg, len(VOCAB)).to(ctx.device)
     data = training_data(cfg, model, progress, print if ctx.main else lambda _: None)
     if not data.items:
-        raise UserError(f"no usable training utterances in {cfg.train_data}: {data.skipped}")
+        raise UserError(f"no usable training utterances in {cfg.data.train_data}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
     steps = total_steps(cfg, data, ctx.world)
     trainer = build_trainer(cfg, ctx, model, amp, steps)
@@ -130,16 +130,16 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
     run_id = ""
     if ctx.main:
         active = mlflow.start_run(run_id=resume.state["run_id"]) if resume \
-            else mlflow.start_run(run_name=cfg.run_name or None)
+            else mlflow.start_run(run_name=cfg.tracking.run_name or None)
         run_id = active.info.run_id
-    out_dir = resume.out_dir if resume else Path(cfg.output_dir) / run_id
+    out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state)
     n_params = sum(p.numel() for p in model.parameters())
-    run.say(f"train: {len(data.items)} utterances from {cfg.train_data} ({sum(data.skipped.values())} skipped: "
-            f"{data.skipped}); dev: {len(data.dev_set)} from {cfg.dev_data}")
+    run.say(f"train: {len(data.items)} utterances from {cfg.data.train_data} ({sum(data.skipped.values())} skipped: "
+            f"{data.skipped}); dev: {len(data.dev_set)} from {cfg.data.dev_data}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
             f"{amp and str(amp).removeprefix('torch.') or 'fp32'}, {torch.get_num_threads()} threads; "
-            f"{cfg.epoch} epochs, {steps} steps")
+            f"{cfg.optim.epoch} epochs, {steps} steps")
     return run
 
 
@@ -164,7 +164,7 @@ def log_start(run: Run, resume: Resume | None) -> None:
 
 def run_epochs(run: Run, stop: list[int]) -> None:
     """Epochs from where `run.pos` stands to the last one or an early stop: train, log every step, checkpoint every
-    cfg.checkpoint_every steps and at every epoch end, and stop cleanly on a stop request."""
+    cfg.checkpoint.checkpoint_every steps and at every epoch end, and stop cleanly on a stop request."""
     t, cfg, ctx, pos = run.trainer, run.trainer.cfg, run.trainer.ctx, run.pos
 
     def after_step(loss: float, _: EpochStats) -> bool:
@@ -173,11 +173,11 @@ def run_epochs(run: Run, stop: list[int]) -> None:
                              "skipped_steps": pos.skipped_steps}, pos.step)
         if dist.any_rank(bool(stop), ctx):
             raise TrainingInterrupted(interrupted(stop, pos, run.checkpoint(), run.out_dir))
-        if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+        if cfg.checkpoint.checkpoint_every and pos.step % cfg.checkpoint.checkpoint_every == 0:
             run.checkpoint()
         return False
 
-    while pos.epoch < cfg.epoch:
+    while pos.epoch < cfg.optim.epoch:
         started = time.time()
         stats = train_one_epoch(t, run.data, pos, after_step, run.progress)
         end_epoch(run, stats, time.time() - started)
@@ -188,9 +188,9 @@ def run_epochs(run: Run, stop: list[int]) -> None:
 
 def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
     """Validates on dev, keeps the best epoch's weights (best.pt), logs and prints the epoch, and moves `run.pos`
-    to the next epoch, or past the last one when dev has not improved for cfg.patience epochs."""
+    to the next epoch, or past the last one when dev has not improved for cfg.optim.patience epochs."""
     t, cfg, ctx, pos = run.trainer, run.trainer.cfg, run.trainer.ctx, run.pos
-    audio_seconds = dist.all_sum([stats.audio_frames * cfg.hop_ms / 1000], ctx)[0]
+    audio_seconds = dist.all_sum([stats.audio_frames * cfg.features.hop_ms / 1000], ctx)[0]
     dev, _ = compute_validation(t.model, run.data.dev_set, run.data.dev_lengths, cfg, t.amp, ctx)
     improved = (dev["wer"], dev["cer"]) < pos.best  # CER breaks ties while WER is still stuck at 1.0
     if improved:
@@ -203,13 +203,13 @@ def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
     if ctx.main:
         run.metrics.log({"val_loss": dev["loss"], "wer": dev["wer"], "cer": dev["cer"],
                          "audio_seconds_per_second": audio_seconds / elapsed}, pos.epoch + 1)
-    run.say(f"epoch {pos.epoch + 1}/{cfg.epoch}: val_loss {dev['loss']:.3f}  WER {dev['wer']:.3f}  "
+    run.say(f"epoch {pos.epoch + 1}/{cfg.optim.epoch}: val_loss {dev['loss']:.3f}  WER {dev['wer']:.3f}  "
             f"CER {dev['cer']:.3f}  ({elapsed:.0f} s, {audio_seconds / elapsed:.0f} audio-s/s over "
             f"{stats.batches} batches){'  *' if improved else ''}")
     pos.epoch, pos.batch = pos.epoch + 1, 0
-    if cfg.patience and pos.bad_epochs >= cfg.patience:
-        run.say(f"early stop: no better dev WER/CER for {cfg.patience} epochs (best: epoch {pos.best_epoch})")
-        pos.epoch = cfg.epoch
+    if cfg.optim.patience and pos.bad_epochs >= cfg.optim.patience:
+        run.say(f"early stop: no better dev WER/CER for {cfg.optim.patience} epochs (best: epoch {pos.best_epoch})")
+        pos.epoch = cfg.optim.epoch
 
 
 def finish(run: Run) -> TrainResult:
@@ -226,24 +226,24 @@ def finish(run: Run) -> TrainResult:
     if test:
         mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
         log_predictions(test_rows, "predictions_test.json")
-        print(f"held-out test ({cfg.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
+        print(f"held-out test ({cfg.data.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg, t.model), run.out_dir / ckpt.MODEL)
     uri = log_model(checkpoint, run.data.dev_set.utterances[0].path)
-    promotion = registry.register_and_promote(uri, cfg.registered_model, run.run_id, dev["wer"], cfg.promote)
+    name = cfg.tracking.registered_model
+    promotion = registry.register_and_promote(uri, name, run.run_id, dev["wer"], cfg.tracking.promote)
     kill_point("registered")
-    mlflow.set_tags({"registered_model": cfg.registered_model, "model_version": promotion.version,
-                     "promoted": str(promotion.promoted)})
-    print(f"{cfg.registered_model} {promotion.describe()}")
+    mlflow.set_tags({"registered_model": name, "model_version": promotion.version, "promoted": str(promotion.promoted)})
+    print(f"{name} {promotion.describe()}")
     return TrainResult(run.run_id, dev, test, promotion)
 
 
 def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     """Loss, WER and CER on the held-out test split, and its rows; ({}, []) when there is none."""
     t, cfg = run.trainer, run.trainer.cfg
-    if not cfg.test_data:
+    if not cfg.data.test_data:
         return {}, []
-    test_set = load_dataset(cfg.test_data, run.data.features)
-    lengths = test_set.precompute(prep_workers(cfg), cfg.feature_cache, run.progress, "features test")
+    test_set = load_dataset(cfg.data.test_data, run.data.features)
+    lengths = test_set.precompute(prep_workers(cfg), cfg.data.feature_cache, run.progress, "features test")
     for message in test_set.unreadable:
         run.say(f"skipping {message}")
     return compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx)
