@@ -63,9 +63,9 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check asr tests main.py
 
-# MLproject is generated from asr/config.py; a test fails when it is stale.
+# MLproject is generated from asr/settings.py; a test fails when it is stale.
 mlproject: install
-	$(PY) -m asr.config > MLproject
+	$(PY) -m asr.settings > MLproject
 
 clean:
 	rm -rf outputs mlflow.db mlruns/[0-9a-z]*

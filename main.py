@@ -8,7 +8,8 @@
 import click
 
 from asr.cli import friendly_errors, run_train, run_validate
-from asr.config import TrainConfig, ValidateConfig, click_options, from_dict
+from asr.config import click_options, from_dict
+from asr.settings import TrainConfig, ValidateConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

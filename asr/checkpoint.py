@@ -16,7 +16,7 @@ import torch
 
 from asr import UserError, first_line
 from asr.atomic import atomic_path
-from asr.config import RecognizerConfig, TrainConfig, from_dict, to_dict
+from asr.config import RecognizerConfig, from_dict, to_dict
 from asr.model import SpeechModel
 from asr.text import VOCAB
 
@@ -71,13 +71,13 @@ def write_failure(path: Path, error: OSError) -> str:
     return f"could not write checkpoint {path}: {error.strerror or error}; the previous one is intact{resume}"
 
 
-def model_state(cfg: RecognizerConfig | TrainConfig, model: SpeechModel) -> dict[str, Any]:
+def model_state(cfg: RecognizerConfig, model: SpeechModel) -> dict[str, Any]:
     """What inference needs, and nothing else: the feature and model settings (flat), vocabulary and weights."""
     return {"config": to_dict(RecognizerConfig(cfg.features, cfg.model)), "vocab": list(VOCAB),
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 
-def save_checkpoint(path: Path, cfg: RecognizerConfig | TrainConfig, model: SpeechModel) -> Path:
+def save_checkpoint(path: Path, cfg: RecognizerConfig, model: SpeechModel) -> Path:
     return atomic_save(model_state(cfg, model), path)
 
 

@@ -12,17 +12,20 @@ import click
 from click.core import ParameterSource
 
 from asr import UserError
-from asr.config import (
-    DEFAULT_MODEL_URI,
-    DecodeConfig,
+from asr.config import DecodeConfig, click_options, from_dict, load_settings
+from asr.settings import (
+    BenchInferConfig,
+    BenchTrainConfig,
+    DownloadConfig,
     EvaluateConfig,
+    ExportConfig,
+    LMBuildConfig,
     ServerConfig,
+    SynthConfig,
     TrainConfig,
+    TranscribeConfig,
     TuneConfig,
     ValidateConfig,
-    click_options,
-    from_dict,
-    load_settings,
 )
 from asr.tracking.requirements import torchaudio_load_error
 
@@ -148,13 +151,9 @@ def show_progress() -> bool:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI,
-              show_default=True, help="models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint "
-                                      "(.pt) or its OUTPUT_DIR/RUN_ID folder")
-@click.option("--json", "as_json", is_flag=True, help="print JSON lines: file, text, seconds")
-@click_options(DecodeConfig)
+@click_options(TranscribeConfig)
 @friendly_errors
-def transcribe(files: tuple[str, ...], model_uri: str, as_json: bool, **options) -> None:
+def transcribe(files: tuple[str, ...], **options) -> None:
     """Transcribe audio files (WAV, FLAC, OGG, ... any rate, mono or stereo, any length); one line per file.
 
     Example: asr transcribe talk.flac --decoder beam --lm lm.arpa
@@ -165,14 +164,15 @@ def transcribe(files: tuple[str, ...], model_uri: str, as_json: bool, **options)
     from asr.loading import load_transcriber
     from asr.tracking.store import setup_uri
 
+    cfg = from_dict(TranscribeConfig, options)
     setup_uri()
-    transcriber = load_transcriber(model_uri, from_dict(DecodeConfig, options))
+    transcriber = load_transcriber(cfg.model_uri, from_dict(DecodeConfig, options))
     for path in files:  # one file at a time: a long recording never shares memory with the next
         wave = load_audio(path, transcriber.sample_rate)
         text = transcriber.transcribe([wave])[0]
-        if as_json:
-            click.echo(json.dumps({"file": path, "text": text, "seconds": round(wave.numel() / transcriber.sample_rate,
-                                                                                  3)}))
+        if cfg.json:
+            seconds = round(wave.numel() / transcriber.sample_rate, 3)
+            click.echo(json.dumps({"file": path, "text": text, "seconds": seconds}))
         else:
             click.echo(text if len(files) == 1 else f"{path}\t{text}")
 
@@ -189,7 +189,7 @@ def evaluate(**options) -> None:
 
     cfg = from_dict(EvaluateConfig, options)
     s = run(cfg, progress=show_progress())
-    click.echo(f"{cfg.dataset}: {s.utterances} utterances, {s.audio_seconds / 60:.1f} min of audio, "
+    click.echo(f"{','.join(cfg.dataset)}: {s.utterances} utterances, {s.audio_seconds / 60:.1f} min of audio, "
                f"{s.audio_seconds / max(s.seconds, 1e-9):.0f} audio-s/s")
     click.echo(f"WER {s.wer:.3f}  CER {s.cer:.3f}")
 
@@ -200,14 +200,9 @@ def lm() -> None:
 
 
 @lm.command("build")
-@click.option("--text", "text_file", type=click.Path(dir_okay=False), help="text file, one sentence per line")
-@click.option("--from-dataset", "--from_dataset", "dataset", help="split folder(s) whose transcripts are the text, "
-              "comma-separated (LibriSpeech layout)")
-@click.option("--order", type=int, default=3, show_default=True, help="n-gram order")
-@click.option("--out", type=click.Path(dir_okay=False), default="lm.arpa", show_default=True, help="ARPA file")
-@click.option("--lexicon", type=click.Path(dir_okay=False), help="also write a lexicon of the LM's words here")
+@click_options(LMBuildConfig)
 @friendly_errors
-def lm_build(text_file: str | None, dataset: str | None, order: int, out: str, lexicon: str | None) -> None:
+def lm_build(**options) -> None:
     """Word n-gram LM (interpolated modified Kneser-Ney) in ARPA format, from text or training transcripts.
 
     Example: asr lm build --from-dataset data/demo/train --order 3 --out lm.arpa
@@ -216,17 +211,16 @@ def lm_build(text_file: str | None, dataset: str | None, order: int, out: str, l
     from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
     from asr.text import normalized
 
-    if bool(text_file) == bool(dataset):
-        raise click.UsageError("give exactly one of --text FILE or --from-dataset DIR")
-    if text_file and not Path(text_file).is_file():
-        raise click.ClickException(f"--text {text_file}: no such file")
-    sentences = (read_sentences(text_file) if text_file
-                 else (normalized(u.transcript) for u in utterances_of(dataset)))
-    summary = build_arpa(sentences, order, out)
-    click.echo(f"{out}: order {summary['order']}, {summary['vocab']} words, {summary['sentences']} sentences, "
+    cfg = from_dict(LMBuildConfig, options)
+    if cfg.text and not Path(cfg.text).is_file():
+        raise click.ClickException(f"--text {cfg.text}: no such file")
+    sentences = (read_sentences(cfg.text) if cfg.text
+                 else (normalized(u.transcript) for u in utterances_of(cfg.from_dataset)))
+    summary = build_arpa(sentences, cfg.order, cfg.out)
+    click.echo(f"{cfg.out}: order {summary['order']}, {summary['vocab']} words, {summary['sentences']} sentences, "
                f"n-grams {summary['ngrams']}")
-    if lexicon:
-        click.echo(f"{lexicon}: {write_lexicon(arpa_words(out), lexicon)} words")
+    if cfg.lexicon:
+        click.echo(f"{cfg.lexicon}: {write_lexicon(arpa_words(cfg.out), cfg.lexicon)} words")
 
 
 @lm.command("tune")
@@ -250,14 +244,9 @@ def lm_tune(**options) -> None:
 
 
 @main.command()
-@click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI,
-              show_default=True, help="model to export (same forms as `asr transcribe --model-uri`)")
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
-              show_default=True)
-@click.option("--out", type=click.Path(), required=True, help="file (.pt or .onnx) or folder to write to")
-@click.option("--quantize", is_flag=True, help="dynamic int8 quantization of the GRU and linear layers (CPU)")
+@click_options(ExportConfig)
 @friendly_errors
-def export(model_uri: str, fmt: str, out: str, quantize: bool) -> None:
+def export(**options) -> None:
     """Export the acoustic model (features -> log-probabilities) to TorchScript or ONNX, checked against PyTorch.
 
     Inputs: features (batch, n_mfcc, frames) float32 and lengths (batch,) int64; outputs: log_probs
@@ -269,14 +258,15 @@ def export(model_uri: str, fmt: str, out: str, quantize: bool) -> None:
     from asr.loading import load_transcriber
     from asr.tracking.store import setup_uri
 
+    cfg = from_dict(ExportConfig, options)
     setup_uri()
-    transcriber = load_transcriber(model_uri)
-    n_mfcc = transcriber.cfg.features.n_mfcc
-    path = export_model(transcriber.fp32_model, fmt, out, quantize=quantize, n_feats=n_mfcc)
+    transcriber = load_transcriber(cfg.model_uri)
+    n_mfcc, fmt = transcriber.cfg.features.n_mfcc, cfg.format
+    path = export_model(transcriber.fp32_model, fmt, cfg.out, quantize=cfg.quantize, n_feats=n_mfcc)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
     diff = max_abs_diff(transcriber.fp32_model, path, fmt, feats, lengths)
-    if quantize:
+    if cfg.quantize:
         exact = max_abs_diff(quantize_dynamic(transcriber.fp32_model), path, fmt, feats, lengths)
         click.echo(f"{path}: {fmt} int8, max abs log-prob diff vs PyTorch int8 {exact:.2e}, vs fp32 {diff:.2e}")
     else:
@@ -289,38 +279,29 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--root", type=click.Path(path_type=Path), default=Path("data/demo"), show_default=True,
-              help="folder the corpus is written to (splits train, dev, test)")
-@click.option("--seed", type=int, default=0, show_default=True, help="same seed, same corpus")
-@click.option("--train-minutes", "--train_minutes", type=float, default=150.0, show_default=True,
-              help="minutes of training audio")
-@click.option("--dev-minutes", "--dev_minutes", type=float, default=4.0, show_default=True)
-@click.option("--test-minutes", "--test_minutes", type=float, default=4.0, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="synthesis processes")
+@click_options(SynthConfig)
 @friendly_errors
-def synth(root: Path, seed: int, train_minutes: float, dev_minutes: float, test_minutes: float,
-          workers: int) -> None:
+def synth(**options) -> None:
     """Synthesize the demo corpus (text-to-speech, LibriSpeech layout) so everything runs with no download."""
-    from asr.data.synth.corpus import SynthConfig, synthesize_corpus
+    from asr.data.synth.corpus import synthesize_corpus
 
-    summary = synthesize_corpus(SynthConfig(root, seed, train_minutes, dev_minutes, test_minutes, workers))
+    cfg = from_dict(SynthConfig, options)
+    summary = synthesize_corpus(cfg)
     for split in ("train", "dev", "test"):
         s = summary[split]
-        click.echo(f"{root / split}: {s['utterances']} utterances, {s['minutes']:.1f} min, "
+        click.echo(f"{Path(cfg.root) / split}: {s['utterances']} utterances, {s['minutes']:.1f} min, "
                    f"{len(s['voices'])} voices")
 
 
 @data.command()
-@click.option("--split", required=True, help="LibriSpeech split, e.g. test-clean or train-clean-100")
-@click.option("--root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
-              help="the split lands in ROOT/LibriSpeech/SPLIT")
-@click.option("--mirror", default=None, help="base URL of another mirror of openslr resource 12")
+@click_options(DownloadConfig)
 @friendly_errors
-def download(split: str, root: Path, mirror: str | None) -> None:
+def download(**options) -> None:
     """Download, verify (sha256) and extract a LibriSpeech split."""
     from asr.data.download import DEFAULT_MIRROR, download_split
 
-    click.echo(f"ready: {download_split(split, root, mirror or DEFAULT_MIRROR)}")
+    cfg = from_dict(DownloadConfig, options)
+    click.echo(f"ready: {download_split(cfg.split, Path(cfg.root), cfg.mirror or DEFAULT_MIRROR)}")
 
 
 @main.group()
@@ -329,37 +310,27 @@ def bench() -> None:
 
 
 @bench.command("train")
-@click.option("--data", default="data/demo/train", show_default=True, help="split whose utterances are trained on")
-@click.option("--utterances", type=int, default=200, show_default=True, help="how many of them (a fixed sample)")
-@click.option("--seconds", type=float, default=60.0, show_default=True, help="timed training per measurement")
-@click.option("--config", "configs", multiple=True, type=click.Choice(["default", "classic"]),
-              default=("default", "classic"), show_default=True, help="model configs to measure")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
+@click_options(BenchTrainConfig)
 @friendly_errors
-def bench_train(data: str, utterances: int, seconds: float, configs: tuple[str, ...], out: Path) -> None:
+def bench_train(**options) -> None:
     """Training throughput (audio-s/s) of the real training path vs. a naive one, FLOP/s against the machine's
     matmul peak, and peak memory, for the default and the classic (spine-seed, ~3.5 M) model configs."""
     from asr.bench.train import run
 
-    run(data, utterances, seconds, list(configs), out, say=click.echo)
+    cfg = from_dict(BenchTrainConfig, options)
+    run(cfg.data, cfg.utterances, cfg.seconds, list(cfg.config), Path(cfg.out), say=click.echo)
 
 
 @bench.command("infer")
-@click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI,
-              show_default=True, help="model to measure (same forms as `asr transcribe --model-uri`)")
-@click.option("--data", default="data/demo/test", show_default=True, help="split to transcribe")
-@click.option("--lm", default="", help="ARPA/KenLM LM for the beam+LM rows ('' = skip them)")
-@click.option("--beam-size", "--beam_size", "beam_size", type=int, default=50, show_default=True)
-@click.option("--repeats", type=int, default=10, show_default=True, help="timed runs of the 10-second clip")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
-@click.option("--section", default="infer", show_default=True, help="name of the block of --out this run replaces")
+@click_options(BenchInferConfig)
 @friendly_errors
-def bench_infer(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, section: str) -> None:
+def bench_infer(**options) -> None:
     """Real-time factor (batch 1, a 10-second clip) and split throughput with WER/CER, for greedy and beam
     search (with and without an LM), in fp32, bf16 and int8."""
     from asr.bench.infer import run
 
-    run(model_uri, data, lm, beam_size, repeats, out, section, say=click.echo)
+    c = from_dict(BenchInferConfig, options)
+    run(c.model_uri, c.data, c.lm, c.beam_size, c.repeats, Path(c.out), c.section, say=click.echo)
 
 
 if __name__ == "__main__":

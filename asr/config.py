@@ -1,10 +1,11 @@
-"""Typed configs: the one source of truth for every hyperparameter and command parameter.
+"""Typed configs: how settings are declared, checked, flattened and turned into CLI options, and the settings a
+trained model carries (features, model shape) or takes at inference (decoding).
 
-The CLI options, `main.py`, the MLproject parameters and the params logged to MLflow are all
-derived from these dataclasses, so a new field shows up everywhere at once. Training settings are
-nested in sections (each consumer takes its own: the feature extractor `features`, the model `model`,
-...), but every setting keeps one flat name, unique across sections, that the CLI (--hop_ms),
-MLproject (-P hop_ms=...), settings files, config.json and MLflow params use.
+Every command's settings (asr/settings.py) are dataclasses of `opt` fields: the CLI options, `main.py`, the
+MLproject parameters, settings files and the params logged to MLflow all derive from them, so a new field shows
+up everywhere at once. Settings may be nested in sections (each consumer takes its own: the feature extractor
+`features`, the model `model`, ...), but every setting keeps one flat name, unique across sections, that the
+CLI (--hop_ms), MLproject (-P hop_ms=...), settings files, config.json and MLflow params use.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ class ConfigError(UserError):
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, min: float | None = None,
-        below: float | None = None) -> Any:
-    """A dataclass field that carries its own --help text, allowed values and range (min <= value < below)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "below": below})
+        below: float | None = None, flag: bool = False, required: bool = False) -> Any:
+    """A dataclass field that carries its own --help text, allowed values, range (min <= value < below), and
+    whether the CLI takes it as a flag (--json) or requires it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "below": below,
+                                            "flag": flag, "required": required})
 
 
 def section(cls: type) -> Any:
@@ -47,23 +50,27 @@ def check_ranges(cfg: Any) -> None:
             raise ConfigError(f"--{f.name} must be below {high:g}, got {value:g}")
 
 
+def as_list(value: Any, kind: type, name: str) -> tuple:
+    """A list-valued setting from a comma-separated string (CLI, MLproject) or a JSON list (settings files)."""
+    items = [v.strip() if isinstance(v, str) else v
+             for v in (value.split(",") if isinstance(value, str) else value)]
+    try:
+        return tuple(kind(v) for v in items if v != "")
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated {kind.__name__} values, got {value!r}") from None
+
+
 class Checked:
-    """Mixin: ranges are checked whenever a config is built."""
+    """Mixin: list-valued settings are parsed and ranges checked whenever a config is built."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.type in _LIST_TYPES:
+                setattr(self, f.name, as_list(getattr(self, f.name), _LIST_TYPES[f.type], f.name))
+                allowed = f.metadata.get("choices")
+                if allowed and (wrong := [v for v in getattr(self, f.name) if v not in allowed]):
+                    raise ConfigError(f"--{f.name}: {', '.join(wrong)} not among {', '.join(allowed)}")
         check_ranges(self)
-
-
-@dataclass
-class DataConfig(Checked):
-    train_data: str = opt("data/demo/train", "LibriSpeech-layout split folder(s) to train on, comma-separated")
-    dev_data: str = opt("data/demo/dev", "split folder scored every epoch (val_loss, wer, cer)")
-    test_data: str = opt("data/demo/test", "held-out split scored once after training ('' to skip)")
-    max_utterances: int = opt(0, "use at most this many training utterances (0 = all)", min=0)
-    max_seconds: float = opt(30.0, "skip (and count) training utterances longer than this many seconds", min=0.1)
-    feature_cache: str = opt("", "folder for an on-disk feature cache keyed by the feature settings ('' = off)")
-    workers: int = opt(1, "single-threaded processes computing augmented features during training (up-front "
-                       "featurization uses one per core); 0 = everything in the main process", min=0)
 
 
 @dataclass
@@ -96,100 +103,10 @@ class ModelConfig(Checked):
 
 
 @dataclass
-class AugmentConfig(Checked):
-    """Training-only augmentation; every strength 0 = off."""
-    freq_mask: int = opt(2, "SpecAugment: widest frequency mask in MFCC bins", min=0)
-    time_mask: int = opt(10, "SpecAugment: widest of the two time masks, in frames", min=0)
-    gain_db: float = opt(0.0, "waveform gain drawn from [-gain_db, +gain_db] dB", min=0)
-    noise_snr_db: float = opt(0.0, "white noise at an SNR drawn from [noise_snr_db, noise_snr_db + 20] dB", min=0)
-    shift_ms: float = opt(0.0, "random time shift of up to this many milliseconds either way", min=0)
-    speed_perturb: float = opt(0.0, "speed factor drawn from [1 - speed_perturb, 1 + speed_perturb] (Kaldi-style)",
-                               min=0, below=1)
-
-
-@dataclass
-class OptimConfig(Checked):
-    epoch: int = opt(12, "passes over the training data", min=1)
-    batch: int = opt(16, "most utterances per batch", min=1)
-    max_batch_seconds: float = opt(0.0, "most padded audio seconds per batch, from length-sorted buckets (0 = batch "
-                                   "by utterance count alone)", min=0)
-    accumulate: int = opt(1, "batches whose gradients are summed before each optimizer step", min=1)
-    learning_rate: float = opt(3e-3, "peak learning rate of the one-cycle schedule (AdamW)", min=1e-12)
-    weight_decay: float = opt(0.01, "AdamW weight decay", min=0)
-    grad_clip: float = opt(1.0, "clip the gradient norm to this value", min=1e-12)
-    patience: int = opt(0, "stop after this many epochs without a better dev WER/CER (0 = run every epoch)", min=0)
-    precision: str = opt("auto", "autocast precision (weights and loss stay fp32); auto = bf16 where the CPU/GPU "
-                         "has it, else fp32; fp16 is for GPUs", ("auto", "fp32", "bf16", "fp16"))
-    threads: int = opt(0, "torch intra-op threads (0 = one per physical core)", min=0)
-    seed: int = opt(0, "seed for weights, shuffling and augmentation", min=0)
-
-
-@dataclass
-class TrackingConfig:
-    experiment: str = opt("SpeechRecognition", "MLflow experiment name")
-    run_name: str = opt("", "MLflow run name ('' = MLflow picks one)")
-    registered_model: str = opt(REGISTERED_MODEL, "Model Registry name every trained model is registered under")
-    promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
-                       "beats the current Production version's", ("if-better", "always", "never"))
-    offline_ok: bool = opt(False, "when the tracking server is unreachable, train and log to the local store "
-                           "sqlite:///mlflow.db instead, saying so (default: fail at once)")
-
-
-@dataclass
-class CheckpointConfig(Checked):
-    output_dir: str = opt("outputs", "checkpoints go to OUTPUT_DIR/RUN_ID (last.pt to resume from, best.pt)")
-    checkpoint_every: int = opt(200, "also checkpoint every this many optimizer steps (0 = at epoch ends only)",
-                                min=0)
-    resume: str = opt("", "continue an interrupted run: OUTPUT_DIR/RUN_ID, its last.pt, or 'latest' (the run's "
-                      "saved settings are used)")
-
-
-@dataclass
-class TrainConfig:
-    """Everything `asr train` takes, by section."""
-    data: DataConfig = section(DataConfig)
-    features: FeatureConfig = section(FeatureConfig)
-    model: ModelConfig = section(ModelConfig)
-    augment: AugmentConfig = section(AugmentConfig)
-    optim: OptimConfig = section(OptimConfig)
-    tracking: TrackingConfig = section(TrackingConfig)
-    checkpoint: CheckpointConfig = section(CheckpointConfig)
-
-
-@dataclass
 class RecognizerConfig:
     """What inference needs besides the weights and the vocabulary: all a model checkpoint carries."""
     features: FeatureConfig = section(FeatureConfig)
     model: ModelConfig = section(ModelConfig)
-
-
-@dataclass
-class ValidateConfig:
-    registered_model: str = opt(REGISTERED_MODEL, "registered model to load")
-    model_stage: str = opt("Production", "stage to load (ignored when model_version or model_alias is set)")
-    model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)")
-    model_version: str = opt("", "version number to load ('' = use the alias or stage)")
-    file_id: str = opt("1089-134686-0000", "LibriSpeech-style utterance id: SPEAKER-CHAPTER-UTTERANCE")
-    dataset: str = opt("", "split folder (or a folder of splits) holding the file id; '' = search data/demo "
-                       "and data/LibriSpeech")
-    experiment: str = opt("SpeechRecognition", "MLflow experiment the validation run is logged to")
-
-
-@dataclass
-class ServerConfig(Checked):
-    backend_store_uri: str = opt("sqlite:///mlflow.db", "where runs and registered models are stored: a SQLite "
-                                 "file, or postgresql://USER:PASSWORD@HOST:PORT/DB for a team")
-    artifacts_destination: str = opt("./mlruns", "where the server stores the artifacts clients upload through it "
-                                     "(a folder, s3://..., gs://...); clients need no storage credentials")
-    host: str = opt("127.0.0.1", "interface to bind (0.0.0.0 exposes it to the network)")
-    port: int = opt(5000, "port to listen on", min=1, below=65536)
-    workers: int = opt(4, "server processes answering requests (more for a busy team, 1 on a small machine)",
-                       min=1)
-    allowed_hosts: str = opt("", "Host headers the server answers, comma-separated (e.g. mlflow.example.com,"
-                             "10.0.0.5:5000); '' = MLflow's default: localhost and private IPs")
-    cors_allowed_origins: str = opt("", "web origins allowed to change things through the API, comma-separated; the "
-                                    "UI's own (e.g. http://mlflow.example.com:5000) for it to work from other "
-                                    "machines; '' = MLflow's default: localhost pages only")
 
 
 @dataclass
@@ -210,24 +127,6 @@ class DecodeConfig(Checked):
                          ("fp32", "bf16", "int8"))
 
 
-@dataclass
-class EvaluateConfig(DecodeConfig):
-    model_uri: str = opt(DEFAULT_MODEL_URI, "model: models:/NAME@ALIAS or /VERSION, "
-                         "runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its OUTPUT_DIR/RUN_ID folder")
-    dataset: str = opt("data/demo/test", "split folder(s) to score, comma-separated (LibriSpeech layout)")
-    max_utterances: int = opt(0, "score at most this many utterances (0 = all)", min=0)
-    batch_seconds: float = opt(200.0, "most padded audio seconds per model batch (bounds memory)", min=1.0)
-    worst: int = opt(20, "utterances with the most errors kept in the logged table", min=0)
-    experiment: str = opt("SpeechRecognition", "MLflow experiment the evaluation run is logged to")
-
-
-@dataclass
-class TuneConfig(EvaluateConfig):
-    dataset: str = opt("data/demo/dev", "split folder(s) the grid is scored on (a dev split, not the test split)")
-    lm_weights: str = opt("0,0.5,1,1.5,2,3", "LM weights to try, comma-separated")
-    word_scores: str = opt("-2,-1,0,1,2", "word scores (insertion bonuses) to try, comma-separated")
-
-
 def is_section(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("section"))
 
@@ -236,6 +135,16 @@ def fields(cls: type) -> list[dataclasses.Field]:
     """The settings of a config class, sections flattened, in declaration order."""
     return [leaf for f in dataclasses.fields(cls)
             for leaf in (fields(f.default_factory) if is_section(f) else [f])]
+
+
+def cli_value(value: Any) -> Any:
+    """A setting as the command line and MLflow params spell it: lists comma-separated."""
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+
+
+def to_params(cfg: Any) -> dict[str, Any]:
+    """Flat settings as MLflow params (lists comma-separated, as they were given)."""
+    return {k: cli_value(v) for k, v in to_dict(cfg).items()}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -270,7 +179,7 @@ def load_settings(cls: type, path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `asr train --help`")
-    return {k: _TYPES[names[k].type](v) for k, v in values.items()}
+    return {k: _TYPES.get(names[k].type, tuple)(v) for k, v in values.items()}
 
 
 def save(cfg: Any, path: Path) -> None:
@@ -287,8 +196,15 @@ def click_options(*classes: type) -> Callable[[Callable], Callable]:
     def decorate(fn: Callable) -> Callable:
         for f in reversed(list(unique.values())):
             names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            kind = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") else _TYPES[f.type]
-            fn = click.option(*names, f.name, type=kind, default=f.default, show_default=True,
+            if f.metadata.get("flag"):
+                fn = click.option(*names, f.name, is_flag=True, default=f.default, help=f.metadata["help"])(fn)
+                continue
+            listed = f.type in _LIST_TYPES  # a comma-separated string, parsed (and its choices checked) by Checked
+            kind = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") and not listed \
+                else _TYPES.get(f.type, str)
+            required = f.metadata.get("required", False)
+            fn = click.option(*names, f.name, type=kind, required=required,
+                              default=None if required else cli_value(f.default), show_default=not required,
                               help=f.metadata["help"])(fn)
         return fn
 
@@ -296,47 +212,4 @@ def click_options(*classes: type) -> Callable[[Callable], Callable]:
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-# MLproject parameter types, by dataclass field type
-_MLPROJECT_TYPES = {"int": "float", "float": "float", "str": "string", "bool": "string"}
-
-
-def render_mlproject() -> str:
-    """The MLproject file, generated from the configs so its parameters can never drift from the code."""
-    def params(cls: type, indent: str) -> list[str]:
-        out = []
-        for f in fields(cls):
-            default = json.dumps(f.default)
-            out.append(f"{indent}{f.name}: {{type: {_MLPROJECT_TYPES[f.type]}, default: {default}}}")
-        return out
-
-    def flags(cls: type) -> str:
-        return " ".join(f"--{f.name} {{{f.name}}}" for f in fields(cls))
-
-    lines = [
-        "# Generated from asr/config.py by `python -m asr.config > MLproject`; edit the dataclasses, not this file.",
-        "name: speech-recognition",
-        "",
-        "conda_env: conda.yaml",
-        "",
-        "entry_points:",
-        "  server:",
-        "    parameters:",
-        *params(ServerConfig, "      "),
-        f"    command: \"python -m asr server {flags(ServerConfig)}\"",
-        "",
-        "  train:",
-        "    parameters:",
-        *params(TrainConfig, "      "),
-        f"    command: \"python main.py --train True {flags(TrainConfig)}\"",
-        "",
-        "  validate:",
-        "    parameters:",
-        *params(ValidateConfig, "      "),
-        f"    command: \"python main.py --train False {flags(ValidateConfig)}\"",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(render_mlproject(), end="")
+_LIST_TYPES = {"tuple[str, ...]": str, "tuple[float, ...]": float}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from asr.config import RecognizerConfig, TrainConfig
+from asr.config import RecognizerConfig
 from asr.rnn import bigru_scan
 
 
@@ -119,7 +119,7 @@ class SpeechModel(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg: RecognizerConfig | TrainConfig, n_classes: int) -> SpeechModel:
+    def from_config(cls, cfg: RecognizerConfig, n_classes: int) -> SpeechModel:
         m = cfg.model
         return cls(cfg.features.n_mfcc, n_classes, cnn_layers=m.cnn_layers, cnn_channels=m.cnn_channels,
                    rnn_layers=m.rnn_layers, rnn_dim=m.rnn_dim, dropout=m.dropout, time_stride=m.time_stride)

@@ -94,7 +94,8 @@ def tiny_config(short_dev: Path):
 
 
 def make_tiny_config(train_dir: Path, **overrides):
-    from asr.config import TrainConfig, from_dict
+    from asr.config import from_dict
+    from asr.settings import TrainConfig
 
     values = dict(train_data=str(train_dir), dev_data=str(train_dir), test_data="", **TINY)
     values.update(overrides)
@@ -103,9 +104,9 @@ def make_tiny_config(train_dir: Path, **overrides):
 
 def tiny_args(cfg) -> list[str]:
     """The same config as command-line options (`--name value` for every field)."""
-    from asr.config import to_dict
+    from asr.config import to_params
 
-    return [tok for k, v in to_dict(cfg).items() for tok in (f"--{k}", str(v))]
+    return [tok for k, v in to_params(cfg).items() for tok in (f"--{k}", str(v))]
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str | None:

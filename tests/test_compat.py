@@ -108,7 +108,7 @@ print(model.predict(pd.DataFrame({"audio": [sys.argv[2]]}))["text"][0])
 """
 
 
-def test_a_logged_model_ships_only_the_model_side(flat_layout_model, tmp_path):
+def test_a_logged_model_ships_only_the_model_side(flat_layout_model, tmp_path, monkeypatch):
     import mlflow
     import torch
 
@@ -119,6 +119,7 @@ def test_a_logged_model_ships_only_the_model_side(flat_layout_model, tmp_path):
     from asr.tracking.packaging import NOT_MODEL_SIDE, log_model
 
     _, audio = flat_layout_model
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go to ./mlruns
     cfg = from_dict(RecognizerConfig, dict(cnn_layers=1, cnn_channels=4, rnn_layers=1, rnn_dim=16))
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "model.pt", cfg, SpeechModel.from_config(cfg, len(VOCAB)))

@@ -1,5 +1,6 @@
-"""The dataclasses in asr/config.py are the single source of every option: the `asr` CLI, main.py and
-the MLproject must all mirror them, and the MLproject on disk must be the one they generate."""
+"""The dataclasses in asr/settings.py (declared with asr/config.py) are the single source of every option: the
+`asr` CLI, main.py and the MLproject must all mirror them, and the MLproject on disk must be the one they
+generate."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 import yaml
 from conftest import REPO, asr_command, one_line_error, run_cli, subprocess_env
 
-from asr import config
+from asr import config, settings
 from asr.cli import main as asr_cli
-from asr.config import ServerConfig, TrainConfig, ValidateConfig, from_dict, render_mlproject
+from asr.config import from_dict
+from asr.settings import ServerConfig, TrainConfig, TuneConfig, ValidateConfig, render_mlproject
 
 MLPROJECT = REPO / "MLproject"
 ENTRY_POINTS = {"server": ServerConfig, "train": TrainConfig, "validate": ValidateConfig}
@@ -50,11 +52,11 @@ def help_options(args: list[str]) -> tuple[set[str], str]:
 
 def test_mlproject_on_disk_is_the_generated_one():
     assert MLPROJECT.read_text() == render_mlproject(), \
-        "MLproject is stale: regenerate it with `make mlproject` (python -m asr.config > MLproject)"
+        "MLproject is stale: regenerate it with `make mlproject` (python -m asr.settings > MLproject)"
 
 
-def test_python_m_asr_config_prints_the_mlproject():
-    proc = subprocess.run([sys.executable, "-m", "asr.config"], cwd=REPO, env=subprocess_env(),
+def test_python_m_asr_settings_prints_the_mlproject():
+    proc = subprocess.run([sys.executable, "-m", "asr.settings"], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == render_mlproject()
@@ -76,7 +78,7 @@ def test_mlproject_entry_points_mirror_the_dataclasses():
                 assert float(p["default"]) == f.default, (entry, f.name)
             else:
                 assert p["type"] == "string", (entry, f.name)
-                assert p["default"] == f.default, (entry, f.name)
+                assert p["default"] == config.cli_value(f.default), (entry, f.name)
         # every parameter is passed once, as --name {name}
         tokens = shlex.split(ep["command"])
         flags = {tokens[i]: tokens[i + 1] for i in range(len(tokens) - 1) if tokens[i].startswith("--")}
@@ -127,19 +129,58 @@ def test_main_py_help_lists_every_field():
     assert "--train" in listed
 
 
-@pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("validate", ValidateConfig),
-                                          ("server", ServerConfig)])
+COMMANDS = {("train",): TrainConfig, ("validate",): ValidateConfig, ("server",): ServerConfig,
+            ("transcribe",): settings.TranscribeConfig, ("evaluate",): settings.EvaluateConfig,
+            ("lm", "build"): settings.LMBuildConfig, ("lm", "tune"): TuneConfig, ("export",): settings.ExportConfig,
+            ("data", "synth"): settings.SynthConfig, ("data", "download"): settings.DownloadConfig,
+            ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig}
+
+
+def test_every_command_takes_its_options_from_a_settings_class():
+    commands = {(name,) for name, c in asr_cli.commands.items() if not isinstance(c, click.Group)}
+    commands |= {(name, sub) for name, c in asr_cli.commands.items() if isinstance(c, click.Group)
+                 for sub in c.commands}
+    assert commands == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command, cls", list(COMMANDS.items()),
+                         ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
 def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls):
-    params = {p.name: p for p in asr_cli.commands[command].params if p.name not in ("help", "config_file")}
+    cmd = asr_cli
+    for name in command:
+        cmd = cmd.commands[name]
+    params = {p.name: p for p in cmd.params if isinstance(p, click.Option) and p.name not in ("help", "config_file")}
     assert list(params) == names(cls)
     for f in config.fields(cls):
         p = params[f.name]
-        assert p.default == f.default, f.name
-        if f.metadata.get("choices"):
+        if f.metadata.get("required"):
+            assert p.required and p.default is None, f.name
+        else:
+            assert p.default == config.cli_value(f.default), f.name
+        if f.metadata.get("flag"):
+            assert p.is_flag, f.name
+        elif f.metadata.get("choices") and f.type in ("str",):
             assert isinstance(p.type, click.Choice) and tuple(p.type.choices) == f.metadata["choices"]
         else:
-            assert p.type.name == {"int": "integer", "float": "float", "str": "text", "bool": "boolean"}[f.type], f.name
+            kind = {"int": "integer", "float": "float", "bool": "boolean"}.get(f.type, "text")
+            assert p.type.name == kind, f.name
         assert p.help == f.metadata["help"]
+
+
+def test_list_settings_take_commas_or_json_lists_and_check_their_values(tmp_path):
+    cfg = from_dict(TuneConfig, {"dataset": "a, b", "lm_weights": "0,1.5", "word_scores": [1, -1]})
+    assert (cfg.dataset, cfg.lm_weights, cfg.word_scores) == (("a", "b"), (0.0, 1.5), (1.0, -1.0))
+    assert config.to_params(cfg)["lm_weights"] == "0.0,1.5"
+    with pytest.raises(config.ConfigError, match="--lm_weights must be comma-separated float values"):
+        from_dict(TuneConfig, {"lm_weights": "0,heavy"})
+    with pytest.raises(config.ConfigError, match="--word_scores is empty"):
+        from_dict(TuneConfig, {"word_scores": ""})
+    with pytest.raises(config.ConfigError, match="--config: huge not among default, classic"):
+        from_dict(settings.BenchTrainConfig, {"config": "default,huge"})
+    recipe = tmp_path / "two.json"
+    recipe.write_text('{"train_data": ["a", "b"], "test_data": ""}')
+    train = from_dict(TrainConfig, config.load_settings(TrainConfig, recipe))
+    assert (train.data.train_data, train.data.test_data) == (("a", "b"), ())
 
 
 def test_main_py_options_cover_both_configs_once():
@@ -190,7 +231,7 @@ def test_shipped_recipes_name_only_real_settings():
 
 
 def bounded_settings() -> list[tuple[type, dataclasses.Field]]:
-    return [(cls, f) for cls in (TrainConfig, config.TuneConfig, ServerConfig) for f in config.fields(cls)
+    return [(cls, f) for cls in (TrainConfig, TuneConfig, ServerConfig) for f in config.fields(cls)
             if f.metadata.get("min") is not None or f.metadata.get("below") is not None]
 
 

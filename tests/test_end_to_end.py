@@ -37,8 +37,8 @@ from mlflow import MlflowClient
 
 from asr import UserError
 from asr.audio import load_audio
-from asr.config import to_dict
-from asr.data.dataset import read_split
+from asr.config import to_dict, to_params
+from asr.data.dataset import read_splits
 from asr.model import SpeechModel
 from asr.pyfunc import audio_to_base64
 from asr.text import BLANK, VOCAB, normalized
@@ -89,7 +89,7 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
 
     # params: the config, field by field, plus the model size and the training set size
     params = run.data.params
-    for key, value in to_dict(cfg).items():
+    for key, value in to_params(cfg).items():
         assert params[key] == str(value), key
     n_params = sum(p.numel() for p in SpeechModel.from_config(cfg, len(VOCAB)).parameters())
     assert params["parameters"] == str(n_params)
@@ -119,19 +119,19 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
     assert {"config.json", "vocab.json", "predictions_dev.json", "predictions_test.json"} <= listed
     local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.json",
                                                      dst_path=str(trained_store.root / "dl")))
-    assert json.loads(local.read_text()) == to_dict(cfg)
+    assert json.loads(local.read_text()) == json.loads(json.dumps(to_dict(cfg)))
     assert mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/vocab.json") == {"vocab": list(VOCAB), "blank": BLANK}
 
     # the predictions table: every dev utterance, normalized target, decoded prediction
     table = client.load_table(run.info.experiment_id, "predictions_dev.json", run_ids=[run.info.run_id])
-    dev = read_split(cfg.data.dev_data)
+    dev = read_splits(cfg.data.dev_data)
     assert len(table) == len(dev) == 13
     assert {"file_id", "target", "prediction"} <= set(table.columns)
     targets = dict(zip(table["file_id"], table["target"], strict=True))
     assert targets == {u.file_id: normalized(u.transcript) for u in dev}
     assert all(set(p) <= VOCAB_CHARS for p in table["prediction"])
     test_table = client.load_table(run.info.experiment_id, "predictions_test.json", run_ids=[run.info.run_id])
-    assert sorted(test_table["file_id"]) == sorted(u.file_id for u in read_split(cfg.data.test_data))
+    assert sorted(test_table["file_id"]) == sorted(u.file_id for u in read_splits(cfg.data.test_data))
 
     # the logged model: a pyfunc model of this run, holding the checkpoint
     outputs = run.outputs.model_outputs

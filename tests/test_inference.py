@@ -135,8 +135,8 @@ def test_transcribe_errors_are_one_line(trained, tmp_path):
 
 
 def test_evaluate_scores_a_split_and_logs_the_worst_utterances(trained_store, tmp_path):
-    from asr.config import EvaluateConfig
     from asr.evaluation.evaluate import evaluate
+    from asr.settings import EvaluateConfig
 
     test_clean = str(split_dir("test-clean"))
     scores = evaluate(EvaluateConfig(dataset=test_clean, worst=3, batch_seconds=30), progress=False)

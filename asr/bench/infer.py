@@ -60,7 +60,7 @@ def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: in
     cfg = DecodeConfig(decoder=setting.decoder, precision=setting.precision, lm=lm if setting.lm else "",
                        beam_size=beam_size)
     transcriber = load_transcriber(model_uri, cfg)
-    utts = utterances_of(data)
+    utts = utterances_of([data])
     clip = ten_second_clip(utts, transcriber.sample_rate)
     transcriber.transcribe([clip])  # warm-up: first-call allocations, decoder set-up
     times = []
@@ -76,7 +76,7 @@ def _measure(model_uri: str, data: str, setting: Setting, lm: str, beam_size: in
 
 def run(model_uri: str, data: str, lm: str, beam_size: int, repeats: int, out: Path, section: str = SECTION,
         say=print) -> list[dict]:
-    if not all(Path(d.strip()).is_dir() for d in data.split(",")):
+    if not Path(data).is_dir():
         raise UserError(f"benchmark data not found: {data} (run `make demo` or `asr data synth`, or pass --data)")
     if lm and not Path(lm).is_file():
         raise UserError(f"--lm {lm}: no such file (build one with `asr lm build`)")

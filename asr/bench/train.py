@@ -22,7 +22,8 @@ import torch
 
 from asr import UserError
 from asr.bench.report import cpu_name, in_fresh_process, write_section
-from asr.config import TrainConfig, from_dict
+from asr.config import from_dict
+from asr.settings import TrainConfig
 
 # The spine's first default: the classic DeepSpeech2-tutorial proportions at ~3.5 M parameters.
 CLASSIC = dict(n_mfcc=40, cnn_layers=2, cnn_channels=32, rnn_layers=3, rnn_dim=256, dropout=0.1, freq_mask=8,
@@ -168,7 +169,7 @@ def _measure(spec: Spec) -> dict:
     if spec.path == "real":
         torch.set_num_threads(intra_op_threads(cfg, 0))
     torch.manual_seed(0)
-    model = SpeechModel.from_config(cfg, len(VOCAB))
+    model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB))
     for m in model.modules():
         if isinstance(m, BiGRU):
             m.fused_on_cpu = spec.path != "naive"  # this model's GRUs only: the class default stays as it is

@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,16 @@ def read_split(split_dir: str | Path) -> list[Utterance]:
         raise DataError(f"no utterances found in {split_dir}: expected SPEAKER/CHAPTER/ID.flac files "
                         "with SPEAKER-CHAPTER.trans.txt transcripts")
     return utterances
+
+
+def read_splits(split_dirs: Iterable[str | Path]) -> list[Utterance]:
+    """The utterances of several splits, split by split (read_split's errors for a missing or empty one)."""
+    return [u for d in split_dirs for u in read_split(d)]
+
+
+def split_names(split_dirs: Iterable[str | Path]) -> str:
+    """Short name of one or more splits, for run names: test-clean, or dev-clean+test-clean."""
+    return "+".join(Path(d).name for d in split_dirs)
 
 
 def _split_dirs(dataset: Path) -> list[Path]:

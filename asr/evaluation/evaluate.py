@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import mlflow
@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from asr import UserError
 from asr.audio import load_audio
-from asr.config import DecodeConfig, EvaluateConfig, TuneConfig, to_dict
-from asr.data.dataset import Utterance, read_split
+from asr.config import DecodeConfig, to_params
+from asr.data.dataset import Utterance, read_splits, split_names
 from asr.decoding import make_decoder
 from asr.loading import load_transcriber
 from asr.metrics import cer, wer
+from asr.settings import EvaluateConfig, TuneConfig
 from asr.text import normalized
-from asr.tracking.store import setup, setup_uri
+from asr.tracking.store import setup, setup_uri, side_run
 from asr.transcribe import Transcriber
 
 GROUP = 32  # utterances read and run through the model at a time: bounds memory on any split size
@@ -43,10 +44,11 @@ class TuneResult:
     grid: list[dict]           # every grid point
 
 
-def utterances_of(dataset: str, limit: int = 0) -> list[Utterance]:
-    utts = [u for d in dataset.split(",") if d.strip() for u in read_split(d.strip())]
-    if not utts:
-        raise UserError(f"no utterances (audio with a transcript) in {dataset}")
+def utterances_of(dataset: Sequence[str], limit: int = 0) -> list[Utterance]:
+    """The utterances of one or more splits (the first `limit`, if set)."""
+    if not dataset:
+        raise UserError("no dataset given: name one or more split folders")
+    utts = read_splits(dataset)
     return utts[:limit] if limit else utts
 
 
@@ -111,9 +113,7 @@ def _decode_config(cfg: DecodeConfig) -> DecodeConfig:
 
 
 def _log(cfg: EvaluateConfig, scores: Scores) -> None:
-    with mlflow.start_run(run_name=f"evaluate-{cfg.dataset.rstrip('/').split('/')[-1]}"):
-        mlflow.set_tag("task", "evaluate")
-        mlflow.log_params(to_dict(cfg))
+    with side_run("evaluate", split_names(cfg.dataset), to_params(cfg)):
         mlflow.log_metrics({"wer": scores.wer, "cer": scores.cer, "utterances": scores.utterances,
                             "audio_seconds": scores.audio_seconds,
                             "audio_seconds_per_second": scores.audio_seconds / max(scores.seconds, 1e-9)})
@@ -124,34 +124,21 @@ def _log(cfg: EvaluateConfig, scores: Scores) -> None:
 
 def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
     """Every (lm_weight, word_score) pair of the grid scored on `cfg.dataset`; the model runs once."""
-    weights, bonuses = _grid(cfg.lm_weights, "lm_weights"), _grid(cfg.word_scores, "word_scores")
     if not cfg.lm:
         raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
     utts, transcriber = _prepare(cfg)
     emissions = [e for _, per_wave, _ in model_outputs(transcriber, utts, progress, "model") for e in per_wave]
     references = [normalized(u.transcript) for u in utts]
     grid = []
-    points = list(itertools.product(weights, bonuses))
+    points = list(itertools.product(cfg.lm_weights, cfg.word_scores))
     for weight, bonus in tqdm(points, desc="grid", disable=not progress):
         decoder = make_decoder(dataclasses.replace(_decode_config(cfg), lm_weight=weight, word_score=bonus))
         hypotheses = transcriber.decode(emissions, decoder)
         grid.append({"lm_weight": weight, "word_score": bonus, "wer": wer(references, hypotheses),
                      "cer": cer(references, hypotheses)})
     best = min(grid, key=lambda p: (p["wer"], p["cer"]))
-    with mlflow.start_run(run_name=f"lm-tune-{cfg.dataset.rstrip('/').split('/')[-1]}"):
-        mlflow.set_tag("task", "lm-tune")
-        mlflow.log_params(to_dict(cfg))
+    with side_run("lm-tune", split_names(cfg.dataset), to_params(cfg)):
         mlflow.log_table({k: [p[k] for p in grid] for k in grid[0]}, "lm_grid.json")
         mlflow.log_metrics({"best_wer": best["wer"], "best_cer": best["cer"], "best_lm_weight": best["lm_weight"],
                             "best_word_score": best["word_score"]})
     return TuneResult(best, grid)
-
-
-def _grid(values: str, name: str) -> list[float]:
-    try:
-        grid = [float(v) for v in values.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--{name} must be comma-separated numbers, got {values!r}") from None
-    if not grid:
-        raise UserError(f"--{name} is empty")
-    return grid

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import mlflow
 import pandas as pd
 
-from asr.config import ValidateConfig
 from asr.data.dataset import DataError, Utterance, find_utterance
 from asr.loading import load_pyfunc
 from asr.metrics import cer, wer
+from asr.settings import ValidateConfig
 from asr.text import normalized
 from asr.tracking.registry import model_uri
-from asr.tracking.store import setup
+from asr.tracking.store import setup, side_run
 
 
 @dataclass
@@ -40,9 +40,7 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
     target = normalized(utterance.transcript)
     result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),
                               cer([target], [prediction]))
-    with mlflow.start_run(run_name=f"validate-{cfg.file_id}"):
-        mlflow.set_tag("task", "validate")
-        mlflow.log_params({"model_uri": uri, "file_id": cfg.file_id, "audio": str(utterance.path)})
+    with side_run("validate", cfg.file_id, {"model_uri": uri, "file_id": cfg.file_id, "audio": str(utterance.path)}):
         mlflow.log_metrics({"utterance_wer": result.wer, "utterance_cer": result.cer})
         mlflow.log_dict({"file_id": cfg.file_id, "target": target, "prediction": prediction}, "validation.json")
     return result

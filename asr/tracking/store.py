@@ -9,6 +9,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import requests
@@ -128,6 +129,16 @@ def quick_http(timeout: int = 5, retries: int = 1) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def side_run(task: str, name: str, params: dict[str, Any]) -> Iterator[None]:
+    """A short run of its own, in the current experiment, for a job that is not training (evaluate, lm-tune,
+    validate): named TASK-NAME, tagged task=TASK, with its settings as params."""
+    with mlflow.start_run(run_name=f"{task}-{name}"):
+        mlflow.set_tag("task", task)
+        mlflow.log_params(params)
+        yield
 
 
 def end_run(status: str) -> None:

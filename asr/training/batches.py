@@ -6,16 +6,17 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from asr.batching import plan_batches
-from asr.config import TrainConfig
 from asr.data.augment import WaveAugment
-from asr.data.dataset import SpeechDataset, collate, read_split, single_threaded_worker
+from asr.data.dataset import SpeechDataset, collate, read_splits, single_threaded_worker
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
+from asr.settings import TrainConfig
 
 
 @dataclass
@@ -31,10 +32,10 @@ class TrainData:
     loader_workers: int          # processes the training loader reads with (0: in the training process)
 
 
-def load_dataset(dirs: str, features: FeatureExtractor, limit: int = 0, seed: int = 0,
+def load_dataset(dirs: Sequence[str], features: FeatureExtractor, limit: int = 0, seed: int = 0,
                  augment: WaveAugment | None = None) -> SpeechDataset:
-    """The utterances of one or more split folders (comma-separated), `limit` of them sampled with `seed` if set."""
-    utterances = [u for d in dirs.split(",") if d.strip() for u in read_split(d.strip())]
+    """The utterances of one or more split folders, `limit` of them sampled with `seed` if set."""
+    utterances = read_splits(dirs)
     if limit and limit < len(utterances):
         utterances = sorted(random.Random(seed).sample(utterances, limit), key=lambda u: u.file_id)
     return SpeechDataset(utterances, features, augment, seed)

@@ -19,12 +19,12 @@ from torch import nn
 from tqdm import tqdm
 
 from asr.batching import plan_batches
-from asr.config import TrainConfig
 from asr.data.dataset import SpeechDataset, collate
 from asr.decoding import greedy_decode
 from asr.metrics import cer, wer
 from asr.model import SpeechModel
 from asr.precision import autocast
+from asr.settings import TrainConfig
 from asr.text import BLANK, normalized
 from asr.training import distributed as dist
 from asr.training.batches import TrainData, epoch_batches, max_batch_frames, train_loader

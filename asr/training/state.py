@@ -16,7 +16,8 @@ from torch import nn
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.config import TrainConfig, from_dict, to_dict
+from asr.config import from_dict, to_dict
+from asr.settings import TrainConfig
 
 
 class TrainingInterrupted(UserError):
@@ -61,9 +62,9 @@ def resume_point(cfg: TrainConfig) -> tuple[TrainConfig, Resume | None]:
 def training_state(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, progress: Progress,
                    run_id: str) -> dict[str, Any]:
     """last.pt: the model checkpoint plus every training setting and everything needed to continue bit-for-bit."""
-    return {**ckpt.model_state(cfg, model), "train_config": to_dict(cfg), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "progress": to_dict(progress),
-            "rng": ckpt.rng_states(), "run_id": run_id}
+    return {**ckpt.model_state(cfg.recognizer(), model), "train_config": to_dict(cfg),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "progress": to_dict(progress), "rng": ckpt.rng_states(), "run_id": run_id}
 
 
 def restore(resume: Resume, model: nn.Module, optimizer, scheduler, scaler) -> tuple[Progress, dict | None]:

@@ -18,9 +18,10 @@ import torch
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.config import TrainConfig, save, to_dict
+from asr.config import save, to_params
 from asr.model import SpeechModel
 from asr.precision import autocast_dtype
+from asr.settings import TrainConfig
 from asr.text import BLANK, VOCAB
 from asr.tracking import registry, store
 from asr.tracking.metric_log import MetricLog
@@ -117,10 +118,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume: Resume | None,
            progress: bool) -> Run:
     """Model, data, optimizer (restored when resuming) and the MLflow run: everything before the first step."""
-    model = SpeechModel.from_config(cfg, len(VOCAB)).to(ctx.device)
+    model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB)).to(ctx.device)
     data = training_data(cfg, model, progress, print if ctx.main else lambda _: None)
     if not data.items:
-        raise UserError(f"no usable training utterances in {cfg.data.train_data}: {data.skipped}")
+        raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
     steps = total_steps(cfg, data, ctx.world)
     trainer = build_trainer(cfg, ctx, model, amp, steps)
@@ -135,8 +136,9 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state)
     n_params = sum(p.numel() for p in model.parameters())
-    run.say(f"train: {len(data.items)} utterances from {cfg.data.train_data} ({sum(data.skipped.values())} skipped: "
-            f"{data.skipped}); dev: {len(data.dev_set)} from {cfg.data.dev_data}")
+    run.say(f"train: {len(data.items)} utterances from {','.join(cfg.data.train_data)} "
+            f"({sum(data.skipped.values())} skipped: {data.skipped}); dev: {len(data.dev_set)} from "
+            f"{','.join(cfg.data.dev_data)}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
             f"{amp and str(amp).removeprefix('torch.') or 'fp32'}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
@@ -151,7 +153,7 @@ def log_start(run: Run, resume: Resume | None) -> None:
         run.say(f"resuming run {run.run_id} from {resume.path}: epoch {run.pos.epoch + 1}, step {run.pos.step}")
         return
     cfg = run.trainer.cfg
-    params = {**to_dict(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
+    params = {**to_params(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
               "train_utterances": len(run.data.items)}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
@@ -197,7 +199,7 @@ def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
         pos.best, pos.best_epoch, pos.bad_epochs = (dev["wer"], dev["cer"]), pos.epoch + 1, 0
         run.best_state = copy.deepcopy(t.model.state_dict())
         if ctx.main:
-            ckpt.atomic_save(ckpt.model_state(cfg, t.model), run.out_dir / ckpt.BEST)
+            ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.BEST)
     else:
         pos.bad_epochs += 1
     if ctx.main:
@@ -226,8 +228,8 @@ def finish(run: Run) -> TrainResult:
     if test:
         mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
         log_predictions(test_rows, "predictions_test.json")
-        print(f"held-out test ({cfg.data.test_data}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
-    checkpoint = ckpt.atomic_save(ckpt.model_state(cfg, t.model), run.out_dir / ckpt.MODEL)
+        print(f"held-out test ({','.join(cfg.data.test_data)}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
+    checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.MODEL)
     uri = log_model(checkpoint, run.data.dev_set.utterances[0].path)
     name = cfg.tracking.registered_model
     promotion = registry.register_and_promote(uri, name, run.run_id, dev["wer"], cfg.tracking.promote)

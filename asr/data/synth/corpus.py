@@ -8,6 +8,8 @@ import math
 import multiprocessing as mp
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,20 +21,11 @@ from tqdm import tqdm
 from asr.data.synth.espeak import Espeak, SynthError, speak
 from asr.data.synth.sentences import VOCAB_SOURCE_SIZE, sample_sentence
 from asr.data.synth.voices import FIRST_SPEAKER, Voice, voice_roster
+from asr.settings import SynthConfig
 
 SAMPLE_RATE = 16_000
 SPLITS = ("train", "dev", "test")
 FORMAT_VERSION = 1  # bump whenever the output for a given config changes
-
-
-@dataclass
-class SynthConfig:
-    root: Path  # output folder; splits are written as root/train, root/dev, root/test
-    seed: int = 0  # same seed + same config -> byte-identical transcripts and audio
-    train_minutes: float = 150.0
-    dev_minutes: float = 4.0
-    test_minutes: float = 4.0
-    workers: int = 2  # processes used for synthesis
 
 
 PEAK = 10 ** (-3 / 20)  # -3 dBFS
@@ -206,8 +199,14 @@ def _render_all(jobs: list[tuple[Path, _Utterance]], workers: int, progress: boo
     with tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress) as bar:
         if workers <= 1:
             return dict(_count(map(_render, jobs), bar))
-        with mp.get_context("spawn").Pool(workers) as pool:  # spawn: fresh interpreters, whatever the caller has
-            return dict(_count(pool.imap_unordered(_render, jobs, chunksize=4), bar))
+        # spawn: fresh interpreters, whatever the caller has. An executor, not a Pool: a worker that dies (a crash
+        # in the speech engine) breaks it with an error, where a Pool would wait for its results forever.
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            try:
+                return dict(_count(pool.map(_render, jobs, chunksize=4), bar))
+            except BrokenProcessPool:
+                raise SynthError("a synthesis process died (a crash in libespeak-ng); run again, or with "
+                                 "--workers 1 to see the error") from None
 
 
 def _summary(root: Path, jobs: list[tuple[Path, _Utterance]], samples: dict[Path, int],

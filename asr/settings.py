@@ -1,0 +1,276 @@
+"""The settings of every command (train, validate, server, evaluate, lm tune/build, transcribe, export, data
+synth/download, bench train/infer), declared with asr.config's fields: `asr --help`, main.py, the MLproject file
+(`python -m asr.settings > MLproject`), settings files and the MLflow params of each run come from here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from asr.config import (
+    DEFAULT_MODEL_URI,
+    REGISTERED_MODEL,
+    Checked,
+    ConfigError,
+    DecodeConfig,
+    FeatureConfig,
+    ModelConfig,
+    RecognizerConfig,
+    cli_value,
+    fields,
+    opt,
+    section,
+)
+
+
+@dataclass
+class DataConfig(Checked):
+    train_data: tuple[str, ...] = opt(("data/demo/train",), "LibriSpeech-layout split folder(s) to train on, "
+                                      "comma-separated")
+    dev_data: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) scored every epoch (val_loss, wer, cer)")
+    test_data: tuple[str, ...] = opt(("data/demo/test",), "held-out split folder(s) scored once after training "
+                                     "('' to skip)")
+    max_utterances: int = opt(0, "use at most this many training utterances (0 = all)", min=0)
+    max_seconds: float = opt(30.0, "skip (and count) training utterances longer than this many seconds", min=0.1)
+    feature_cache: str = opt("", "folder for an on-disk feature cache keyed by the feature settings ('' = off)")
+    workers: int = opt(1, "single-threaded processes computing augmented features during training (up-front "
+                       "featurization uses one per core); 0 = everything in the main process", min=0)
+
+
+@dataclass
+class AugmentConfig(Checked):
+    """Training-only augmentation; every strength 0 = off."""
+    freq_mask: int = opt(2, "SpecAugment: widest frequency mask in MFCC bins", min=0)
+    time_mask: int = opt(10, "SpecAugment: widest of the two time masks, in frames", min=0)
+    gain_db: float = opt(0.0, "waveform gain drawn from [-gain_db, +gain_db] dB", min=0)
+    noise_snr_db: float = opt(0.0, "white noise at an SNR drawn from [noise_snr_db, noise_snr_db + 20] dB", min=0)
+    shift_ms: float = opt(0.0, "random time shift of up to this many milliseconds either way", min=0)
+    speed_perturb: float = opt(0.0, "speed factor drawn from [1 - speed_perturb, 1 + speed_perturb] (Kaldi-style)",
+                               min=0, below=1)
+
+
+@dataclass
+class OptimConfig(Checked):
+    epoch: int = opt(12, "passes over the training data", min=1)
+    batch: int = opt(16, "most utterances per batch", min=1)
+    max_batch_seconds: float = opt(0.0, "most padded audio seconds per batch, from length-sorted buckets (0 = batch "
+                                   "by utterance count alone)", min=0)
+    accumulate: int = opt(1, "batches whose gradients are summed before each optimizer step", min=1)
+    learning_rate: float = opt(3e-3, "peak learning rate of the one-cycle schedule (AdamW)", min=1e-12)
+    weight_decay: float = opt(0.01, "AdamW weight decay", min=0)
+    grad_clip: float = opt(1.0, "clip the gradient norm to this value", min=1e-12)
+    patience: int = opt(0, "stop after this many epochs without a better dev WER/CER (0 = run every epoch)", min=0)
+    precision: str = opt("auto", "autocast precision (weights and loss stay fp32); auto = bf16 where the CPU/GPU "
+                         "has it, else fp32; fp16 is for GPUs", ("auto", "fp32", "bf16", "fp16"))
+    threads: int = opt(0, "torch intra-op threads (0 = one per physical core)", min=0)
+    seed: int = opt(0, "seed for weights, shuffling and augmentation", min=0)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = opt("SpeechRecognition", "MLflow experiment name")
+    run_name: str = opt("", "MLflow run name ('' = MLflow picks one)")
+    registered_model: str = opt(REGISTERED_MODEL, "Model Registry name every trained model is registered under")
+    promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
+                       "beats the current Production version's", ("if-better", "always", "never"))
+    offline_ok: bool = opt(False, "when the tracking server is unreachable, train and log to the local store "
+                           "sqlite:///mlflow.db instead, saying so (default: fail at once)")
+
+
+@dataclass
+class CheckpointConfig(Checked):
+    output_dir: str = opt("outputs", "checkpoints go to OUTPUT_DIR/RUN_ID (last.pt to resume from, best.pt)")
+    checkpoint_every: int = opt(200, "also checkpoint every this many optimizer steps (0 = at epoch ends only)",
+                                min=0)
+    resume: str = opt("", "continue an interrupted run: OUTPUT_DIR/RUN_ID, its last.pt, or 'latest' (the run's "
+                      "saved settings are used)")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `asr train` takes, by section."""
+    data: DataConfig = section(DataConfig)
+    features: FeatureConfig = section(FeatureConfig)
+    model: ModelConfig = section(ModelConfig)
+    augment: AugmentConfig = section(AugmentConfig)
+    optim: OptimConfig = section(OptimConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+
+    def recognizer(self) -> RecognizerConfig:
+        """The settings a model checkpoint carries: features and model shape."""
+        return RecognizerConfig(self.features, self.model)
+
+
+@dataclass
+class ValidateConfig:
+    registered_model: str = opt(REGISTERED_MODEL, "registered model to load")
+    model_stage: str = opt("Production", "stage to load (ignored when model_version or model_alias is set)")
+    model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)")
+    model_version: str = opt("", "version number to load ('' = use the alias or stage)")
+    file_id: str = opt("1089-134686-0000", "LibriSpeech-style utterance id: SPEAKER-CHAPTER-UTTERANCE")
+    dataset: str = opt("", "split folder (or a folder of splits) holding the file id; '' = search data/demo "
+                       "and data/LibriSpeech")
+    experiment: str = opt("SpeechRecognition", "MLflow experiment the validation run is logged to")
+
+
+@dataclass
+class ServerConfig(Checked):
+    backend_store_uri: str = opt("sqlite:///mlflow.db", "where runs and registered models are stored: a SQLite "
+                                 "file, or postgresql://USER:PASSWORD@HOST:PORT/DB for a team")
+    artifacts_destination: str = opt("./mlruns", "where the server stores the artifacts clients upload through it "
+                                     "(a folder, s3://..., gs://...); clients need no storage credentials")
+    host: str = opt("127.0.0.1", "interface to bind (0.0.0.0 exposes it to the network)")
+    port: int = opt(5000, "port to listen on", min=1, below=65536)
+    workers: int = opt(4, "server processes answering requests (more for a busy team, 1 on a small machine)",
+                       min=1)
+    allowed_hosts: str = opt("", "Host headers the server answers, comma-separated (e.g. mlflow.example.com,"
+                             "10.0.0.5:5000); '' = MLflow's default: localhost and private IPs")
+    cors_allowed_origins: str = opt("", "web origins allowed to change things through the API, comma-separated; the "
+                                    "UI's own (e.g. http://mlflow.example.com:5000) for it to work from other "
+                                    "machines; '' = MLflow's default: localhost pages only")
+
+
+@dataclass
+class EvaluateConfig(DecodeConfig):
+    model_uri: str = opt(DEFAULT_MODEL_URI, "model: models:/NAME@ALIAS or /VERSION, "
+                         "runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its OUTPUT_DIR/RUN_ID folder")
+    dataset: tuple[str, ...] = opt(("data/demo/test",), "split folder(s) to score, comma-separated (LibriSpeech "
+                                   "layout)")
+    max_utterances: int = opt(0, "score at most this many utterances (0 = all)", min=0)
+    batch_seconds: float = opt(200.0, "most padded audio seconds per model batch (bounds memory)", min=1.0)
+    worst: int = opt(20, "utterances with the most errors kept in the logged table", min=0)
+    experiment: str = opt("SpeechRecognition", "MLflow experiment the evaluation run is logged to")
+
+
+@dataclass
+class TuneConfig(EvaluateConfig):
+    dataset: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) the grid is scored on (a dev split, not "
+                                   "the test split)")
+    lm_weights: tuple[float, ...] = opt((0.0, 0.5, 1.0, 1.5, 2.0, 3.0), "LM weights to try, comma-separated")
+    word_scores: tuple[float, ...] = opt((-2.0, -1.0, 0.0, 1.0, 2.0), "word scores (insertion bonuses) to try, "
+                                         "comma-separated")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("lm_weights", "word_scores"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is empty: give at least one value")
+
+
+MODEL_URI_HELP = ("models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its "
+                  "OUTPUT_DIR/RUN_ID folder")
+
+
+@dataclass
+class TranscribeConfig(DecodeConfig):
+    model_uri: str = opt(DEFAULT_MODEL_URI, f"model: {MODEL_URI_HELP}")
+    json: bool = opt(False, "print JSON lines: file, text, seconds", flag=True)
+
+
+@dataclass
+class LMBuildConfig(Checked):
+    text: str = opt("", "text file, one sentence per line")
+    from_dataset: tuple[str, ...] = opt((), "split folder(s) whose transcripts are the text, comma-separated "
+                                        "(LibriSpeech layout)")
+    order: int = opt(3, "n-gram order", min=1, below=10)
+    out: str = opt("lm.arpa", "ARPA file to write")
+    lexicon: str = opt("", "also write a lexicon of the LM's words here")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.text) == bool(self.from_dataset):
+            raise ConfigError("give exactly one of --text FILE or --from-dataset DIR")
+
+
+@dataclass
+class ExportConfig:
+    model_uri: str = opt(DEFAULT_MODEL_URI, "model to export (same forms as `asr transcribe --model-uri`)")
+    format: str = opt("torchscript", "what to write", ("torchscript", "onnx"))
+    out: str = opt("", "file (.pt or .onnx) or folder to write to", required=True)
+    quantize: bool = opt(False, "dynamic int8 quantization of the GRU and linear layers (CPU)", flag=True)
+
+
+@dataclass
+class SynthConfig(Checked):
+    root: str = opt("data/demo", "folder the corpus is written to (splits train, dev, test)")
+    seed: int = opt(0, "same seed, same corpus: byte-identical transcripts and audio", min=0)
+    train_minutes: float = opt(150.0, "minutes of training audio", min=0.05)
+    dev_minutes: float = opt(4.0, "minutes of dev audio", min=0.05)
+    test_minutes: float = opt(4.0, "minutes of test audio", min=0.05)
+    workers: int = opt(2, "synthesis processes", min=1)
+
+
+@dataclass
+class DownloadConfig:
+    split: str = opt("", "LibriSpeech split, e.g. test-clean or train-clean-100", required=True)
+    root: str = opt("data", "the split lands in ROOT/LibriSpeech/SPLIT")
+    mirror: str = opt("", "base URL of another mirror of openslr resource 12 ('' = openslr.org)")
+
+
+@dataclass
+class BenchTrainConfig(Checked):
+    data: str = opt("data/demo/train", "split whose utterances are trained on")
+    utterances: int = opt(200, "how many of them (a fixed sample)", min=1)
+    seconds: float = opt(60.0, "timed training per measurement", min=0.1)
+    config: tuple[str, ...] = opt(("default", "classic"), "model configs to measure, comma-separated",
+                                  ("default", "classic"))
+    out: str = opt("BENCHMARKS.md", "Markdown file whose `train` section is replaced")
+
+
+@dataclass
+class BenchInferConfig(Checked):
+    model_uri: str = opt(DEFAULT_MODEL_URI, "model to measure (same forms as `asr transcribe --model-uri`)")
+    data: str = opt("data/demo/test", "split to transcribe")
+    lm: str = opt("", "ARPA/KenLM LM for the beam+LM rows ('' = skip them)")
+    beam_size: int = opt(50, "beam search: hypotheses kept after each frame", min=1)
+    repeats: int = opt(10, "timed runs of the 10-second clip", min=1)
+    out: str = opt("BENCHMARKS.md", "Markdown file whose section is replaced")
+    section: str = opt("infer", "name of the block of --out this run replaces")
+
+
+# MLproject parameter types, by dataclass field type
+_MLPROJECT_TYPES = {"int": "float", "float": "float", "str": "string", "bool": "string", "tuple[str, ...]": "string",
+                    "tuple[float, ...]": "string"}
+
+
+def render_mlproject() -> str:
+    """The MLproject file, generated from the configs so its parameters can never drift from the code."""
+    def params(cls: type, indent: str) -> list[str]:
+        out = []
+        for f in fields(cls):
+            default = json.dumps(cli_value(f.default))
+            out.append(f"{indent}{f.name}: {{type: {_MLPROJECT_TYPES[f.type]}, default: {default}}}")
+        return out
+
+    def flags(cls: type) -> str:
+        return " ".join(f"--{f.name} {{{f.name}}}" for f in fields(cls))
+
+    lines = [
+        "# Generated from asr/settings.py by `python -m asr.settings > MLproject`; edit the dataclasses, not this.",
+        "name: speech-recognition",
+        "",
+        "conda_env: conda.yaml",
+        "",
+        "entry_points:",
+        "  server:",
+        "    parameters:",
+        *params(ServerConfig, "      "),
+        f"    command: \"python -m asr server {flags(ServerConfig)}\"",
+        "",
+        "  train:",
+        "    parameters:",
+        *params(TrainConfig, "      "),
+        f"    command: \"python main.py --train True {flags(TrainConfig)}\"",
+        "",
+        "  validate:",
+        "    parameters:",
+        *params(ValidateConfig, "      "),
+        f"    command: \"python main.py --train False {flags(ValidateConfig)}\"",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_mlproject(), end="")
