@@ -33,9 +33,15 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
 
 
 def to_mono_16k(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> torch.Tensor:
-    """(samples, channels) or (samples,) array at `rate` -> mono tensor at `sample_rate`."""
+    """(samples, channels) or (samples,) array at `rate` -> mono tensor at `sample_rate`. Every way audio enters
+    (files, the served model's base64 and samples, training data) passes here. Raises AudioError, naming `name`,
+    for audio too short to featurize or holding NaN or infinite samples (float WAVs can: they would be
+    transcribed as silence)."""
     if data.shape[0] < MIN_SECONDS * rate:
         raise AudioError(f"{name}: audio is too short ({data.shape[0] / rate:.3f} s; at least {MIN_SECONDS} s needed)")
+    if not np.isfinite(data).all():
+        bad = int(data.size - np.isfinite(data).sum())
+        raise AudioError(f"{name}: {bad} sample{'s' * (bad != 1)} not finite (NaN or infinite); the audio is corrupt")
     wave = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if wave.ndim == 2:
         wave = wave.mean(dim=1)

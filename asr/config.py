@@ -179,7 +179,20 @@ def load_settings(cls: type, path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `asr train --help`")
-    return {k: _TYPES.get(names[k].type, tuple)(v) for k, v in values.items()}
+    settings = {}
+    for k, v in values.items():
+        kind = _TYPES.get(names[k].type, tuple)
+        if kind is tuple and not isinstance(v, str | list):
+            raise ConfigError(f"{path}: {k} must be a list or a comma-separated string, got {v!r}")
+        try:
+            settings[k] = kind(v) if kind is not bool or isinstance(v, bool) else _no_bool(k, v, path)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: {k} must be {names[k].type}, got {v!r}") from None
+    return settings
+
+
+def _no_bool(name: str, value: Any, path: str | Path) -> bool:
+    raise ConfigError(f"{path}: {name} must be true or false, got {value!r}")
 
 
 def save(cfg: Any, path: Path) -> None:

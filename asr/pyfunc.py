@@ -74,7 +74,7 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
             except (binascii.Error, ValueError, sf.LibsndfileError, RuntimeError):
                 raise AudioError("audio must be a path to an existing audio file or base64-encoded audio "
                                  "bytes") from None
-            return to_mono_16k(data, sr, rate)
+            return to_mono_16k(data, sr, rate, name="base64 audio")
         samples, sr = row.get("samples"), row.get("sample_rate")
         if samples is None or sr is None or (isinstance(sr, float) and np.isnan(sr)):
             raise AudioError("each row needs `audio` (a path or base64 audio bytes) or `samples` plus `sample_rate`")

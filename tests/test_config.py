@@ -267,3 +267,14 @@ def test_impossible_settings_fail_in_one_line_before_any_data_is_read(args, tmp_
     assert one_line_error(proc) is None, proc.stderr
     assert "must be" in proc.stderr or "cannot exceed" in proc.stderr
     assert "missing" not in proc.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("text, message", [('{"epoch": "many"}', "epoch must be int"),
+                                           ('{"offline_ok": "yes"}', "offline_ok must be true or false"),
+                                           ('{"train_data": 3}', "train_data must be a list"),
+                                           ('{"dropout": 1.5}', "--dropout must be below 1")])
+def test_a_settings_file_with_a_wrong_value_is_one_line(tmp_path, text, message):
+    recipe = tmp_path / "bad.json"
+    recipe.write_text(text)
+    with pytest.raises(config.ConfigError, match=message):
+        from_dict(TrainConfig, config.load_settings(TrainConfig, recipe))

@@ -23,9 +23,15 @@ from mlflow import MlflowClient
 from asr import UserError
 from asr import checkpoint as ckpt
 from asr.batching import plan_batches
+from asr.config import to_dict
 from asr.data.dataset import SpeechDataset, read_split
 from asr.features import FeatureExtractor
-from asr.training.batches import ctc_min_frames
+from asr.model import SpeechModel
+from asr.text import VOCAB
+from asr.training.batches import TrainData, ctc_min_frames
+from asr.training.distributed import Context
+from asr.training.loop import build_trainer, train_one_epoch
+from asr.training.state import Progress
 from asr.training.train import train
 
 pytestmark = pytest.mark.slow  # real training runs, torchrun
@@ -113,8 +119,8 @@ def test_long_and_ctc_infeasible_utterances_are_skipped_and_counted(tiny_config,
         train(tiny_config(max_utterances=4, time_stride=8, output_dir=str(tmp_path / "out2")), progress=False)
 
 
-def test_non_finite_steps_are_skipped_counted_and_logged(short_dev: Path, tmp_path: Path, isolated_mlflow: str):
-    """A float WAV holding NaNs poisons its batch's loss: that step is skipped, the weights stay finite."""
+def test_a_nan_wav_in_the_training_set_is_skipped_and_counted(short_dev: Path, tmp_path: Path, isolated_mlflow: str):
+    """A float WAV holding NaNs would poison its batch: it is left out as unreadable audio, training goes on."""
     split = tmp_path / "split"
     shutil.copytree(short_dev, split, symlinks=True)
     victim = read_split(split)[0]
@@ -126,10 +132,29 @@ def test_non_finite_steps_are_skipped_counted_and_logged(short_dev: Path, tmp_pa
                            output_dir=str(tmp_path / "out"))
     result = train(cfg, progress=False)
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.metrics["skipped_steps"] == 1
+    assert run.data.metrics["skipped_unreadable"] == 1 and run.data.metrics["skipped_steps"] == 0
     state = torch.load(tmp_path / "out" / result.run_id / ckpt.LAST, weights_only=True)
-    assert state["progress"]["skipped_steps"] == 1 and state["progress"]["step"] == 4
+    assert state["progress"]["step"] == 3
     assert all(torch.isfinite(w).all() for w in state["model"].values())
+
+
+def test_non_finite_steps_are_skipped_and_counted(short_dev: Path):
+    """A batch whose loss is not finite (here: features corrupted in memory after they were computed) is not
+    applied: train_one_epoch skips that optimizer step, counts it, and the weights stay finite."""
+    cfg = make_tiny_config(short_dev, max_utterances=4, batch=1, epoch=1)
+    features = FeatureExtractor.from_config(cfg.features)
+    dataset = SpeechDataset(read_split(short_dev), features)
+    lengths = dataset.precompute()
+    dataset._cache[0][:, :5] = float("nan")  # fault injection: one utterance's features
+    torch.manual_seed(0)
+    model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB))
+    trainer = build_trainer(cfg, Context(0, 1, torch.device("cpu")), model, None, total_steps=4)
+    data = TrainData(features, dataset, dataset, lengths, lengths, list(range(len(dataset))), {}, 0)
+    pos, losses = Progress(), []
+    stats = train_one_epoch(trainer, data, pos, lambda loss, _: losses.append(loss) or False)
+    assert stats.steps == pos.step == 4 and pos.skipped_steps == 1
+    assert sum(not np.isfinite(v) for v in losses) == 1
+    assert all(torch.isfinite(w).all() for w in model.state_dict().values()), to_dict(pos)
 
 
 def test_gradient_accumulation_equals_the_bigger_batch(tiny_config, isolated_mlflow: str, tmp_path: Path):
