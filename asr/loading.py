@@ -8,6 +8,7 @@ tracking URI (MLFLOW_TRACKING_URI, or what `mlflow.set_tracking_uri` set).
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ModelNotFound(UserError):
 def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
     """The MLflow pyfunc model at `uri`. Raises ModelNotFound, in one line naming the tracking store, when the
     registry or the run has no such model."""
+    path = sys.path[:]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -36,6 +38,11 @@ def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
     except MlflowException as e:
         raise ModelNotFound(f"cannot load {uri} from {redact(mlflow.get_tracking_uri())}: "
                             f"{e.message.splitlines()[0]} (train and register one with `asr train`)") from None
+    finally:
+        # MLflow puts the model's code/ folder first on sys.path and leaves it there. This process already runs its
+        # own asr; processes it spawns later inherit sys.path and would import the model's copy instead (an older
+        # layout, or the model side alone) and fail.
+        sys.path[:] = path
 
 
 def load_transcriber(ref: str, decode: DecodeConfig | None = None) -> Transcriber:

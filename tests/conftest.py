@@ -63,6 +63,15 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
     return dest
 
 
+@pytest.fixture(autouse=True)
+def restore_sys_path() -> Iterator[None]:
+    """sys.path as it was before each test: mlflow.pyfunc.load_model leaves a model's code/ folder first on it, and
+    processes a later test spawns would import that copy of asr instead of this one."""
+    before = list(sys.path)
+    yield
+    sys.path[:] = before
+
+
 @pytest.fixture(scope="session")
 def short_dev(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 4 shortest dev-clean utterances (2.7-4.8 s): training on them takes seconds, where a GRU

@@ -79,7 +79,9 @@ def test_a_version_registered_by_the_flat_layout_loads_and_transcribes(flat_layo
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     code = next(root.glob("mlruns/**/artifacts/code/asr"))
     assert (code / "train.py").is_file() and not (code / "training").exists()  # the flat layout's model
+    before = list(sys.path)
     transcriber = asr.load(f"models:/{NAME}@production")
+    assert sys.path == before  # the model's code/ (the flat layout's asr) is not left first on sys.path
     assert Path(inspect.getfile(type(transcriber))) == REPO / "asr" / "transcribe.py"  # read by today's code
     assert transcriber.sample_rate == 16000
     text = transcriber.transcribe([load_audio(audio, 16000)])[0]

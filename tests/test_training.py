@@ -106,17 +106,19 @@ def test_feature_cache_is_keyed_by_feature_settings(short_dev: Path, tmp_path: P
 # ---------------------------------------------------------------- in-process training behaviour
 
 
-def test_long_and_ctc_infeasible_utterances_are_skipped_and_counted(tiny_config, isolated_mlflow: str,
-                                                                      tmp_path: Path, capsys):
-    # 4 utterances of 2.7-4.8 s: 3.5 s drops the longer ones; a time stride of 8 leaves too few frames for
-    # the transcripts of the rest (12.5 frames/s against ~15 characters/s)
-    cfg = tiny_config(max_utterances=4, max_seconds=3.5, output_dir=str(tmp_path / "out"))
+def test_long_and_ctc_infeasible_utterances_are_skipped_and_counted(tiny_config, short_dev: Path,
+                                                                      isolated_mlflow: str, tmp_path: Path, capsys):
+    # A limit between the shortest and the longest of the 4 utterances drops the longer ones; a time stride of 40
+    # leaves 2.5 frames/s, too few for any spoken transcript (~15 characters/s)
+    seconds = sorted(sf.info(str(u.path)).duration for u in read_split(short_dev))
+    assert seconds[0] < seconds[-1]
+    cfg = tiny_config(max_utterances=4, max_seconds=(seconds[0] + seconds[-1]) / 2, output_dir=str(tmp_path / "out"))
     train(cfg, progress=False)
     run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("SpeechRecognition").experiment_id])[0]
     too_long = run.data.metrics["skipped_too_long"]
     assert too_long >= 1 and run.data.params["train_utterances"] == str(4 - int(too_long))
     with pytest.raises(UserError, match="no usable training utterances"):
-        train(tiny_config(max_utterances=4, time_stride=8, output_dir=str(tmp_path / "out2")), progress=False)
+        train(tiny_config(max_utterances=4, time_stride=40, output_dir=str(tmp_path / "out2")), progress=False)
 
 
 def test_a_nan_wav_in_the_training_set_is_skipped_and_counted(short_dev: Path, tmp_path: Path, isolated_mlflow: str):
