@@ -215,10 +215,9 @@ def click_options(*classes: type) -> Callable[[Callable], Callable]:
             listed = f.type in _LIST_TYPES  # a comma-separated string, parsed (and its choices checked) by Checked
             kind = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") and not listed \
                 else _TYPES.get(f.type, str)
-            required = f.metadata.get("required", False)
-            fn = click.option(*names, f.name, type=kind, required=required,
-                              default=None if required else cli_value(f.default), show_default=not required,
-                              help=f.metadata["help"])(fn)
+            given = {"required": True} if f.metadata.get("required") else \
+                {"default": cli_value(f.default), "show_default": True}  # a default, even None, satisfies required
+            fn = click.option(*names, f.name, type=kind, help=f.metadata["help"], **given)(fn)
         return fn
 
     return decorate

@@ -154,7 +154,9 @@ def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls)
     for f in config.fields(cls):
         p = params[f.name]
         if f.metadata.get("required"):
-            assert p.required and p.default is None, f.name
+            assert p.required, f.name
+            with pytest.raises(click.MissingParameter, match=f.name):
+                cmd.make_context(command[-1], [])
         else:
             assert p.default == config.cli_value(f.default), f.name
         if f.metadata.get("flag"):
