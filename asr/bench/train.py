@@ -89,7 +89,7 @@ class _Clock:
         if self.warmup:
             self.warmup -= 1
             for s in stats:
-                s.__init__()  # what the warm-up steps took is not measured
+                s.reset()  # what the warm-up steps took is not measured
             self.start = time.perf_counter()
             return False
         self.steps += 1

@@ -139,6 +139,10 @@ class EpochStats:
         self.audio_frames += int(batch["feature_lengths"].sum())
         self.padded_frames += batch["features"].shape[0] * batch["features"].shape[-1]
 
+    def reset(self) -> None:
+        """Back to zero: a benchmark leaves its warm-up steps out of what it measures."""
+        self.__dict__.update(EpochStats().__dict__)
+
     def add(self, other: EpochStats) -> None:
         for name in ("batches", "steps", "utterances", "audio_frames", "padded_frames"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
