@@ -1,7 +1,10 @@
 """LibriSpeech-layout corpora: ROOT/<split>/<speaker>/<chapter>/<id>.flac + <speaker>-<chapter>.trans.txt.
 
-Works for any split name (train-clean-100, test-clean, the demo corpus's train/dev/test) and
-for any audio extension soundfile reads.
+Works for any split name (train-clean-100, test-clean, the demo corpus's train/dev/test) and for the audio formats
+soundfile reads, extensions in any case. Transcript files are read as editors write them (a byte order mark, UTF-16,
+CRLF, tabs or runs of spaces after the id); every line or audio file that still cannot become an utterance is
+left out with its reason (`LeftOut`), which training, `evaluate` and `validate` report: a corpus never shrinks
+unseen.
 """
 
 from __future__ import annotations
@@ -25,9 +28,21 @@ from asr.data.augment import WaveAugment, item_generator
 from asr.features import FeatureExtractor
 
 FILE_ID = re.compile(r"^\d+-\d+-\d+$")
-AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3")
+# Audio file extensions the reader takes, any case; the first ones win when an id has several files.
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".caf", ".w64")
 # Where `validate` looks for a file id when no dataset is given: the demo corpus and downloads.
 DEFAULT_SEARCH_ROOTS = ("data/demo", "data/LibriSpeech")
+# Why the reader left an audio file or transcript line out of the utterances (keys of the `left_out_*` counts).
+LEFT_OUT_REASONS = {
+    "no_audio": "transcript lines without an audio file",
+    "no_transcript": "audio files without a transcript line",
+    "unsupported_audio": "transcript lines whose audio is in a format the reader does not take",
+    "invalid_id": "lines or audio files not named by a SPEAKER-CHAPTER-UTTERANCE id",
+    "wrong_chapter": "transcript lines whose id belongs to another chapter folder",
+    "duplicate": "second lines or audio files of an id already read",
+    "not_utf8": "transcript lines that are not UTF-8 text",
+}
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class DataError(UserError):
@@ -43,6 +58,33 @@ class Utterance:
     chapter: str
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """An audio file or transcript line the reader did not make an utterance of: counted and reported, since
+    a corpus that silently shrinks gives scores that cannot be compared."""
+    reason: str      # a key of LEFT_OUT_REASONS
+    where: str       # the file, and the line for a transcript line
+    file_id: str     # the id it is about ('' when it has none)
+    message: str     # one line: where, what is wrong and what to do
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class CorpusReading:
+    """What the reader made of one or more splits: the utterances, and everything it left out and why."""
+    utterances: list[Utterance]
+    left_out: list[LeftOut]
+
+    def counts(self) -> dict[str, int]:
+        """`left_out_<reason>` counts, every reason present (zeros too), for MLflow metrics."""
+        counts = dict.fromkeys(LEFT_OUT_REASONS, 0)
+        for item in self.left_out:
+            counts[item.reason] += 1
+        return {f"left_out_{k}": v for k, v in counts.items()}
+
+
 def check_file_id(file_id: str) -> str:
     """Refuses anything but SPEAKER-CHAPTER-UTTERANCE digits, so ids can never reach outside a dataset."""
     if not FILE_ID.fullmatch(file_id or ""):
@@ -51,41 +93,178 @@ def check_file_id(file_id: str) -> str:
     return file_id
 
 
-def _audio_path(chapter_dir: Path, file_id: str) -> Path | None:
-    for ext in AUDIO_EXTENSIONS:
-        if (p := chapter_dir / f"{file_id}{ext}").is_file():
-            return p
-    return None
+def _transcript_lines(trans_file: Path) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, text or None when the line is not UTF-8, raw bytes) of a transcript file's non-blank lines.
+    A UTF-8 byte order mark (Windows editors write one) is not part of the first id; UTF-16 files (Notepad's
+    "Unicode") are read as such; CRLF and CR line ends are line ends."""
+    raw = trans_file.read_bytes()
+    if raw.startswith(_UTF16_BOMS):
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            pass  # then every line fails as UTF-8 below and is reported
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8").lstrip("\ufeff")  # at the start of the file, or of a file appended to it
+        except UnicodeDecodeError:
+            yield number, None, line
+            continue
+        if text.strip():
+            yield number, text, line
 
 
-def _read_transcripts(trans_file: Path) -> Iterator[tuple[str, str]]:
-    for line in trans_file.read_text(encoding="utf-8", errors="replace").splitlines():
-        file_id, _, transcript = line.strip().partition(" ")
-        if file_id:
-            yield file_id, transcript.strip()
+def _not_utf8(trans: Path, number: int, line: bytes) -> LeftOut:
+    try:
+        line.decode("utf-8")
+        at = ""
+    except UnicodeDecodeError as e:
+        at = f" (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+    words = line.split(maxsplit=1)
+    file_id = words[0].decode("ascii", "replace") if words else ""
+    file_id = file_id if FILE_ID.fullmatch(file_id) else ""
+    return LeftOut("not_utf8", f"{trans} line {number}", file_id,
+                   f"{trans} line {number}{f' ({file_id})' * bool(file_id)}: not UTF-8 text{at}: save the file "
+                   "as UTF-8")
+
+
+def _audio_files(chapter_dir: Path, names: list[str]
+                 ) -> tuple[dict[str, Path], dict[str, list[Path]], list[LeftOut]]:
+    """The audio file of each id (extensions in any case; the first of AUDIO_EXTENSIONS when an id has several),
+    the files named after an id with an extension the reader does not take, and the audio files left out."""
+    audio: dict[str, Path] = {}
+    others: dict[str, list[Path]] = {}
+    left_out: list[LeftOut] = []
+    rank = {ext: i for i, ext in enumerate(AUDIO_EXTENSIONS)}
+    for name in sorted(names, key=lambda n: (os.path.splitext(n)[0], rank.get(os.path.splitext(n)[1].lower(), 99))):
+        stem, ext = os.path.splitext(name)
+        path = chapter_dir / name
+        if ext.lower() not in rank:
+            if FILE_ID.fullmatch(stem):
+                others.setdefault(stem, []).append(path)
+        elif not FILE_ID.fullmatch(stem):
+            left_out.append(LeftOut("invalid_id", str(path), "", f"{path}: the audio file's name is not a "
+                                    "SPEAKER-CHAPTER-UTTERANCE id (e.g. 1089-134686-0000.flac)"))
+        elif stem in audio:
+            left_out.append(LeftOut("duplicate", str(path), stem, f"{path}: another audio file of {stem} "
+                                    f"is used ({audio[stem].name})"))
+        else:
+            audio[stem] = path
+    return audio, others, left_out
+
+
+def read_chapter(chapter_dir: Path) -> CorpusReading:
+    """The utterances of one SPEAKER/CHAPTER folder: every `*.trans.txt` line whose id has an audio file next to
+    it, in file and line order; every other line and audio file is left out with its reason. Hidden files
+    (macOS `._*` companions) and sub-folders are not part of the corpus."""
+    speaker, chapter = chapter_dir.parent.name, chapter_dir.name
+    names = sorted(e.name for e in os.scandir(chapter_dir) if not e.name.startswith(".") and not e.is_dir())
+    trans_files = [chapter_dir / n for n in names if n.endswith(".trans.txt")]
+    audio, others, left_out = _audio_files(chapter_dir, [n for n in names if not n.endswith(".trans.txt")])
+    expected_trans = chapter_dir / f"{speaker}-{chapter}.trans.txt"
+    utterances: list[Utterance] = []
+    seen: dict[str, str] = {}            # id -> where its line is
+    for trans in trans_files:
+        for number, line, raw in _transcript_lines(trans):
+            where = f"{trans} line {number}"
+            if line is None:
+                left_out.append(item := _not_utf8(trans, number, raw))
+                seen.setdefault(item.file_id, where)  # its audio is part of the same problem: reported once
+                continue
+            words = line.split(maxsplit=1)
+            file_id, transcript = words[0], (words[1].strip() if len(words) > 1 else "")
+            if not FILE_ID.fullmatch(file_id):
+                left_out.append(LeftOut("invalid_id", where, "", f"{where}: {file_id[:40]!r} is not a "
+                                        "SPEAKER-CHAPTER-UTTERANCE id: each line must be '<id> TEXT'"))
+            elif file_id.rsplit("-", 1)[0] != f"{speaker}-{chapter}":
+                s, c, _ = file_id.split("-")
+                left_out.append(LeftOut("wrong_chapter", where, file_id, f"{where}: {file_id} is not of chapter "
+                                        f"{speaker}-{chapter}: move its line to {s}/{c}/{s}-{c}.trans.txt and its "
+                                        f"audio to {s}/{c}/"))
+                audio.pop(file_id, None)  # its audio (if here) is part of the same mistake: reported once
+            elif file_id in seen:
+                left_out.append(LeftOut("duplicate", where, file_id, f"{where}: {file_id} already has a "
+                                        f"line ({seen[file_id]})"))
+            elif file_id not in audio:
+                seen[file_id] = where
+                if file_id in others:
+                    found = ", ".join(p.name for p in others[file_id])
+                    left_out.append(LeftOut("unsupported_audio", where, file_id, f"{where}: {file_id}'s audio "
+                                            f"({found}) is not in a format the reader takes "
+                                            f"({' '.join(AUDIO_EXTENSIONS)}): convert it, e.g. to FLAC"))
+                else:
+                    left_out.append(LeftOut("no_audio", where, file_id, f"{file_id} is in {trans} (line "
+                                            f"{number}) but its audio file is missing: expected "
+                                            f"{chapter_dir / file_id}.flac"))
+            else:
+                seen[file_id] = where
+                utterances.append(Utterance(file_id, audio[file_id], transcript, speaker, chapter))
+    for file_id, path in audio.items():
+        if file_id not in seen:
+            trans = trans_files[0] if trans_files else expected_trans
+            left_out.append(LeftOut("no_transcript", str(path), file_id,
+                                    f"{path} has no transcript: add a line '{file_id} TEXT' to {trans}"))
+    return CorpusReading(utterances, left_out)
+
+
+def left_out_lines(left_out: Iterable[LeftOut], per_reason: int = 10) -> list[str]:
+    """Each left-out item's message, at most `per_reason` of each reason and then how many more of it: a corpus
+    trimmed to a subset of its audio can leave out thousands of transcript lines, all for the same reason."""
+    shown: dict[str, int] = {}
+    lines, more = [], dict.fromkeys(LEFT_OUT_REASONS, 0)
+    for item in left_out:
+        if shown.get(item.reason, 0) < per_reason:
+            shown[item.reason] = shown.get(item.reason, 0) + 1
+            lines.append(f"left out {item}")
+        else:
+            more[item.reason] += 1
+    return lines + [f"left out {n} more {LEFT_OUT_REASONS[r]}" for r, n in more.items() if n]
+
+
+def _read_one_split(split_dir: Path) -> CorpusReading:
+    if not split_dir.is_dir():
+        raise DataError(f"dataset folder not found: {split_dir}")
+    chapters = sorted(p for p in split_dir.glob("*/*") if p.is_dir() and not p.name.startswith(".")
+                      and not p.parent.name.startswith("."))
+    reading = CorpusReading([], [])
+    for chapter_dir in chapters:
+        part = read_chapter(chapter_dir)
+        reading.utterances += part.utterances
+        reading.left_out += part.left_out
+    if not reading.utterances:
+        why = f"; {len(reading.left_out)} left out, e.g. {reading.left_out[0]}" if reading.left_out else ""
+        raise DataError(f"no utterances found in {split_dir}: expected SPEAKER/CHAPTER/ID.flac files "
+                        f"with SPEAKER-CHAPTER.trans.txt transcripts{why}")
+    return reading
+
+
+def read_corpus(split_dirs: Iterable[str | Path]) -> CorpusReading:
+    """The utterances of one or more splits, split by split in a stable order, and what was left out and why.
+    An id read twice (the same split named twice, or overlapping splits) counts once: the first copy is kept.
+    Raises DataError for a missing split, or one with no utterances at all."""
+    reading = CorpusReading([], [])
+    first: dict[str, Path] = {}
+    for split_dir in split_dirs:
+        part = _read_one_split(Path(split_dir))
+        for u in part.utterances:
+            if u.file_id in first:
+                reading.left_out.append(LeftOut("duplicate", str(u.path), u.file_id, f"{u.path}: {u.file_id} is "
+                                                f"already read from {first[u.file_id]}"))
+            else:
+                first[u.file_id] = u.path
+                reading.utterances.append(u)
+        reading.left_out += part.left_out
+    return reading
 
 
 def read_split(split_dir: str | Path) -> list[Utterance]:
-    """All utterances of a split that have both audio and a transcript, in a stable order."""
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise DataError(f"dataset folder not found: {split_dir}")
-    utterances = []
-    for trans in sorted(split_dir.glob("*/*/*.trans.txt")):
-        for file_id, transcript in _read_transcripts(trans):
-            path = _audio_path(trans.parent, file_id)
-            if path is not None and FILE_ID.fullmatch(file_id):
-                speaker, chapter, _ = file_id.split("-")
-                utterances.append(Utterance(file_id, path, transcript, speaker, chapter))
-    if not utterances:
-        raise DataError(f"no utterances found in {split_dir}: expected SPEAKER/CHAPTER/ID.flac files "
-                        "with SPEAKER-CHAPTER.trans.txt transcripts")
-    return utterances
+    """All utterances of a split that have both audio and a transcript, in a stable order (read_corpus without
+    the account of what was left out)."""
+    return read_corpus([split_dir]).utterances
 
 
 def read_splits(split_dirs: Iterable[str | Path]) -> list[Utterance]:
     """The utterances of several splits, split by split (read_split's errors for a missing or empty one)."""
-    return [u for d in split_dirs for u in read_split(d)]
+    return read_corpus(split_dirs).utterances
 
 
 def split_names(split_dirs: Iterable[str | Path]) -> str:
@@ -101,7 +280,8 @@ def _split_dirs(dataset: Path) -> list[Path]:
 
 
 def find_utterance(file_id: str, dataset: str | Path | None = None) -> Utterance:
-    """Looks a file id up directly by its path components (no scan of the corpus)."""
+    """Looks a file id up directly in its chapter folder (no scan of the corpus), read as read_split reads it;
+    when the reader left the id out, the error is the reason it did."""
     check_file_id(file_id)
     if dataset:
         roots = [Path(dataset)]
@@ -117,15 +297,16 @@ def find_utterance(file_id: str, dataset: str | Path | None = None) -> Utterance
     for split in (s for root in roots for s in _split_dirs(root)):
         searched.append(str(split))
         chapter_dir = split / speaker / chapter
-        trans = chapter_dir / f"{speaker}-{chapter}.trans.txt"
-        path = _audio_path(chapter_dir, file_id)
-        for fid, transcript in _read_transcripts(trans) if trans.is_file() else ():
-            if fid == file_id:
-                if path is None:
-                    raise DataError(f"{file_id} is in {trans} but its audio file is missing")
-                return Utterance(file_id, path, transcript, speaker, chapter)
-        if path is not None:  # "not found" would send the user looking for a file that is right there
-            raise DataError(f"{path} has no transcript: add a line '{file_id} TEXT' to {trans}")
+        if not chapter_dir.is_dir():
+            continue
+        reading = read_chapter(chapter_dir)
+        for u in reading.utterances:
+            if u.file_id == file_id:
+                return u
+        # "not found" would send the user looking for a line or file that is right there
+        reasons = [item for item in reading.left_out if item.file_id == file_id]
+        if reasons:
+            raise DataError(min(reasons, key=lambda item: item.reason == "duplicate").message)
     raise DataError(f"file id {file_id} not found in {', '.join(searched) or dataset}")
 
 
@@ -138,8 +319,9 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, utterances: list[Utterance], features: FeatureExtractor, augment: WaveAugment | None = None,
-                 seed: int = 0):
+                 seed: int = 0, left_out: list[LeftOut] | None = None):
         self.utterances = utterances
+        self.left_out = left_out or []  # what the corpus reader did not make utterances of, and why
         self.features = features
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed

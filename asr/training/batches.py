@@ -7,13 +7,13 @@ import math
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from asr.batching import plan_batches
 from asr.data.augment import WaveAugment
-from asr.data.dataset import SpeechDataset, collate, read_splits, single_threaded_worker
+from asr.data.dataset import CorpusReading, SpeechDataset, collate, left_out_lines, read_corpus, single_threaded_worker
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 from asr.settings import TrainConfig
@@ -30,15 +30,18 @@ class TrainData:
     items: list[int]             # indices of the training utterances worth training on
     skipped: dict[str, int]      # counts of those left out, by reason
     loader_workers: int          # processes the training loader reads with (0: in the training process)
+    left_out: dict[str, int] = field(default_factory=dict)  # left_out_<reason> counts of the training splits
 
 
 def load_dataset(dirs: Sequence[str], features: FeatureExtractor, limit: int = 0, seed: int = 0,
                  augment: WaveAugment | None = None) -> SpeechDataset:
-    """The utterances of one or more split folders, `limit` of them sampled with `seed` if set."""
-    utterances = read_splits(dirs)
+    """The utterances of one or more split folders, `limit` of them sampled with `seed` if set, and what the reader
+    left out of them."""
+    reading = read_corpus(dirs)
+    utterances = reading.utterances
     if limit and limit < len(utterances):
         utterances = sorted(random.Random(seed).sample(utterances, limit), key=lambda u: u.file_id)
-    return SpeechDataset(utterances, features, augment, seed)
+    return SpeechDataset(utterances, features, augment, seed, reading.left_out)
 
 
 def wave_augment(cfg: TrainConfig) -> WaveAugment:
@@ -49,18 +52,22 @@ def wave_augment(cfg: TrainConfig) -> WaveAugment:
 
 def training_data(cfg: TrainConfig, model: SpeechModel, progress: bool, say=print) -> TrainData:
     """Reads and featurizes the training and dev splits (features cached when cfg.data.feature_cache is set) and picks
-    the training utterances `model` can learn from; says which files it could not read."""
+    the training utterances `model` can learn from; says which files it could not read and what the corpus reader
+    left out."""
     features = FeatureExtractor.from_config(cfg.features)
     augment = wave_augment(cfg)
     train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment)
     dev_set = load_dataset(cfg.data.dev_data, features)
+    for line in left_out_lines(dict.fromkeys(train_set.left_out + dev_set.left_out)):  # once each, before featurizing
+        say(line)
     train_lengths = train_set.precompute(prep_workers(cfg), cfg.data.feature_cache, progress, "features train")
     dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.data.feature_cache, progress, "features dev")
     for message in dict.fromkeys(train_set.unreadable + dev_set.unreadable):  # once per file, in order
         say(f"skipping {message}")
     items, skipped = trainable_items(train_set, train_lengths, model, cfg)
     loader_workers = cfg.data.workers if augment.enabled else 0  # cached features need no workers
-    return TrainData(features, train_set, dev_set, train_lengths, dev_lengths, items, skipped, loader_workers)
+    return TrainData(features, train_set, dev_set, train_lengths, dev_lengths, items, skipped, loader_workers,
+                     CorpusReading([], train_set.left_out).counts())
 
 
 def ctc_min_frames(labels: list[int]) -> int:

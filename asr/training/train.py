@@ -137,7 +137,8 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state)
     n_params = sum(p.numel() for p in model.parameters())
     run.say(f"train: {len(data.items)} utterances from {','.join(cfg.data.train_data)} "
-            f"({sum(data.skipped.values())} skipped: {data.skipped}); dev: {len(data.dev_set)} from "
+            f"({sum(data.skipped.values())} skipped: {data.skipped}; {sum(data.left_out.values())} left out by the "
+            f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
             f"{amp and str(amp).removeprefix('torch.') or 'fp32'}, {torch.get_num_threads()} threads; "
@@ -157,7 +158,7 @@ def log_start(run: Run, resume: Resume | None) -> None:
               "train_utterances": len(run.data.items)}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-    mlflow.log_metrics({k: float(v) for k, v in run.data.skipped.items()})
+    mlflow.log_metrics({k: float(v) for k, v in {**run.data.skipped, **run.data.left_out}.items()})
     run.out_dir.mkdir(parents=True, exist_ok=True)
     save(cfg, run.out_dir / "config.json")
     mlflow.log_artifact(str(run.out_dir / "config.json"))
