@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
@@ -28,6 +29,9 @@ from asr.settings import (
     ValidateConfig,
 )
 from asr.tracking.requirements import torchaudio_load_error
+
+if TYPE_CHECKING:
+    from asr.data.dataset import LeftOut
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -189,9 +193,28 @@ def evaluate(**options) -> None:
 
     cfg = from_dict(EvaluateConfig, options)
     s = run(cfg, progress=show_progress())
-    click.echo(f"{','.join(cfg.dataset)}: {s.utterances} utterances, {s.audio_seconds / 60:.1f} min of audio, "
-               f"{s.audio_seconds / max(s.seconds, 1e-9):.0f} audio-s/s")
-    click.echo(f"WER {s.wer:.3f}  CER {s.cer:.3f}")
+    say_skipped(s.unreadable, s.left_out)
+    click.echo(f"{','.join(cfg.dataset)}: {s.utterances} utterances{skipped_summary(s.unreadable, s.left_out)}, "
+               f"{s.audio_seconds / 60:.1f} min of audio, {s.audio_seconds / max(s.seconds, 1e-9):.0f} audio-s/s")
+    click.echo(f"WER {s.wer:.3f}  CER {s.cer:.3f}  over {s.utterances} utterances")
+
+
+def say_skipped(unreadable: list[str], left_out: list[LeftOut]) -> None:
+    """Each audio file skipped and each corpus entry the reader left out, once, with its reason, on stderr (stdout
+    holds the scores)."""
+    from asr.data.dataset import left_out_lines
+
+    for message in dict.fromkeys(unreadable):
+        click.echo(f"skipping {message}", err=True)
+    for line in left_out_lines(left_out):
+        click.echo(line, err=True)
+
+
+def skipped_summary(unreadable: list[str], left_out: list[LeftOut]) -> str:
+    """' (1 unreadable, skipped; 2 left out by the corpus reader)', or '' when nothing was."""
+    parts = [f"{len(unreadable)} unreadable, skipped"] * bool(unreadable)
+    parts += [f"{len(left_out)} left out by the corpus reader"] * bool(left_out)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 @main.group()
@@ -235,6 +258,9 @@ def lm_tune(**options) -> None:
 
     cfg = from_dict(TuneConfig, options)
     result = tune(cfg, progress=show_progress())
+    say_skipped(result.unreadable, result.left_out)
+    click.echo(f"{','.join(cfg.dataset)}: {result.utterances} utterances"
+               f"{skipped_summary(result.unreadable, result.left_out)}")
     for p in result.grid:
         click.echo(f"lm_weight {p['lm_weight']:<5g} word_score {p['word_score']:<5g} WER {p['wer']:.3f}  "
                    f"CER {p['cer']:.3f}")

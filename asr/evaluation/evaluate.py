@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from asr import UserError
-from asr.audio import load_audio
+from asr.audio import AudioError, load_audio
 from asr.config import DecodeConfig, to_params
-from asr.data.dataset import Utterance, read_splits, split_names
+from asr.data.dataset import CorpusReading, DataError, LeftOut, Utterance, read_corpus, split_names
 from asr.decoding import make_decoder
 from asr.loading import load_transcriber
 from asr.metrics import cer, wer
@@ -32,36 +32,78 @@ GROUP = 32  # utterances read and run through the model at a time: bounds memory
 class Scores:
     wer: float
     cer: float
-    utterances: int
+    utterances: int                                     # scored: WER and CER are over these
     audio_seconds: float
     seconds: float                                      # wall time of model + decoding
     rows: list[dict] = field(default_factory=list)      # per utterance, worst first
+    unreadable: list[str] = field(default_factory=list)  # why each audio file skipped could not be used
+    left_out: list[LeftOut] = field(default_factory=list)  # what the corpus reader did not make utterances of
+
+    def skipped(self) -> dict[str, int]:
+        return skip_counts(self.unreadable, self.left_out)
+
+
+def skip_counts(unreadable: list[str], left_out: list[LeftOut]) -> dict[str, int]:
+    """Counts of what scores leave out, for MLflow: `skipped_unreadable` (as training's) and the reader's
+    `left_out_<reason>`."""
+    return {"skipped_unreadable": len(unreadable), **CorpusReading([], left_out).counts()}
+
+
+def _log_skipped(unreadable: list[str], left_out: list[LeftOut]) -> None:
+    """The counts as metrics and, when there is anything, every item with its reason as skipped.json."""
+    mlflow.log_metrics({k: float(v) for k, v in skip_counts(unreadable, left_out).items()})
+    if unreadable or left_out:
+        mlflow.log_dict({"unreadable": unreadable, "left_out": [dataclasses.asdict(item) for item in left_out]},
+                        "skipped.json")
 
 
 @dataclass
 class TuneResult:
     best: dict                 # lm_weight, word_score, wer, cer of the best grid point
     grid: list[dict]           # every grid point
+    utterances: int            # scored: every grid point's WER and CER are over these
+    unreadable: list[str] = field(default_factory=list)    # as in Scores
+    left_out: list[LeftOut] = field(default_factory=list)
+
+
+def corpus_of(dataset: Sequence[str], limit: int = 0) -> CorpusReading:
+    """The utterances of one or more splits (the first `limit`, if set) and what the reader left out."""
+    if not dataset:
+        raise UserError("no dataset given: name one or more split folders")
+    reading = read_corpus(dataset)
+    if limit:
+        reading.utterances = reading.utterances[:limit]
+    return reading
 
 
 def utterances_of(dataset: Sequence[str], limit: int = 0) -> list[Utterance]:
     """The utterances of one or more splits (the first `limit`, if set)."""
-    if not dataset:
-        raise UserError("no dataset given: name one or more split folders")
-    utts = read_splits(dataset)
-    return utts[:limit] if limit else utts
+    return corpus_of(dataset, limit).utterances
 
 
-def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str
+def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str,
+                  unreadable: list[str] | None = None
                   ) -> Iterator[tuple[list[Utterance], list[list[torch.Tensor]], float]]:
-    """Groups of utterances with their emissions and the audio seconds they hold."""
+    """Groups of utterances with their emissions and the audio seconds they hold. An audio file that cannot be
+    used is skipped and its message added to `unreadable` (as training does: one corrupt file must not stop the
+    scoring of a split); without `unreadable`, it raises."""
     bar = tqdm(total=len(utts), desc=desc, unit="utt", disable=not progress)
     for start in range(0, len(utts), GROUP):
-        group = utts[start:start + GROUP]
-        waves = [load_audio(u.path, transcriber.sample_rate) for u in group]
-        yield group, transcriber.emissions(waves), sum(w.numel() for w in waves) / transcriber.sample_rate
-        bar.update(len(group))
+        chunk, group, waves = utts[start:start + GROUP], [], []
+        for u in chunk:
+            try:
+                waves.append(load_audio(u.path, transcriber.sample_rate))
+                group.append(u)
+            except AudioError as e:
+                if unreadable is None:
+                    raise
+                unreadable.append(str(e))
+        if group:
+            yield group, transcriber.emissions(waves), sum(w.numel() for w in waves) / transcriber.sample_rate
+        bar.update(len(chunk))
     bar.close()
+    if unreadable and len(unreadable) == len(utts):
+        raise DataError(f"none of the {len(utts)} audio files can be used, e.g. {unreadable[0]}")
 
 
 def score(references: list[str], hypotheses: list[str], utts: list[Utterance], audio_seconds: float,
@@ -80,30 +122,38 @@ def _row(utt: Utterance, reference: str, hypothesis: str) -> dict:
 
 
 def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool = False, desc: str = "") -> Scores:
-    """Transcribes `utts` with the transcriber's decoder and scores them; the wall time includes reading audio."""
-    references, hypotheses, audio_seconds = [], [], 0.0
+    """Transcribes `utts` with the transcriber's decoder and scores those whose audio can be used (the others are
+    in `unreadable`; DataError when there are none); the wall time includes reading audio."""
+    references, hypotheses, scored, unreadable, audio_seconds = [], [], [], [], 0.0
     start = time.perf_counter()
-    for group, emissions, audio in model_outputs(transcriber, utts, progress, desc):
+    for group, emissions, audio in model_outputs(transcriber, utts, progress, desc, unreadable):
         hypotheses += transcriber.decode(emissions)
         references += [normalized(u.transcript) for u in group]
+        scored += group
         audio_seconds += audio
-    return score(references, hypotheses, utts, audio_seconds, time.perf_counter() - start)
+    scores = score(references, hypotheses, scored, audio_seconds, time.perf_counter() - start)
+    scores.unreadable = unreadable
+    return scores
 
 
-def _prepare(cfg: EvaluateConfig) -> tuple[list[Utterance], Transcriber]:
+def _prepare(cfg: EvaluateConfig) -> tuple[CorpusReading, Transcriber]:
     """The utterances and the model; the experiment is set up only once both load, so a bad model or dataset
     leaves no experiment or store behind."""
-    utts = utterances_of(cfg.dataset, cfg.max_utterances)
+    reading = corpus_of(cfg.dataset, cfg.max_utterances)
     setup_uri()
     transcriber = load_transcriber(cfg.model_uri, _decode_config(cfg))
     transcriber.batch_seconds = cfg.batch_seconds
     setup(cfg.experiment)
-    return utts, transcriber
+    return reading, transcriber
 
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> Scores:
-    utts, transcriber = _prepare(cfg)
-    scores = score_split(transcriber, utts, progress, "evaluate")
+    """Scores the model on every utterance of cfg.dataset whose audio can be used. Files that cannot be used are
+    skipped and counted, not fatal (one corrupt file must not hide the score of the rest); the scores say over how
+    many utterances they are, so runs stay comparable. Nothing scorable at all is a DataError."""
+    reading, transcriber = _prepare(cfg)
+    scores = score_split(transcriber, reading.utterances, progress, "evaluate")
+    scores.left_out = reading.left_out
     _log(cfg, scores)
     return scores
 
@@ -117,6 +167,7 @@ def _log(cfg: EvaluateConfig, scores: Scores) -> None:
         mlflow.log_metrics({"wer": scores.wer, "cer": scores.cer, "utterances": scores.utterances,
                             "audio_seconds": scores.audio_seconds,
                             "audio_seconds_per_second": scores.audio_seconds / max(scores.seconds, 1e-9)})
+        _log_skipped(scores.unreadable, scores.left_out)
         worst = scores.rows[: cfg.worst]
         mlflow.log_table({k: [row[k] for row in worst] for k in ("file_id", "errors", "wer", "cer", "target",
                                                                 "predicted")}, "worst_errors.json")
@@ -126,9 +177,11 @@ def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
     """Every (lm_weight, word_score) pair of the grid scored on `cfg.dataset`; the model runs once."""
     if not cfg.lm:
         raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
-    utts, transcriber = _prepare(cfg)
-    emissions = [e for _, per_wave, _ in model_outputs(transcriber, utts, progress, "model") for e in per_wave]
-    references = [normalized(u.transcript) for u in utts]
+    reading, transcriber = _prepare(cfg)
+    emissions, references, unreadable = [], [], []
+    for group, per_wave, _ in model_outputs(transcriber, reading.utterances, progress, "model", unreadable):
+        emissions += per_wave
+        references += [normalized(u.transcript) for u in group]
     grid = []
     points = list(itertools.product(cfg.lm_weights, cfg.word_scores))
     for weight, bonus in tqdm(points, desc="grid", disable=not progress):
@@ -140,5 +193,6 @@ def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
     with side_run("lm-tune", split_names(cfg.dataset), to_params(cfg)):
         mlflow.log_table({k: [p[k] for p in grid] for k in grid[0]}, "lm_grid.json")
         mlflow.log_metrics({"best_wer": best["wer"], "best_cer": best["cer"], "best_lm_weight": best["lm_weight"],
-                            "best_word_score": best["word_score"]})
-    return TuneResult(best, grid)
+                            "best_word_score": best["word_score"], "utterances": len(references)})
+        _log_skipped(unreadable, reading.left_out)
+    return TuneResult(best, grid, len(references), unreadable, reading.left_out)
