@@ -2,7 +2,8 @@
 
 Each is written to a temporary file in the same folder, fsynced, then renamed over its final name (a rename within
 one file system is atomic on POSIX), so a crash, a kill or a full disk never leaves a half-written file where a
-reader expects a whole one, nor destroys the previous good one.
+reader expects a whole one, nor destroys the previous good one. The folder is fsynced after the rename: until then
+the rename itself may live only in memory, and a power loss could bring back the old file (or none).
 """
 
 from __future__ import annotations
@@ -37,5 +38,21 @@ def atomic_path(path: Path, *, shared: bool = True) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600, which would make the file private to its writer
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes the folder's entries (a rename into it) durable. POSIX only: where a folder cannot be opened
+    (Windows) or fsynced (some network file systems answer EINVAL), there is nothing more to do."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

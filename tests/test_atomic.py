@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import re
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from asr.atomic import atomic_path
 
@@ -56,3 +62,27 @@ def test_two_processes_writing_one_cache_file_leave_a_whole_one(tmp_path: Path):
     saved = torch.load(target, weights_only=True)
     assert bool((saved["payload"] == saved["value"]).all())
     assert [p.name for p in tmp_path.iterdir()] == ["cache.pt"]
+
+
+def test_the_folder_is_fsynced_after_the_rename(tmp_path: Path):
+    """Traced system calls of a real write: the rename is followed by an fsync of the folder, so a power loss
+    right after a save cannot bring the previous file back (a kill never could)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    target, trace = tmp_path / "last.pt", tmp_path / "trace.txt"
+    write = ("import sys; from pathlib import Path; from asr.atomic import atomic_path\n"
+             "with atomic_path(Path(sys.argv[1]), shared=False) as tmp: tmp.write_text('whole')")
+    done = subprocess.run([strace, "-qq", "-o", str(trace), "-e", "trace=openat,rename,renameat,renameat2,fsync",
+                           sys.executable, "-c", write, str(target)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    calls = [re.sub(r"\s+=", " =", c) for c in trace.read_text().splitlines()]
+    renamed = next(i for i, c in enumerate(calls) if c.startswith("rename") and f'"{target}"' in c)
+    opened = [re.search(r"= (\d+)$", c) for c in calls[renamed:]
+              if c.startswith("openat(") and f'"{tmp_path}"' in c and "O_DIRECTORY" in c]
+    assert opened and opened[0], f"the folder is not opened after the rename:\n{chr(10).join(calls[renamed:])}"
+    assert f"fsync({opened[0].group(1)}) = 0" in calls[renamed:], "\n".join(calls[renamed:])
+    assert target.read_text() == "whole"

@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import resource
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from mlflow import MlflowClient
 
 from asr import checkpoint as ckpt
 from asr.tracking import registry
+from asr.tracking.store import TrackingError
 
 pytestmark = pytest.mark.slow  # real training processes killed and resumed, full disks
 
@@ -48,14 +48,21 @@ class Training:
 
     def __init__(self, args: list[str], cwd: Path, uri: str, log: Path, preexec: Callable | None = None,
                  kill_at: str = "") -> None:
+        """kill_at: a fault-injection point (asr.training.state.kill_point) where the process waits to be killed;
+        `waiting()` says when it is there."""
         self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
-        env = subprocess_env(uri) | ({"ASR_KILL_AT": kill_at} if kill_at else {})  # asr.training.state.kill_point
+        self.wait_file = log.with_suffix(".waiting")
+        env = subprocess_env(uri) | ({"ASR_KILL_AT": kill_at, "ASR_KILL_WAIT": str(self.wait_file)} if kill_at
+                                     else {})
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(asr_command() + ["train", *args], cwd=cwd, env=env,
                                          stdout=out, stderr=err, start_new_session=True, preexec_fn=preexec)
 
+    def waiting(self) -> bool:
+        return self.wait_file.exists()
+
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):  # a kill point may have killed it already
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=60)
 
@@ -97,22 +104,6 @@ def assert_one_production(client: MlflowClient, name: str = MODEL_NAME) -> str:
     return alias
 
 
-class CheckpointWatch:
-    """The step in last.pt, re-read only when the file is replaced (every atomic save is a new inode)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.seen, self.step = path, None, -1
-
-    def at_least(self, step: int) -> bool:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return False
-        if (st.st_ino, st.st_mtime_ns) != self.seen:
-            self.seen, self.step = (st.st_ino, st.st_mtime_ns), saved_step(self.path)
-        return self.step >= step
-
-
 # ---------------------------------------------------------------- kill -9, five times
 
 
@@ -120,59 +111,59 @@ def test_kill_9_five_times_then_resume_reaches_the_uninterrupted_weights(short_d
                                                                           empty_store_db: Path):
     """SIGKILL a real training at five moments (early, middle and late in training, while finishing before the
     registration, and right after it), resuming it each time. A kill loses the steps since the last checkpoint;
-    the resume recomputes them from the saved RNG states, so the result is still the uninterrupted run's."""
-    epochs, rng = 8, random.Random(20260)
+    the resume recomputes them from the saved RNG states, so the result is still the uninterrupted run's.
+
+    Each moment is a fault-injection point where the process waits (ASR_KILL_AT, ASR_KILL_WAIT) until the test's
+    kill -9 of its process group lands: nothing is timed, so a busy machine cannot make a kill land elsewhere."""
+    epochs = 8
     uri = new_store(empty_store_db, tmp_path / "store")
     client = MlflowClient(uri)
 
     def args(name: str) -> list[str]:
         return tiny_args(make_tiny_config(short_dev, output_dir=str(tmp_path / name), epoch=epochs, **BASE))
 
+    # (moment, kill point, the step last.pt must hold after the kill): a step's point comes after the step and
+    # before its checkpoint, so that kill loses the step
+    moments = [
+        ("early", "step 2", 1),
+        ("middle", f"step {epochs * 4 // 2}", epochs * 4 // 2 - 1),
+        ("late", f"step {epochs * 4 - 3}", epochs * 4 - 4),
+        ("finishing, model.pt written and logged, not yet registered", "logged", epochs * 4),
+        ("just registered", "registered", epochs * 4),
+    ]
     whole = Training(args("whole"), tmp_path / "store", uri, tmp_path / "whole")  # alongside: 2 cores
     parts = tmp_path / "parts"
-    run = Training(args("parts"), tmp_path / "store", uri, tmp_path / "part0")
-    run.wait_until(lambda: any(parts.glob(f"*/{ckpt.LAST}")))
-    run_dir = only_run_dir(parts)
-    last, watch = run_dir / ckpt.LAST, CheckpointWatch(run_dir / ckpt.LAST)
-
-    def registered() -> list:
-        return client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_dir.name}'")
-
-    moments: list[tuple[str, Callable[[], bool], float]] = [
-        ("early", lambda: watch.at_least(2), rng.uniform(0, 0.1)),
-        ("middle", lambda: watch.at_least(epochs * 4 // 2), rng.uniform(0, 0.1)),
-        ("late", lambda: watch.at_least(epochs * 4 - 3), rng.uniform(0, 0.1)),
-        ("finishing, model.pt written, not yet registered", lambda: (run_dir / ckpt.MODEL).exists(), 0.0),
-        ("just registered", lambda: bool(registered()), 0.0),
-    ]
+    run = Training(args("parts"), tmp_path / "store", uri, tmp_path / "part0", kill_at=moments[0][1])
+    run_dir: Path | None = None
     steps: list[int] = []
-    for i, (moment, condition, delay) in enumerate(moments):
-        run.wait_until(condition)
-        time.sleep(delay)
+    for i, (moment, point, step) in enumerate(moments):
+        run.wait_until(run.waiting, timeout=900)  # a deadline, not a timing: the process waits there for the kill
         run.kill()
         assert run.proc.returncode == -signal.SIGKILL, f"{moment}: finished before the kill"
+        run_dir = run_dir or only_run_dir(parts)
+        last = run_dir / ckpt.LAST
         state = ckpt.load_training_state(last)  # weights_only; raises on a half-written or finished file
         steps.append(state["progress"]["step"])
+        assert steps[-1] == step, f"{moment}: last.pt at step {steps[-1]}, not {step}"
         assert state["run_id"] == run_dir.name
-        assert steps == sorted(steps), f"the step counter went backwards: {steps}"
         assert client.get_run(run_dir.name).info.status == "RUNNING"  # nothing could mark it after a SIGKILL
+        registered = client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_dir.name}'")
+        assert len(registered) == (i == len(moments) - 1), f"{moment}: {len(registered)} versions registered"
         assert ckpt.find_resumable("latest", str(parts)) == last
         if i == 1:  # what a kill in the middle of a save leaves: a half-written temp file next to last.pt
             (run_dir / f".{ckpt.LAST}.tmp").write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-        print(f"kill {i + 1} ({moment}, +{delay:.2f} s): last.pt at step {steps[-1]}, epoch "
+        print(f"kill {i + 1} ({moment}, at {point}): last.pt at step {steps[-1]}, epoch "
               f"{state['progress']['epoch'] + 1}, batch {state['progress']['batch']}")
         spec = "latest" if i % 2 else str(run_dir)
-        # the window between registering and the last checkpoint is too short for a kill from here to hit reliably
-        kill_at = "registered" if moments[i + 1:] and moments[i + 1][0] == "just registered" else ""
         run = Training(["--resume", spec, "--output_dir", str(parts)], tmp_path / "store", uri,
-                       tmp_path / f"part{i + 1}", kill_at=kill_at)
+                       tmp_path / f"part{i + 1}", kill_at=moments[i + 1][1] if i + 1 < len(moments) else "")
         run.wait_until(lambda run=run: "resuming run" in run.stdout())
         assert f"resuming run {run_dir.name} from {last}" in run.stdout() and f"step {steps[-1]}\n" in run.stdout()
 
     assert run.wait() == 0, run.stderr()[-3000:]
     assert whole.wait() == 0, whole.stderr()[-3000:]
     assert client.get_run(run_dir.name).info.status == "FINISHED"
-    versions = registered()
+    versions = client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_dir.name}'")
     assert len(versions) == 1, [v.version for v in versions]
     assert torch.load(last, weights_only=True)["progress"]["registered"] == str(versions[0].version)
     assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")) in ([], [f".{ckpt.BEST}.tmp"])
@@ -248,6 +239,93 @@ def test_concurrent_promotions_leave_one_production_version(isolated_mlflow: str
         assert winner in versions and registry.settle_production(client, name) == winner
     retries = [r.getMessage() for r in caplog.records if "registry busy" in r.getMessage()]
     print(f"5 rounds of {threads} concurrent promotions: {time.time() - started:.1f} s, {len(retries)} retries")
+
+
+def registry_state(client: MlflowClient, name: str) -> dict:
+    """Every version's stage and tags, and the model's aliases: what a failed promotion must leave untouched."""
+    versions = {str(v.version): (v.current_stage, dict(v.tags)) for v in client.search_model_versions(f"name='{name}'")}
+    return {"versions": versions, "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def test_a_store_error_fails_the_promotion_and_leaves_the_registry_as_it_was(isolated_mlflow: str, tmp_path: Path):
+    """The SQLite store's file overwritten in place (every connection then reads "file is not a database"): reading
+    the Production version fails loudly instead of answering "none", so `if-better` cannot promote on a store
+    error; nothing is registered or moved, and the registry reads as before once the file is back."""
+    client, name = MlflowClient(), "StoreError"
+    registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, "always")
+    before, db = registry_state(client, name), tmp_path / "mlflow.db"
+    saved = db.read_bytes()
+    with open(db, "r+b") as f:
+        f.write(b"not a database " * (len(saved) // 15))
+    try:
+        with pytest.raises(TrackingError, match=f"cannot read {name}'s Production version .*file is not a database"):
+            registry.current_production(client, name)
+        with pytest.raises(TrackingError, match="nothing was registered or promoted") as failed:
+            registry.register_and_promote("file:///nowhere/2", name, "run-2", 0.1, "if-better")
+        assert "\n" not in str(failed.value)
+    finally:
+        db.write_bytes(saved)
+    assert registry_state(client, name) == before
+    assert registry.current_production(client, "NoSuchModel") is None  # what "none" means: no such model
+
+
+def contest(name: str, wers: list[float], in_turn: bool) -> list[registry.Promotion]:
+    """`if-better` promotions of one version per WER, one thread each. All of them decide before any moves the
+    alias; then they move one after another in the order given (in_turn: each starts when the one before has
+    finished), or all at once."""
+    decided, turns = threading.Barrier(len(wers)), [threading.Event() for _ in wers]
+    results: dict[int, registry.Promotion] = {}
+    errors: list[Exception] = []
+
+    def promoter(i: int) -> None:
+        def wait() -> None:
+            decided.wait()
+            if in_turn:
+                turns[i].wait()
+        try:
+            results[i] = registry.register_and_promote(f"file:///nowhere/{name}/{i}", name, f"{name}-run-{i}",
+                                                       wers[i], "if-better", decided=wait)
+        except Exception as e:  # collected: an exception in a thread would otherwise go unnoticed
+            errors.append(e)
+        finally:
+            if i + 1 < len(turns):
+                turns[i + 1].set()
+
+    turns[0].set()
+    workers = [threading.Thread(target=promoter, args=(i,)) for i in range(len(wers))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    return [results[i] for i in range(len(wers))]
+
+
+@pytest.mark.parametrize(("wers", "in_turn"), [
+    ([0.30, 0.45, 0.40, 0.50], True),   # the best moves first: every later, worse one has to hand it back
+    ([0.50, 0.45, 0.40, 0.30], True),   # the best moves last
+    ([0.45, 0.30, 0.50, 0.40], False),  # all at once
+], ids=["best-first", "best-last", "all-at-once"])
+def test_concurrent_if_better_promotions_leave_the_best_in_production(isolated_mlflow: str, wers: list[float],
+                                                                      in_turn: bool):
+    """Four trainings finish together and all beat the Production version (dev WER 0.6): each decides to promote
+    before any of them moves the alias. Whatever the order of the moves, the best of them ends in Production (alias
+    and stage), and its promotion says so."""
+    client, name = MlflowClient(), f"IfBetter{''.join(str(int(w * 100)) for w in wers)}{int(in_turn)}"
+    old = registry.register_and_promote("file:///nowhere/old", name, f"{name}-old", 0.6, "always")
+    results = contest(name, wers, in_turn)
+    best = results[wers.index(min(wers))]
+    assert assert_one_production(client, name) == best.version, [(r.version, r.dev_wer) for r in results]
+    assert best.promoted and best.previous == old.version
+    # a later, worse one is compared with the winner, not with the version it replaced
+    late = registry.register_and_promote("file:///nowhere/late", name, f"{name}-late", 0.35, "if-better")
+    assert not late.promoted and late.previous == best.version
+    assert assert_one_production(client, name) == best.version
+    # policy `always` overrides the contest, and the next `if-better` compares with the version it chose
+    forced = registry.register_and_promote("file:///nowhere/forced", name, f"{name}-forced", 0.9, "always")
+    after = registry.register_and_promote("file:///nowhere/after", name, f"{name}-after", 0.8, "if-better")
+    assert after.promoted and after.previous == forced.version
+    assert assert_one_production(client, name) == after.version
 
 
 # ---------------------------------------------------------------- disk full while writing a checkpoint

@@ -2,6 +2,10 @@
 
 Promotion sets the `production` alias (the MLflow 3 way) and also moves the version to the
 classic `Production` stage, archiving the previous one, so stage-based workflows keep working.
+
+`if-better` promotion is made atomic without a lock (a registry has no transactions): a promoter that decides to
+promote first tags its version a contender, then moves the alias, then re-checks; a worse contender that moved
+the alias last hands it back to the best one. See settle_contest.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from asr import first_line, redact
 from asr.tracking.store import TrackingError
 
 PRODUCTION_ALIAS = "production"
 PRODUCTION_STAGE = "Production"
 WER_TAG = "val_wer"  # version tag holding the dev WER that `if-better` promotion compares
+# Version tag an `if-better` promoter sets (to the time, in seconds since the epoch) before it moves the alias: the
+# contenders of one round of concurrent promotions, so the last one to move can hand Production to the best of them.
+CONTENDER_TAG = "production_contender"
+CONTENDER_SECONDS = 3600.0  # how long a claim counts: longer than any promotion takes, even one retrying for a while
 # Registry errors that concurrent writers cause and a retry cures: SQLite's writer lock held past its busy
 # timeout, or two processes inserting the same alias row at once.
 TRANSIENT = ("database is locked", "UNIQUE constraint failed", "IntegrityError")
@@ -62,30 +71,63 @@ def register(model_uri: str, name: str, run_id: str, dev_wer: float) -> str:
     return retrying(once)
 
 
+def not_found(e: MlflowException) -> bool:
+    """The registry's answer for a model or alias that does not exist, as opposed to a store that failed."""
+    return e.error_code == "RESOURCE_DOES_NOT_EXIST" or (e.error_code == "INVALID_PARAMETER_VALUE"
+                                                           and "not found" in e.message)
+
+
 def current_production(client: MlflowClient, name: str):
-    """The version carrying the production alias, else the one in stage Production, else None."""
+    """The version carrying the production alias, else the one in stage Production, else None (no such model or
+    no Production version). Any other registry error raises TrackingError: read as "no Production version", a
+    store error would let `if-better` promote whatever it is comparing."""
     try:
-        return client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
-    except MlflowException:
-        pass
+        return retrying(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
+    except MlflowException as e:
+        if not not_found(e):
+            raise unreadable(name, e) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            versions = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
-        except MlflowException:
-            return None
+            versions = retrying(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]))
+        except MlflowException as e:
+            if not_found(e):
+                return None
+            raise unreadable(name, e) from None
     return versions[0] if versions else None
 
 
-def should_promote(policy: str, dev_wer: float, current) -> bool:
+def unreadable(name: str, e: MlflowException) -> TrackingError:
+    return TrackingError(f"cannot read {name}'s Production version from the model registry "
+                         f"({redact(mlflow.get_registry_uri())}): {first_line(e)}; nothing was registered "
+                         "or promoted")
+
+
+def dev_wer_of(version) -> float:
+    """A version's dev WER from its tag; a version without one (registered by hand) counts as the worst."""
+    return float(version.tags.get(WER_TAG, "inf"))
+
+
+def best_of(versions: list):
+    """The lowest dev WER; of equal ones the earliest version, so a new version must be strictly better."""
+    return min(versions, key=lambda v: (dev_wer_of(v), int(v.version)))
+
+
+def contenders(client: MlflowClient, name: str) -> list:
+    """Versions an `if-better` promoter claimed Production for in the last CONTENDER_SECONDS."""
+    now = time.time()
+    found = retrying(lambda: client.search_model_versions(f"name='{name}'"))
+    return [v for v in found if CONTENDER_TAG in v.tags and now - float(v.tags[CONTENDER_TAG]) < CONTENDER_SECONDS]
+
+
+def should_promote(policy: str, mine, rivals: list) -> bool:
+    """`if-better`: this version (`mine`) is strictly better than the Production version and every recent
+    contender (`rivals`, which may include `mine` itself when a killed run resumes)."""
     if policy == "always":
         return True
     if policy == "never":
         return False
-    if current is None:
-        return True
-    current_wer = current.tags.get(WER_TAG)
-    return current_wer is None or dev_wer < float(current_wer)
+    return best_of([mine, *rivals]).version == mine.version
 
 
 def to_production_stage(client: MlflowClient, name: str, version: str) -> None:
@@ -95,23 +137,48 @@ def to_production_stage(client: MlflowClient, name: str, version: str) -> None:
                                                                archive_existing_versions=True))
 
 
-def promote(name: str, version: str) -> None:
-    """Alias `production` -> version, and stage Production (previous Production versions archived).
+def promote(name: str, version: str, contest: bool = False) -> str:
+    """Alias `production` -> version, and stage Production (previous Production versions archived); returns the
+    Production version after that, which is `version` unless `contest` (an `if-better` promotion) made it yield.
 
     Those are two registry writes, and the stage transition reads before it writes: concurrent promotions (two
     trainings finishing together) interleave them into an alias on one version and stage Production on others.
     So every promoter then settles the registry (the stage follows the alias)."""
     client = MlflowClient()
     retrying(lambda: client.set_registered_model_alias(name, PRODUCTION_ALIAS, version))
-    to_production_stage(client, name, version)
-    settle_production(client, name)
+    if contest:
+        settle_contest(client, name)
+    return settle_production(client, name)
+
+
+def settle_contest(client: MlflowClient, name: str, rounds: int = 20) -> str:
+    """Moves the `production` alias to the best of its version and the recent contenders; returns that version.
+
+    Why this makes `if-better` atomic: every contender is tagged before its promoter moves the alias, and every
+    promoter re-reads after each alias write it makes. So whoever writes the alias last then reads every contender
+    that ever moved it, and leaves it on the best of them, whatever the interleaving (two trainings that both beat
+    the old version, the worse one moving last: it hands Production back to the better one)."""
+    for _ in range(rounds):
+        target = retrying(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
+        winner = best_of([target, *contenders(client, name)])
+        if winner.version == target.version:
+            return str(target.version)
+        retrying(lambda w=winner: client.set_registered_model_alias(name, PRODUCTION_ALIAS, str(w.version)))
+    raise TrackingError(f"{name}: the production alias kept moving under concurrent promotions; "
+                        f"check the registry (alias {PRODUCTION_ALIAS})")
+
+
+def end_contests(client: MlflowClient, name: str) -> None:
+    """Clears the contender tags: after a promotion by policy `always`, the next `if-better` one compares with the
+    version that policy chose, not with an earlier, better contender."""
+    for v in contenders(client, name):
+        retrying(lambda v=v: client.delete_model_version_tag(name, str(v.version), CONTENDER_TAG))
 
 
 def settle_production(client: MlflowClient, name: str, rounds: int = 20) -> str:
     """Makes the `production` alias's version the only one in stage Production; returns it. Checks again after
     every repair, so whichever promoter writes last also checks last and the registry ends consistent (the last
-    alias write wins). Any store, no lock needed; what it cannot do is make `if-better` atomic: two trainings
-    finishing together may both beat the old version and the later one wins, whichever is better."""
+    alias write wins). Any store, no lock needed; `if-better` settles the alias first (settle_contest)."""
     for _ in range(rounds):
         target = str(retrying(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS)).version)
         staged = {str(v.version) for v in retrying(lambda: client.search_model_versions(f"name='{name}'"))
@@ -142,17 +209,36 @@ class Promotion:
         return f"version {self.version} {verdict} ({why})"
 
 
-def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float, policy: str) -> Promotion:
-    current = current_production(MlflowClient(), name)
+def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float, policy: str,
+                         decided: Callable[[], None] | None = None) -> Promotion:
+    """Registers the model and promotes it as `policy` says. The Production version is read before registering,
+    so a store that cannot answer fails this step (TrackingError) with the registry as it was.
+
+    `if-better` decides against the Production version and the recent contenders, tags this version a contender,
+    moves the alias and settles (settle_contest), so concurrent promoters leave the best of them in Production.
+    `decided`, if given, is called between the decision and the move (tests use it to order concurrent ones)."""
+    client = MlflowClient()
+    current = current_production(client, name)
     version = register(model_uri, name, run_id, dev_wer)
-    if current is not None and str(current.version) == version:  # promoted by this run before it was killed:
-        current = None                                        # finish the job (the stage may still lag)
-        promoted = policy != "never"
-    else:
-        promoted = should_promote(policy, dev_wer, current)
-    if promoted:
+    mine = retrying(lambda: client.get_model_version(name, version))
+    resumed = current is not None and str(current.version) == version  # promoted by this run before it was killed
+    if resumed:
+        current = None  # finish the job (the stage may still lag)
+    rivals = [current] if current is not None else []
+    if policy == "if-better":
+        rivals += contenders(client, name)
+    promoted = policy != "never" if resumed else should_promote(policy, mine, rivals)
+    if decided is not None:
+        decided()
+    if promoted and policy == "if-better":
+        retrying(lambda: client.set_model_version_tag(name, version, CONTENDER_TAG, f"{time.time():.3f}"))
+        winner = promote(name, version, contest=True)
+        if winner != version:  # a better contender moved the alias in the meantime: this version yielded to it
+            promoted, current = False, retrying(lambda: client.get_model_version(name, winner))
+    elif promoted:
         promote(name, version)
-    previous_wer = float(current.tags[WER_TAG]) if current is not None and WER_TAG in current.tags else None
+        end_contests(client, name)
+    previous_wer = dev_wer_of(current) if current is not None and WER_TAG in current.tags else None
     return Promotion(version, promoted, policy, dev_wer, str(current.version) if current else None, previous_wer)
 
 

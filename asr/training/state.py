@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,14 @@ def interrupted(stop: list[int], pos: Progress, path: Path, out_dir: Path) -> st
 
 def kill_point(name: str) -> None:
     """Fault injection for the reliability tests: with ASR_KILL_AT=name the process SIGKILLs itself here, as a
-    `kill -9` landing at exactly this moment would (a kill from outside can miss a window this short)."""
-    if os.environ.get("ASR_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    `kill -9` landing at exactly this moment would (a kill from outside can miss a window this short). With
+    ASR_KILL_WAIT=FILE as well, it creates FILE and waits here instead, for the test to kill it (its whole process
+    group, loader workers included): a kill timed from outside races a process that keeps running, and under load
+    lands late or after the process has finished."""
+    if os.environ.get("ASR_KILL_AT") != name:
+        return
+    if wait := os.environ.get("ASR_KILL_WAIT"):
+        Path(wait).touch()
+        while True:  # a stop request (SIGINT/SIGTERM) only sets a flag here: keep waiting for the SIGKILL
+            time.sleep(60)
+    os.kill(os.getpid(), signal.SIGKILL)

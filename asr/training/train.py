@@ -171,6 +171,7 @@ def run_epochs(run: Run, stop: list[int]) -> None:
     t, cfg, ctx, pos = run.trainer, run.trainer.cfg, run.trainer.ctx, run.pos
 
     def after_step(loss: float, _: EpochStats) -> bool:
+        kill_point(f"step {pos.step}")  # the step is taken, its checkpoint not yet written
         if ctx.main:
             run.metrics.log({"loss": loss, "learning_rate": t.scheduler.get_last_lr()[0],
                              "skipped_steps": pos.skipped_steps}, pos.step)
@@ -233,7 +234,12 @@ def finish(run: Run) -> TrainResult:
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.MODEL)
     uri = log_model(checkpoint, run.data.dev_set.utterances[0].path)
     name = cfg.tracking.registered_model
-    promotion = registry.register_and_promote(uri, name, run.run_id, dev["wer"], cfg.tracking.promote)
+    kill_point("logged")  # model.pt written and the model logged, not yet registered
+    try:
+        promotion = registry.register_and_promote(uri, name, run.run_id, dev["wer"], cfg.tracking.promote)
+    except store.TrackingError as e:
+        raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} registers "
+                                  "the model") from None
     kill_point("registered")
     mlflow.set_tags({"registered_model": name, "model_version": promotion.version, "promoted": str(promotion.promoted)})
     print(f"{name} {promotion.describe()}")
