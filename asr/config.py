@@ -61,7 +61,7 @@ def as_list(value: Any, kind: type, name: str) -> tuple:
 
 
 class Checked:
-    """Mixin: list-valued settings are parsed and ranges checked whenever a config is built."""
+    """Mixin: list-valued settings are parsed, and ranges and choices checked, whenever a config is built."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -70,6 +70,9 @@ class Checked:
                 allowed = f.metadata.get("choices")
                 if allowed and (wrong := [v for v in getattr(self, f.name) if v not in allowed]):
                     raise ConfigError(f"--{f.name}: {', '.join(wrong)} not among {', '.join(allowed)}")
+            elif (allowed := f.metadata.get("choices")) and getattr(self, f.name) not in allowed:
+                # the CLI checks its own choices; settings files, the Python API and served-model params come here
+                raise ConfigError(f"--{f.name}: {getattr(self, f.name)!r} not among {', '.join(allowed)}")
         check_ranges(self)
 
 

@@ -10,6 +10,7 @@ ARPA output loads in KenLM (and so in torchaudio's flashlight decoder) like any 
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 NEVER = -99.0
 _LETTERS = frozenset(VOCAB[2:])  # what a word may be spelled with: apostrophe and a..z (not the space)
 _HEADER_BYTES = 1 << 20  # how far arpa_words looks for the header before deciding it is not an ARPA file
+KENLM_BINARY_MAGIC = b"mmap lm http://kheafield.com/code"  # how KenLM's binary models begin
 
 Ngram = tuple[str, ...]
 Discounts = tuple[float, float, float]
@@ -36,6 +38,10 @@ Discounts = tuple[float, float, float]
 
 class LMError(UserError):
     """A language model that cannot be built or read (no text, bad order, not an ARPA file)."""
+
+
+class NotArpaError(LMError):
+    """A file that has no ARPA header (a KenLM binary model, or no LM at all)."""
 
 
 def read_sentences(path: str | Path) -> Iterator[str]:
@@ -208,6 +214,31 @@ def arpa_words(path: str | Path) -> list[str]:
     return words
 
 
+def arpa_order(path: str | Path) -> int:
+    """The order of an ARPA file (plain or .gz): the highest n its \\data\\ header counts n-grams for. Reads the
+    header only. Raises LMError when the file is not an ARPA file or its header counts nothing."""
+    path = Path(path)
+    orders = []
+    with _open_binary(path) as f:
+        _skip_past(f, b"\\data\\", _HEADER_BYTES, path)
+        for raw in itertools.islice(f, 100):  # `ngram N=COUNT` lines, up to the first section
+            line = raw.strip()
+            if line.startswith(b"\\"):
+                break
+            n, eq, count = line.removeprefix(b"ngram ").partition(b"=")
+            if eq and n.strip().isdigit() and count.strip().isdigit() and int(count):
+                orders.append(int(n))
+    if not orders:
+        raise LMError(f"ARPA file {path}: its \\data\\ header counts no n-grams")
+    return max(orders)
+
+
+def is_kenlm_binary(path: str | Path) -> bool:
+    """Whether the file starts like a KenLM binary model (`build_binary` output)."""
+    with Path(path).open("rb") as f:
+        return f.read(len(KENLM_BINARY_MAGIC)) == KENLM_BINARY_MAGIC
+
+
 def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
@@ -222,7 +253,7 @@ def _skip_past(f: IO[bytes], marker: bytes, budget: int, path: Path) -> int:
         budget -= len(line)
         if line.strip() == marker:
             return budget
-    raise LMError(f"{path} is not an ARPA file (no {marker.decode()} line near its start); a binary KenLM "
+    raise NotArpaError(f"{path} is not an ARPA file (no {marker.decode()} line near its start); a binary KenLM "
                   "model has no readable word list")
 
 
@@ -230,17 +261,22 @@ def write_lexicon(words: Iterable[str], out: str | Path) -> int:
     """Writes a flashlight/torchaudio lexicon: `word<TAB>c h a r s |` per word, spelled in the acoustic model's
     characters (normalized, so LibriSpeech's upper-case LM words spell in lower case) and ending with the word
     boundary `|`. Words that cannot be spelled that way (digits, symbols, hyphens, <unk>) are skipped, since
-    the decoder could never produce them. Returns the number of lines written."""
-    written = 0
+    the decoder could never produce them. Returns the number of lines written. Raises LMError, writing nothing,
+    when no word can be spelled: an empty lexicon makes the decoder return empty text for any audio."""
+    written = given = 0
     seen: set[str] = set()
     with _atomic_write(out) as f:
         for word in words:
+            given += 1
             spelling, dropped = normalize(word)
             if word in seen or not spelling or dropped or not set(spelling) <= _LETTERS:
                 continue
             seen.add(word)
             f.write(f"{word}\t{' '.join(spelling)} |\n")
             written += 1
+        if not written:
+            raise LMError(f"lexicon {out}: none of the {given} given words can be spelled with the model's "
+                          "characters (a-z and '), and an empty lexicon can only decode to empty text")
     return written
 
 

@@ -1,13 +1,16 @@
 """The MLflow pyfunc flavour of a trained model: audio in, text out.
 
-Input is a DataFrame, one row per recording, with either
+Input is one row per recording, with either
   - `audio`: a path to an audio file, or the base64 encoding of an audio file's bytes (WAV, FLAC, ... anything
     soundfile reads), or
-  - `samples` (a list of floats in [-1, 1], mono) and `sample_rate` (Hz).
+  - `samples` (a list of floats in [-1, 1], mono) and `sample_rate` (Hz),
+in any shape MLflow's scoring server accepts: dataframe_records, dataframe_split, `inputs` or `instances` as
+records, as columns ({"audio": [...]}) or as a list of audio strings, or CSV with an `audio` header. Every shape
+gives the same text for the same audio; one recording in is one text out.
 Optional params pick the decoder per request: decoder, beam_size, lm, lexicon, lm_weight, word_score (LM and
 lexicon are paths on the serving machine).
 
-Bad input (unreadable audio, a missing column, a decoder setting that cannot work, more than
+Bad input (unreadable audio, no recording in the request, a decoder setting that cannot work, more than
 ASR_MAX_REQUEST_SECONDS of audio in one request) raises RequestError, which MLflow's scoring server turns into
 HTTP 400 with the message.
 """
@@ -20,6 +23,7 @@ import dataclasses
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -34,6 +38,11 @@ from asr.config import DecodeConfig
 
 # Decoder settings a request may change (they become the model signature's params).
 REQUEST_PARAMS = ("decoder", "beam_size", "lm", "lexicon", "lm_weight", "word_score")
+COLUMNS = ("audio", "samples", "sample_rate")
+# What a 400 for a request with no recording in it says to send instead.
+SHAPES = ('send one row per recording: {"dataframe_records": [{"audio": "<path or base64>"}]}, {"inputs": '
+          '{"audio": ["<path or base64>", ...]}}, {"inputs": ["<path or base64>", ...]}, CSV with an `audio` header '
+          'line, or {"dataframe_records": [{"samples": [...], "sample_rate": 16000}]}')
 
 
 class RequestError(UserError, MlflowException):
@@ -76,33 +85,97 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
                                  "bytes") from None
             return to_mono_16k(data, sr, rate, name="base64 audio")
         samples, sr = row.get("samples"), row.get("sample_rate")
-        if samples is None or sr is None or (isinstance(sr, float) and np.isnan(sr)):
+        if _missing(samples) or _missing(sr):
             raise AudioError("each row needs `audio` (a path or base64 audio bytes) or `samples` plus `sample_rate`")
-        if not 1000 <= float(sr) <= 384000:
-            raise AudioError(f"sample_rate {sr} is not an audio rate (1000..384000 Hz)")
-        _spend(budget, len(samples) / float(sr), "samples")
-        data = np.asarray(samples, dtype=np.float32)
+        if isinstance(samples, str):
+            raise AudioError("`samples` must be a JSON list of floats (CSV cannot carry one): send it as JSON, e.g. "
+                             '{"dataframe_records": [{"samples": [...], "sample_rate": 16000}]}')
+        try:
+            sr = float(sr)
+            data = np.asarray(samples, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise AudioError("`samples` must be a flat list of finite floats (mono) and `sample_rate` a number of "
+                             "Hz") from None
+        if not 1000 <= sr <= 384000:
+            raise AudioError(f"sample_rate {sr:g} is not an audio rate (1000..384000 Hz)")
+        _spend(budget, data.size / sr, "samples")
         if data.ndim != 1 or not np.isfinite(data).all():
             raise AudioError("`samples` must be a flat list of finite floats (mono)")
         return to_mono_16k(data, int(sr), rate)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """One text per recording of `model_input`: a DataFrame, or whatever else the scoring server parsed the
+        request into (`request_rows` reads them all; the hint stays DataFrame, one MLflow does not validate
+        against, where any other would be checked or warned about). Decoder settings are checked before any audio
+        is read."""
         try:
-            budget = [max_request_seconds()]
-            waves = [self._wave(row, budget) for _, row in model_input.iterrows()]
             requested = {k: v for k, v in (params or {}).items() if k in REQUEST_PARAMS}
+            decoder = None
             if requested:
                 from asr.decoding import make_decoder
 
                 decoder = make_decoder(dataclasses.replace(self.transcriber.decode_cfg, **requested))
-                texts = self.transcriber.decode(self.transcriber.emissions(waves), decoder)
-            else:
-                texts = self.transcriber.transcribe(waves)
+            rows = request_rows(model_input)
+            budget = [max_request_seconds()]
+            waves = [self._wave(row, budget) for _, row in rows.iterrows()]
+            texts = self.transcriber.decode(self.transcriber.emissions(waves), decoder)
         except RequestError:
             raise
         except UserError as e:
             raise RequestError(str(e)) from None
         return pd.DataFrame({"text": texts})
+
+
+def request_rows(model_input: Any) -> pd.DataFrame:
+    """The request as one row per recording, from whatever MLflow's scoring server parsed it into: a DataFrame
+    (dataframe_records, dataframe_split, CSV), a dict of columns (`inputs` as columns, `instances` as records),
+    a list of records or of audio strings (`inputs`, `instances`), or one string. Raises RequestError, naming
+    the shapes to send, for a request with no recording in it: one input never gives zero outputs."""
+    data = model_input
+    if isinstance(data, pd.Series):
+        data = data.to_frame() if data.name in COLUMNS else data.to_numpy()
+    if isinstance(data, str) or (isinstance(data, np.ndarray) and data.ndim == 0):
+        data = [_plain(data)]
+    if isinstance(data, dict):
+        data = _columns(data)
+    elif isinstance(data, list | tuple | np.ndarray):
+        items = [_plain(x) for x in data]
+        if items and all(isinstance(x, dict) for x in items):
+            data = pd.DataFrame([{k: _plain(v) for k, v in x.items()} for x in items])
+        elif items and all(isinstance(x, str) for x in items):
+            data = pd.DataFrame({"audio": items})
+        else:
+            raise RequestError(f"a list input must hold audio strings (paths or base64) or records; {SHAPES}")
+    if not isinstance(data, pd.DataFrame):
+        raise RequestError(f"cannot read recordings from a {type(model_input).__name__}; {SHAPES}")
+    if not {"audio", "samples"} & set(data.columns):
+        found = ", ".join(repr(str(c))[:80] for c in data.columns) or "none"
+        raise RequestError(f"the request has no `audio` or `samples` column (columns: {found}); {SHAPES}")
+    if len(data) == 0:
+        raise RequestError(f"the request holds no recordings; {SHAPES}")
+    return data
+
+
+def _columns(data: dict) -> pd.DataFrame:
+    """A dict as rows: one recording when `audio` or `sample_rate` is a single value ({"audio": "..."},
+    {"samples": [...], "sample_rate": 16000}), else a column per key ({"audio": [...]}) of equal lengths."""
+    single = np.ndim(data["sample_rate"]) == 0 if "sample_rate" in data else np.ndim(data.get("audio", [])) == 0
+    if single:
+        return pd.DataFrame([{k: _plain(v) for k, v in data.items()}])
+    columns = {k: [_plain(x) for x in v] if np.ndim(v) else [_plain(v)] for k, v in data.items()}
+    if len({len(v) for v in columns.values()}) > 1:
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in columns.items())
+        raise RequestError(f"the request's columns have different lengths ({sizes}); {SHAPES}")
+    return pd.DataFrame(columns)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar or 0-d array as the Python value it holds (MLflow's parser wraps JSON values in arrays)."""
+    return value.item() if isinstance(value, np.ndarray | np.generic) and np.ndim(value) == 0 else value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def _duration(source) -> float:
@@ -125,18 +198,18 @@ def _spend(budget: list[float], seconds: float, what: str) -> None:
 
 
 def signature():
-    """Inputs: `audio` or `samples` + `sample_rate`; output: `text`; params: decoder settings."""
+    """Output: `text`; params: decoder settings. No input schema: MLflow enforces one before predict sees the
+    request, and a column schema with the `samples` array turns standard request shapes into zero rows (a list of
+    audio strings), one row of arrays (columns, `instances`) or a parse error (CSV); `request_rows` reads every
+    shape itself, with the errors saying what to send."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
 
     defaults = DecodeConfig()
     kinds = {str: "string", int: "long", float: "double"}
     params = ParamSchema([ParamSpec(name, kinds[type(getattr(defaults, name))], getattr(defaults, name))
                           for name in REQUEST_PARAMS])
-    inputs = Schema([ColSpec("string", "audio", required=False), ColSpec(Array("double"), "samples", required=False),
-                     ColSpec("long", "sample_rate", required=False)])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "text")]), params=params)
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("string", "text")]), params=params)
 
 
 def audio_to_base64(path: str | Path) -> str:

@@ -174,11 +174,14 @@ class LMBuildConfig(Checked):
     text: str = opt("", "text file, one sentence per line")
     from_dataset: tuple[str, ...] = opt((), "split folder(s) whose transcripts are the text, comma-separated "
                                         "(LibriSpeech layout)")
-    order: int = opt(3, "n-gram order", min=1, below=10)
+    order: int = opt(3, "n-gram order (2 or more: the decoder's KenLM cannot load a unigram LM)", min=2, below=10)
     out: str = opt("lm.arpa", "ARPA file to write")
     lexicon: str = opt("", "also write a lexicon of the LM's words here")
 
     def __post_init__(self) -> None:
+        if self.order == 1:
+            raise ConfigError("--order 1: the beam search decoder's KenLM cannot load a unigram LM (it assumes at "
+                              "least a bigram model); use --order 2 or more")
         super().__post_init__()
         if bool(self.text) == bool(self.from_dataset):
             raise ConfigError("give exactly one of --text FILE or --from-dataset DIR")

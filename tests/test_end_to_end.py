@@ -209,7 +209,7 @@ def test_promotion_policies(trained_store, tiny_config):
 
 def test_registered_pyfunc_model_transcribes_paths_and_base64(trained_store):
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@production")
-    assert model.metadata.get_input_schema().input_names() == ["audio", "samples", "sample_rate"]
+    assert model.metadata.get_input_schema() is None  # predict reads every request shape (asr.pyfunc.request_rows)
     assert model.metadata.get_output_schema().input_names() == ["text"]
 
     path = flac()

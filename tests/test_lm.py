@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import asr_command, one_line_error, run_cli
 
 from asr.lm import LMError, arpa_words, build_arpa, read_sentences, write_lexicon
 
@@ -313,3 +314,17 @@ def test_output_is_deterministic_and_written_atomically(tmp_path):
     with pytest.raises(OSError):
         write_lexicon(WORDS, tmp_path / "taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.arpa", "b.arpa", "taken"]
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_lm_build_refuses_order_1_before_writing(tmp_path):
+    """A unigram ARPA file is valid, but the decoder's KenLM cannot load it: `asr lm build --order 1` wrote one
+    anyway (exit 0), and using it failed later with a C++ location instead of the reason."""
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat\n")
+    out = tmp_path / "lm.arpa"
+    proc = run_cli(asr_command() + ["lm", "build", "--text", str(text), "--order", "1", "--out", str(out)],
+                   cwd=tmp_path)
+    assert one_line_error(proc) is None, proc.stderr
+    assert "--order 1" in proc.stderr and "bigram" in proc.stderr
+    assert not out.exists()

@@ -29,9 +29,9 @@ def post(port: int, payload: dict) -> tuple[int, dict]:
     return post_raw(port, json.dumps(payload).encode())
 
 
-def post_raw(port: int, data: bytes) -> tuple[int, dict]:
+def post_raw(port: int, data: bytes, content_type: str = "application/json") -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -39,9 +39,11 @@ def post_raw(port: int, data: bytes) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-@pytest.fixture
-def server(trained, tmp_path):
-    """`mlflow models serve -m models:/SpeechRecognitionModel@production --env-manager local` on a free port."""
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    """`mlflow models serve -m models:/SpeechRecognitionModel@production --env-manager local` on a free port, shared
+    by this module's tests (it takes a while to start)."""
+    tmp_path = tmp_path_factory.mktemp("serve")
     port = free_port()
     env = subprocess_env(trained.uri)
     env["OMP_NUM_THREADS"] = "1"
@@ -122,3 +124,55 @@ def test_served_model_transcribes_real_audio_over_http(trained_store, server):
     assert status == 200 and len(body["predictions"]) == 2
     status, body = post(server, {"dataframe_records": [{"audio": audio_to_base64(flac)}]})
     assert status == 200 and [p["text"] for p in body["predictions"]] == alone
+
+
+def test_every_request_shape_gives_the_same_text_as_dataframe_records(trained_store, server, tmp_path):
+    """Each JSON shape MLflow's scoring server documents (dataframe_records, dataframe_split, `instances`, `inputs`
+    as a list or as columns) and CSV either transcribes, with the text dataframe_records gives, or is a 400 that
+    says what shape to send. Before: `{"inputs": [b64]}` answered 200 with no prediction at all, columns and
+    `instances` a 400 claiming `audio` was missing, CSV a 400 from MLflow's parser."""
+    flac = split_dir("test-clean") / "1089/134686/1089-134686-0000.flac"
+    b64 = audio_to_base64(flac)
+    status, body = post(server, {"dataframe_records": [{"audio": b64}]})
+    assert status == 200 and len(body["predictions"]) == 1, body
+    text = body["predictions"][0]["text"]
+
+    failures = []
+    for name, payload, expected in [
+        ("inputs list", {"inputs": [b64]}, [text]),
+        ("inputs columns", {"inputs": {"audio": [b64]}}, [text]),
+        ("instances records", {"instances": [{"audio": b64}]}, [text]),
+        ("inputs list of a path and base64", {"inputs": [str(flac), b64]}, [text, text]),
+        ("inputs one path", {"inputs": str(flac)}, [text]),
+        ("instances list", {"instances": [str(flac)]}, [text]),
+        ("dataframe_split", {"dataframe_split": {"columns": ["audio"], "data": [[b64]]}}, [text]),
+    ]:
+        status, body = post(server, payload)
+        got = [p["text"] for p in body.get("predictions", [])] if status == 200 else body.get("message", "")[-300:]
+        if got != expected:
+            failures.append(f"{name}: HTTP {status} {got!r}")
+    status, body = post_raw(server, f"audio\n{flac}\n{b64}\n".encode(), "text/csv")
+    if status != 200 or [p["text"] for p in body["predictions"]] != [text, text]:
+        failures.append(f"CSV: HTTP {status} {str(body)[-300:]}")
+    assert not failures, "\n".join(failures)
+
+    # raw samples as columns give what they give as a record
+    samples, rate = sf.read(flac, dtype="float32")
+    status, body = post(server, {"dataframe_records": [{"samples": samples.tolist(), "sample_rate": rate}]})
+    assert status == 200, body
+    status, columns = post(server, {"inputs": {"samples": [samples.tolist()], "sample_rate": [rate]}})
+    assert status == 200 and columns["predictions"] == body["predictions"], columns
+
+    # a request with no recording in it is a 400 naming the shape to send, never zero answers to one input
+    for payload in ({"inputs": [1, 2]}, {"dataframe_records": [{"wav": b64}]}, {"dataframe_records": []}):
+        status, body = post(server, payload)
+        assert status == 400 and '{"dataframe_records": [{"audio": ' in body["message"], (payload, status, body)
+    status, body = post_raw(server, f"{flac}\n".encode(), "text/csv")  # CSV without its header line
+    assert status == 400 and "no `audio` or `samples` column" in body["message"], body
+
+    # decoder settings that can only give empty text or cannot work are a 400, in one line
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for params, expected in (({"lexicon": str(empty)}, "has no words"), ({"decoder": "nope"}, "not among greedy")):
+        status, body = post(server, {"inputs": [b64], "params": params})
+        assert status == 400 and expected in body["message"], (params, status, body)
