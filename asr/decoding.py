@@ -7,6 +7,7 @@ LM; that is what turns a character model's near-misses into real words.
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 import tempfile
@@ -76,7 +77,7 @@ class BeamSearchDecoder:
                 raise DecoderError(f"--lexicon {cfg.lexicon}: none of its {len(words)} words is in --lm {cfg.lm}, so "
                                    "the LM would score every word as unknown (upper case in one, lower case in the "
                                    "other?); leave out --lexicon to spell the LM's own words")
-            return cfg.lexicon
+            return self._without_bom(cfg.lexicon)
         if lm_words is None:
             if cfg.lm:
                 raise DecoderError(f"--lm {cfg.lm} is a binary KenLM model, which has no readable word list: pass "
@@ -89,6 +90,17 @@ class BeamSearchDecoder:
         except LMError:
             raise DecoderError(f"--lm {cfg.lm}: none of its words can be spelled with this model's characters "
                                "(a-z and '), so it could only decode to empty text") from None
+        return str(out)
+
+    def _without_bom(self, lexicon: str) -> str:
+        """The lexicon itself, or a copy without the UTF-8 byte order mark that Windows editors put first: the
+        decoder reads the file itself and would take the mark as part of the first word."""
+        raw = Path(lexicon).read_bytes()
+        if not raw.startswith(codecs.BOM_UTF8):
+            return lexicon
+        self._tmp = tempfile.TemporaryDirectory(prefix="asr-lexicon-")
+        out = Path(self._tmp.name) / "lexicon.txt"
+        out.write_bytes(raw[len(codecs.BOM_UTF8):])
         return str(out)
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -125,7 +137,7 @@ def read_lexicon(path: str) -> set[str]:
     words: set[str] = set()
     known = set(TOKENS)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte order mark is not part of the first word
             for number, line in enumerate(f, 1):
                 word, *spelling = line.split()
                 if not spelling:

@@ -162,6 +162,17 @@ def test_a_lexicon_line_the_model_cannot_spell_is_named(tmp_path: Path):
     assert "line 2: 'cat' is not a word followed by its spelling" in one_plain_line(e)
 
 
+def test_a_lexicon_with_a_byte_order_mark_is_read_as_meant(tmp_path: Path, lm_files):
+    """A Windows editor's byte order mark is not part of the first word: the decoder read it as `\ufeffred`, a
+    word the LM does not know, so the LM could no longer prefer "the red" to "the rad"."""
+    arpa, _ = lm_files
+    marked = tmp_path / "marked-lexicon.txt"
+    write_lexicon(["red", "the", "rad"], marked)
+    marked.write_bytes(b"\xef\xbb\xbf" + marked.read_bytes())
+    lp = frames(*spell("the"), " ", "_", "r", "_", {"a": 0.5, "e": 0.45}, "_", "d", "_")
+    assert decode(make_decoder(DecodeConfig(lm=arpa, lexicon=str(marked), lm_weight=1.0)), lp) == "the red"
+
+
 @pytest.mark.parametrize("with_lexicon", [False, True])
 def test_a_unigram_lm_made_elsewhere_is_refused_with_kenlm_reason(tmp_path: Path, lm_files, with_lexicon):
     """KenLM's own reason ("assumes at least a bigram model") came second, after a C++ location, and was cut off."""
