@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from asr import UserError
-from asr.config import DecodeConfig, click_options, from_dict, load_settings
+from asr.config import DecodeConfig, check_paths, click_options, from_dict, load_settings
 from asr.settings import (
     BenchInferConfig,
     BenchTrainConfig,
@@ -52,10 +52,26 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def run_train(cfg: TrainConfig) -> None:
+def run_train(cfg: TrainConfig, given: set[str]) -> None:
+    """Trains as `cfg` says; `given` names the settings the user gave (what a --resume may not silently drop)."""
     from asr.training.train import train
 
-    train(cfg, progress=show_progress())
+    train(cfg, progress=show_progress(), given=given)
+
+
+def given_options(options: dict) -> set[str]:
+    """The options given on the command line (or in the environment), not left at their defaults."""
+    ctx = click.get_current_context()
+    return {k for k in options
+            if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def settings(cls: type, options: dict):
+    """A command's settings, checked before anything is read: values (as the config is built) and the files and
+    folders the settings name."""
+    cfg = from_dict(cls, options)
+    check_paths(cfg)
+    return cfg
 
 
 def run_validate(cfg: ValidateConfig) -> None:
@@ -77,14 +93,14 @@ def main() -> None:
     """
 
 
-def with_settings_file(options: dict, config_file: str | None) -> TrainConfig:
-    """Settings file values, overridden by the options actually given on the command line."""
+def with_settings_file(options: dict, config_file: str | None) -> tuple[TrainConfig, set[str]]:
+    """Settings file values, overridden by the options actually given on the command line; and the names of the
+    settings given either way."""
+    given = {k: options[k] for k in given_options(options)}
     if not config_file:
-        return from_dict(TrainConfig, options)
-    ctx = click.get_current_context()
-    given = {k: v for k, v in options.items()
-             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
-    return from_dict(TrainConfig, {**options, **load_settings(TrainConfig, config_file), **given})
+        return from_dict(TrainConfig, options), set(given)
+    from_file = load_settings(TrainConfig, config_file)
+    return from_dict(TrainConfig, {**options, **from_file, **given}), set(given) | set(from_file)
 
 
 @main.command()
@@ -102,7 +118,7 @@ def train(config_file: str | None, **options) -> None:
     KILLED; `asr train --resume OUTPUT_DIR/RUN_ID` (or `--resume latest`) continues it. Data parallel:
     torchrun --nproc_per_node N -m asr train ...
     """
-    run_train(with_settings_file(options, config_file))
+    run_train(*with_settings_file(options, config_file))
 
 
 @main.command()
@@ -113,7 +129,7 @@ def validate(**options) -> None:
 
     Example: asr validate --file_id 1089-134686-0000 --dataset data/LibriSpeech/test-clean
     """
-    run_validate(from_dict(ValidateConfig, options))
+    run_validate(settings(ValidateConfig, options))
 
 
 @main.command()
@@ -168,8 +184,11 @@ def transcribe(files: tuple[str, ...], **options) -> None:
     from asr.loading import load_transcriber
     from asr.tracking.store import setup_uri
 
-    cfg = from_dict(TranscribeConfig, options)
-    setup_uri()
+    cfg = settings(TranscribeConfig, options)
+    for path in files:  # all of them before the model loads, and before any is transcribed
+        if not Path(path).is_file():
+            raise click.ClickException(f"{path}: no such file")
+    setup_uri(cfg.model_uri)
     transcriber = load_transcriber(cfg.model_uri, from_dict(DecodeConfig, options))
     for path in files:  # one file at a time: a long recording never shares memory with the next
         wave = load_audio(path, transcriber.sample_rate)
@@ -191,7 +210,7 @@ def evaluate(**options) -> None:
     """
     from asr.evaluation.evaluate import evaluate as run
 
-    cfg = from_dict(EvaluateConfig, options)
+    cfg = settings(EvaluateConfig, options)
     s = run(cfg, progress=show_progress())
     say_skipped(s.unreadable, s.left_out)
     click.echo(f"{','.join(cfg.dataset)}: {s.utterances} utterances{skipped_summary(s.unreadable, s.left_out)}, "
@@ -234,9 +253,7 @@ def lm_build(**options) -> None:
     from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
     from asr.text import normalized
 
-    cfg = from_dict(LMBuildConfig, options)
-    if cfg.text and not Path(cfg.text).is_file():
-        raise click.ClickException(f"--text {cfg.text}: no such file")
+    cfg = settings(LMBuildConfig, options)
     sentences = (read_sentences(cfg.text) if cfg.text
                  else (normalized(u.transcript) for u in utterances_of(cfg.from_dataset)))
     summary = build_arpa(sentences, cfg.order, cfg.out)
@@ -256,7 +273,7 @@ def lm_tune(**options) -> None:
     """
     from asr.evaluation.evaluate import tune
 
-    cfg = from_dict(TuneConfig, options)
+    cfg = settings(TuneConfig, options)
     result = tune(cfg, progress=show_progress())
     say_skipped(result.unreadable, result.left_out)
     click.echo(f"{','.join(cfg.dataset)}: {result.utterances} utterances"
@@ -284,8 +301,8 @@ def export(**options) -> None:
     from asr.loading import load_transcriber
     from asr.tracking.store import setup_uri
 
-    cfg = from_dict(ExportConfig, options)
-    setup_uri()
+    cfg = settings(ExportConfig, options)
+    setup_uri(cfg.model_uri)
     transcriber = load_transcriber(cfg.model_uri)
     n_mfcc, fmt = transcriber.cfg.features.n_mfcc, cfg.format
     path = export_model(transcriber.fp32_model, fmt, cfg.out, quantize=cfg.quantize, n_feats=n_mfcc)
@@ -354,8 +371,10 @@ def bench_infer(**options) -> None:
     """Real-time factor (batch 1, a 10-second clip) and split throughput with WER/CER, for greedy and beam
     search (with and without an LM), in fp32, bf16 and int8."""
     from asr.bench.infer import run
+    from asr.tracking.store import check_model_source
 
-    c = from_dict(BenchInferConfig, options)
+    c = settings(BenchInferConfig, options)
+    check_model_source(c.model_uri)
     run(c.model_uri, c.data, c.lm, c.beam_size, c.repeats, Path(c.out), c.section, say=click.echo)
 
 

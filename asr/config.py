@@ -28,11 +28,14 @@ class ConfigError(UserError):
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, min: float | None = None,
-        below: float | None = None, flag: bool = False, required: bool = False) -> Any:
-    """A dataclass field that carries its own --help text, allowed values, range (min <= value < below), and
-    whether the CLI takes it as a flag (--json) or requires it."""
+        below: float | None = None, flag: bool = False, required: bool = False,
+        check: Callable[[Any], str | None] | None = None, exists: str = "") -> Any:
+    """A dataclass field that carries its own --help text, allowed values, range (min <= value < below), whether
+    the CLI takes it as a flag (--json) or requires it, a `check` (value -> what is wrong with it, or None) run
+    whenever the config is built, and whether its (non-empty) value names a "file" or "dir" that must `exist`
+    (see check_paths: checked when a command starts, not whenever a config is built)."""
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "below": below,
-                                            "flag": flag, "required": required})
+                                            "flag": flag, "required": required, "check": check, "exists": exists})
 
 
 def section(cls: type) -> Any:
@@ -41,13 +44,30 @@ def section(cls: type) -> Any:
 
 
 def check_ranges(cfg: Any) -> None:
-    """Raises ConfigError naming the option when a field is outside its declared range."""
+    """Raises ConfigError naming the option when a field is outside its declared range or fails its check."""
     for f in dataclasses.fields(cfg):
         value, low, high = getattr(cfg, f.name), f.metadata.get("min"), f.metadata.get("below")
         if low is not None and value < low:
             raise ConfigError(f"--{f.name} must be at least {low:g}, got {value:g}")
         if high is not None and value >= high:
             raise ConfigError(f"--{f.name} must be below {high:g}, got {value:g}")
+        if (check := f.metadata.get("check")) and (problem := check(value)):
+            raise ConfigError(f"--{f.name} {value!r}: {problem}")
+
+
+def check_paths(cfg: Any) -> None:
+    """Raises ConfigError naming the option and the path when a setting that names a file or folder that must
+    exist (opt(exists=...)) names nothing there. Separate from building the config, which also happens for
+    settings that will not be used (defaults, a resumed run's own settings)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_section(f):
+            check_paths(value)
+            continue
+        kind = f.metadata.get("exists")
+        for path in (value if isinstance(value, tuple) else (value,)) if kind else ():
+            if path and not (Path(path).is_file() if kind == "file" else Path(path).is_dir()):
+                raise ConfigError(f"--{f.name} {path}: no such {'file' if kind == 'file' else 'folder'}")
 
 
 def as_list(value: Any, kind: type, name: str) -> tuple:
@@ -119,9 +139,10 @@ class DecodeConfig(Checked):
                        ("greedy", "beam"))
     beam_size: int = opt(50, "beam search: hypotheses kept after each frame", min=1)
     beam_threshold: float = opt(25.0, "beam search: drop hypotheses scoring this much below the best", min=0)
-    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary")
+    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary",
+                  exists="file")
     lexicon: str = opt("", "lexicon file (word, then its letters and |); '' = the LM's vocabulary, or no lexicon "
-                       "without an LM")
+                       "without an LM", exists="file")
     lm_weight: float = opt(1.5, "weight of the LM's log-probability (tune with `asr lm tune`)")
     word_score: float = opt(0.0, "score added per word (insertion bonus; tune with `asr lm tune`)")
     chunk_seconds: float = opt(20.0, "longer audio is cut at its quietest points into pieces at most this long",

@@ -45,6 +45,16 @@ def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
         sys.path[:] = path
 
 
+def tracking_reference(ref: str) -> str | None:
+    """The URI `ref` is loaded from when that goes through the tracking store (a models:/ or runs:/ URI, or a run
+    id, which means runs:/RUN_ID/model), else None (a local file or folder, a file: URI)."""
+    if Path(ref).exists():
+        return None
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        return f"runs:/{ref}/model"
+    return ref if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:")) else None
+
+
 def load_transcriber(ref: str, decode: DecodeConfig | None = None) -> Transcriber:
     """A Transcriber for the model `ref` names (see the module docstring for the forms), decoding with `decode`
     (default: greedy). Raises ModelNotFound for a reference that names nothing, CheckpointError for a file that is
@@ -57,7 +67,7 @@ def load_transcriber(ref: str, decode: DecodeConfig | None = None) -> Transcribe
             if (path / name).is_file():
                 return Transcriber.from_checkpoint(path / name, decode)
         raise ModelNotFound(f"{ref}: no {', '.join(CHECKPOINT_NAMES[:-1])} or {CHECKPOINT_NAMES[-1]} in this folder")
-    uri = f"runs:/{ref}/model" if re.fullmatch(r"[0-9a-f]{32}", ref) else ref
+    uri = tracking_reference(ref) or ref
     if not (path.is_dir() or uri.startswith(MLFLOW_SCHEMES)):
         raise ModelNotFound(f"{ref}: not a checkpoint, a model folder, a run id, or a runs:/ or models:/ URI")
     transcriber = load_pyfunc(uri).unwrap_python_model().transcriber

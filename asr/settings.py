@@ -6,8 +6,11 @@ synth/download, bench train/infer), declared with asr.config's fields: `asr --he
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from asr import first_line
 from asr.config import (
     DEFAULT_MODEL_URI,
     REGISTERED_MODEL,
@@ -23,14 +26,79 @@ from asr.config import (
     section,
 )
 
+# ---------------------------------------------------------------- names the tracking store and registry refuse
+# MLflow's own validators, run when the settings are built: a name the registry refuses would otherwise be found
+# only when it is used, after the training or evaluation it was meant to record.
+
+
+def _mlflow_refuses(validate: Callable[..., Any], *args: Any) -> str | None:
+    """MLflow's reason for refusing the value (the first line of its error), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        validate(*args)
+    except MlflowException as e:
+        return f"MLflow refuses it: {first_line(e)}"
+    return None
+
+
+def registered_model_problem(name: str) -> str | None:
+    """What the Model Registry would say when registering or loading a model of this name."""
+    from mlflow.utils.validation import _validate_model_name
+
+    return _mlflow_refuses(_validate_model_name, name)
+
+
+def experiment_problem(name: str) -> str | None:
+    from mlflow.utils.validation import _validate_experiment_name
+
+    return _mlflow_refuses(_validate_experiment_name, name)
+
+
+def alias_problem(alias: str) -> str | None:
+    """'' = no alias; else the rules MLflow applies to alias names (letters, digits, _ and -; not v1, latest)."""
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+    return alias and (_mlflow_refuses(_validate_model_alias_name, alias)
+                      or _mlflow_refuses(_validate_model_alias_name_reserved, alias))
+
+
+def stage_problem(stage: str) -> str | None:
+    from mlflow.entities.model_registry.model_version_stages import get_canonical_stage
+
+    return _mlflow_refuses(get_canonical_stage, stage)
+
+
+def version_problem(version: str) -> str | None:
+    return None if not version or version.isdigit() else "a model version is a number (1, 2, ...)"
+
+
+def model_uri_problem(uri: str) -> str | None:
+    """A models:/ URI that MLflow could never resolve: malformed, or naming a model, stage or alias the registry
+    refuses. Other forms (runs:/, checkpoints, folders) are checked when they are loaded."""
+    if not uri.startswith("models:/"):
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    try:
+        parsed = _parse_model_uri(uri)
+    except MlflowException as e:
+        return f"MLflow refuses it: {first_line(e)}"
+    if parsed.model_id is not None:  # models:/m-<id>, a logged model by its id
+        return None
+    return (registered_model_problem(parsed.name) or (parsed.stage and stage_problem(parsed.stage))
+            or (parsed.alias and alias_problem(parsed.alias)) or None)
+
 
 @dataclass
 class DataConfig(Checked):
     train_data: tuple[str, ...] = opt(("data/demo/train",), "LibriSpeech-layout split folder(s) to train on, "
-                                      "comma-separated")
-    dev_data: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) scored every epoch (val_loss, wer, cer)")
+                                      "comma-separated", exists="dir")
+    dev_data: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) scored every epoch (val_loss, wer, cer)",
+                                    exists="dir")
     test_data: tuple[str, ...] = opt(("data/demo/test",), "held-out split folder(s) scored once after training "
-                                     "('' to skip)")
+                                     "('' to skip)", exists="dir")
     max_utterances: int = opt(0, "use at most this many training utterances (0 = all)", min=0)
     max_seconds: float = opt(30.0, "skip (and count) training utterances longer than this many seconds", min=0.1)
     feature_cache: str = opt("", "folder for an on-disk feature cache keyed by the feature settings ('' = off)")
@@ -68,10 +136,11 @@ class OptimConfig(Checked):
 
 
 @dataclass
-class TrackingConfig:
-    experiment: str = opt("SpeechRecognition", "MLflow experiment name")
+class TrackingConfig(Checked):
+    experiment: str = opt("SpeechRecognition", "MLflow experiment name", check=experiment_problem)
     run_name: str = opt("", "MLflow run name ('' = MLflow picks one)")
-    registered_model: str = opt(REGISTERED_MODEL, "Model Registry name every trained model is registered under")
+    registered_model: str = opt(REGISTERED_MODEL, "Model Registry name every trained model is registered under",
+                                check=registered_model_problem)
     promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
                        "beats the current Production version's", ("if-better", "always", "never"))
     offline_ok: bool = opt(False, "when the tracking server is unreachable, train and log to the local store "
@@ -104,15 +173,17 @@ class TrainConfig:
 
 
 @dataclass
-class ValidateConfig:
-    registered_model: str = opt(REGISTERED_MODEL, "registered model to load")
-    model_stage: str = opt("Production", "stage to load (ignored when model_version or model_alias is set)")
-    model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)")
-    model_version: str = opt("", "version number to load ('' = use the alias or stage)")
+class ValidateConfig(Checked):
+    registered_model: str = opt(REGISTERED_MODEL, "registered model to load", check=registered_model_problem)
+    model_stage: str = opt("Production", "stage to load (ignored when model_version or model_alias is set)",
+                           check=stage_problem)
+    model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)", check=alias_problem)
+    model_version: str = opt("", "version number to load ('' = use the alias or stage)", check=version_problem)
     file_id: str = opt("1089-134686-0000", "LibriSpeech-style utterance id: SPEAKER-CHAPTER-UTTERANCE")
     dataset: str = opt("", "split folder (or a folder of splits) holding the file id; '' = search data/demo "
                        "and data/LibriSpeech")
-    experiment: str = opt("SpeechRecognition", "MLflow experiment the validation run is logged to")
+    experiment: str = opt("SpeechRecognition", "MLflow experiment the validation run is logged to",
+                          check=experiment_problem)
 
 
 @dataclass
@@ -135,19 +206,21 @@ class ServerConfig(Checked):
 @dataclass
 class EvaluateConfig(DecodeConfig):
     model_uri: str = opt(DEFAULT_MODEL_URI, "model: models:/NAME@ALIAS or /VERSION, "
-                         "runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its OUTPUT_DIR/RUN_ID folder")
+                         "runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its OUTPUT_DIR/RUN_ID folder",
+                         check=model_uri_problem)
     dataset: tuple[str, ...] = opt(("data/demo/test",), "split folder(s) to score, comma-separated (LibriSpeech "
-                                   "layout)")
+                                   "layout)", exists="dir")
     max_utterances: int = opt(0, "score at most this many utterances (0 = all)", min=0)
     batch_seconds: float = opt(200.0, "most padded audio seconds per model batch (bounds memory)", min=1.0)
     worst: int = opt(20, "utterances with the most errors kept in the logged table", min=0)
-    experiment: str = opt("SpeechRecognition", "MLflow experiment the evaluation run is logged to")
+    experiment: str = opt("SpeechRecognition", "MLflow experiment the evaluation run is logged to",
+                          check=experiment_problem)
 
 
 @dataclass
 class TuneConfig(EvaluateConfig):
     dataset: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) the grid is scored on (a dev split, not "
-                                   "the test split)")
+                                   "the test split)", exists="dir")
     lm_weights: tuple[float, ...] = opt((0.0, 0.5, 1.0, 1.5, 2.0, 3.0), "LM weights to try, comma-separated")
     word_scores: tuple[float, ...] = opt((-2.0, -1.0, 0.0, 1.0, 2.0), "word scores (insertion bonuses) to try, "
                                          "comma-separated")
@@ -165,13 +238,13 @@ MODEL_URI_HELP = ("models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id,
 
 @dataclass
 class TranscribeConfig(DecodeConfig):
-    model_uri: str = opt(DEFAULT_MODEL_URI, f"model: {MODEL_URI_HELP}")
+    model_uri: str = opt(DEFAULT_MODEL_URI, f"model: {MODEL_URI_HELP}", check=model_uri_problem)
     json: bool = opt(False, "print JSON lines: file, text, seconds", flag=True)
 
 
 @dataclass
 class LMBuildConfig(Checked):
-    text: str = opt("", "text file, one sentence per line")
+    text: str = opt("", "text file, one sentence per line", exists="file")
     from_dataset: tuple[str, ...] = opt((), "split folder(s) whose transcripts are the text, comma-separated "
                                         "(LibriSpeech layout)")
     order: int = opt(3, "n-gram order (2 or more: the decoder's KenLM cannot load a unigram LM)", min=2, below=10)
@@ -188,8 +261,9 @@ class LMBuildConfig(Checked):
 
 
 @dataclass
-class ExportConfig:
-    model_uri: str = opt(DEFAULT_MODEL_URI, "model to export (same forms as `asr transcribe --model-uri`)")
+class ExportConfig(Checked):
+    model_uri: str = opt(DEFAULT_MODEL_URI, "model to export (same forms as `asr transcribe --model-uri`)",
+                         check=model_uri_problem)
     format: str = opt("torchscript", "what to write", ("torchscript", "onnx"))
     out: str = opt("", "file (.pt or .onnx) or folder to write to", required=True)
     quantize: bool = opt(False, "dynamic int8 quantization of the GRU and linear layers (CPU)", flag=True)
@@ -224,7 +298,8 @@ class BenchTrainConfig(Checked):
 
 @dataclass
 class BenchInferConfig(Checked):
-    model_uri: str = opt(DEFAULT_MODEL_URI, "model to measure (same forms as `asr transcribe --model-uri`)")
+    model_uri: str = opt(DEFAULT_MODEL_URI, "model to measure (same forms as `asr transcribe --model-uri`)",
+                         check=model_uri_problem)
     data: str = opt("data/demo/test", "split to transcribe")
     lm: str = opt("", "ARPA/KenLM LM for the beam+LM rows ('' = skip them)")
     beam_size: int = opt(50, "beam search: hypotheses kept after each frame", min=1)

@@ -220,8 +220,9 @@ def test_settings_file_is_overridden_by_options_given_on_the_command_line(tmp_pa
     ctx = asr_cli.commands["train"].make_context("train", ["--config", str(settings), "--epoch", "3"])
     with ctx:
         options = {k: v for k, v in ctx.params.items() if k != "config_file"}
-        cfg = with_settings_file(options, ctx.params["config_file"])
+        cfg, given = with_settings_file(options, ctx.params["config_file"])
     assert (cfg.optim.epoch, cfg.features.n_mfcc, cfg.tracking.run_name, cfg.optim.batch) == (3, 20, "from-file", 16)
+    assert given == {"epoch", "n_mfcc", "run_name"}  # what a --resume may not silently drop
     settings.write_text('{"epochs": 7}')
     with ctx, pytest.raises(UserError, match="unknown setting.*epochs"):
         with_settings_file(options, str(settings))
@@ -280,3 +281,68 @@ def test_a_settings_file_with_a_wrong_value_is_one_line(tmp_path, text, message)
     recipe.write_text(text)
     with pytest.raises(config.ConfigError, match=message):
         from_dict(TrainConfig, config.load_settings(TrainConfig, recipe))
+
+
+# ---------------------------------------------------------------- names the registry refuses, files that must exist
+
+@pytest.mark.parametrize("cls, values, message", [
+    (TrainConfig, {"registered_model": "team/asr"}, "--registered_model 'team/asr': MLflow refuses it: "
+                                                    "Invalid model name 'team/asr'. Names cannot contain '/' or ':'"),
+    (TrainConfig, {"registered_model": "../asr"}, "--registered_model '../asr': MLflow refuses it"),
+    (TrainConfig, {"experiment": ""}, "--experiment '': MLflow refuses it"),
+    (ValidateConfig, {"registered_model": "a:b"}, "--registered_model 'a:b'"),
+    (ValidateConfig, {"model_alias": "latest"}, "--model_alias 'latest': MLflow refuses it"),
+    (ValidateConfig, {"model_stage": "Prod"}, "--model_stage 'Prod': MLflow refuses it: Invalid Model Version stage"),
+    (ValidateConfig, {"model_version": "one"}, "--model_version 'one': a model version is a number"),
+    (settings.EvaluateConfig, {"model_uri": "models:/team/asr/1"}, "Not a proper models:/ URI"),
+    (settings.TranscribeConfig, {"model_uri": "models:/team:asr@production"}, "Names cannot contain"),
+    (settings.ExportConfig, {"model_uri": "models:/asr@no alias", "out": "x"}, "Invalid alias name"),
+], ids=["train-name-slash", "train-name-dotdot", "train-experiment-empty", "validate-name-colon",
+        "validate-alias-latest", "validate-stage", "validate-version", "evaluate-uri-parts", "transcribe-uri-colon",
+        "export-uri-alias"])
+def test_names_mlflow_refuses_are_refused_when_the_settings_are_built(cls, values, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        from_dict(cls, values)
+
+
+def test_names_mlflow_takes_are_taken():
+    for uri in ("models:/asr/3", "models:/asr@production", "models:/asr/Production", "models:/asr/latest",
+                "runs:/0123/model", "outputs/run"):
+        assert from_dict(settings.EvaluateConfig, {"model_uri": uri}).model_uri == uri
+    assert from_dict(ValidateConfig, {"model_alias": "prod-2", "model_version": "12"}).model_version == "12"
+
+
+def test_a_registered_model_name_mlflow_refuses_fails_before_any_data_is_read(short_dev, tmp_path):
+    """Issue 13, kind 3: `--registered_model team/asr` used to train to the end and then fail with a traceback
+    when MLflow refused the name; now it is one line before anything is read, written or trained."""
+    from conftest import make_tiny_config, tiny_args
+
+    cfg = make_tiny_config(short_dev, output_dir=str(tmp_path / "outputs"))
+    proc = run_cli(asr_command() + ["train", *tiny_args(cfg), "--registered_model", "team/asr"], cwd=tmp_path,
+                   timeout=240)
+    assert one_line_error(proc) is None, proc.stderr[-3000:]
+    assert "--registered_model 'team/asr'" in proc.stderr and "Names cannot contain '/' or ':'" in proc.stderr
+    assert proc.stdout == ""  # nothing loaded or trained ("train: N utterances ..." is printed once data is read)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_lexicon_is_refused_before_the_model_loads(short_dev, tmp_path):
+    """The decoder used to find a missing --lexicon only once the model was loaded (or failed to load: then the
+    user fixed that first and met this next); every command now checks the paths its settings name first."""
+    audio = next(short_dev.rglob("*.flac"))
+    missing = tmp_path / "lexicon.txt"
+    for args in (["transcribe", "--lexicon", str(missing), "--model_uri", "models:/NoSuchModel@production",
+                  str(audio)],
+                 ["evaluate", "--lexicon", str(missing), "--model_uri", "models:/NoSuchModel@production",
+                  "--dataset", str(short_dev)],
+                 ["transcribe", "--model_uri", "models:/NoSuchModel@production", str(audio),
+                  str(tmp_path / "nope.flac")]):
+        proc = run_cli(asr_command() + args, cwd=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert one_line_error(proc) is None, proc.stderr[-3000:]
+        expected = f"--lexicon {missing}: no such file" if "--lexicon" in args else f"{tmp_path / 'nope.flac'}: " \
+            "no such file"
+        assert expected in proc.stderr and "NoSuchModel" not in proc.stderr, proc.stderr
+        assert proc.stdout == ""
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()

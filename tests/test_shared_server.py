@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,6 +244,44 @@ def test_train_against_an_unreachable_server_fails_fast(short_dev, tmp_path):
     assert f"{uri} is unreachable (Connection refused)" in proc.stderr and "--offline_ok True" in proc.stderr
     assert elapsed < 20, f"took {elapsed:.0f} s to give up"
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_commands_loading_a_model_from_an_unreachable_server_fail_fast(short_dev, tmp_path):
+    """validate, evaluate, transcribe and export against a port nobody listens on: one line naming the model URI
+    and the server, in seconds (MLflow's own retries of a dead server take minutes: 7 retries with backoff)."""
+    from asr.data.dataset import read_split
+
+    uri = f"http://127.0.0.1:{free_port()}"  # bound, then closed: nobody listens there
+    utterance = read_split(short_dev)[0]
+    model = "models:/SpeechRecognitionModel@production"
+    cases = {
+        "validate": (["validate", "--file_id", utterance.file_id, "--dataset", str(short_dev)],
+                     "models:/SpeechRecognitionModel/Production"),
+        "evaluate": (["evaluate", "--dataset", str(short_dev), "--model_uri", model], model),
+        "transcribe": (["transcribe", str(utterance.path), "--model_uri", f"runs:/{'0' * 32}/model"],
+                       f"runs:/{'0' * 32}/model"),
+        "export": (["export", "--model_uri", "0" * 32, "--out", str(tmp_path / "model.onnx")],
+                   f"runs:/{'0' * 32}/model"),
+    }
+
+    def run(name: str) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        proc = run_cli(asr_command() + cases[name][0], cwd=tmp_path, tracking_uri=uri, timeout=120)
+        return proc, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # 2 CPU cores; each is mostly start-up and imports
+        results = dict(zip(cases, pool.map(run, cases), strict=True))
+    failures = []
+    for name, (proc, elapsed) in results.items():
+        expected = f"cannot load {cases[name][1]}: MLflow tracking server {uri} is unreachable (Connection refused)"
+        if problem := one_line_error(proc):
+            failures.append(f"{name}: {problem}")
+        elif expected not in proc.stderr:
+            failures.append(f"{name}: {proc.stderr!r} lacks {expected!r}")
+        elif elapsed > 30:
+            failures.append(f"{name}: took {elapsed:.0f} s to give up")
+    assert not failures, "\n".join(failures)
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_offline_ok_trains_into_the_local_store(short_dev, tmp_path, empty_store_db):

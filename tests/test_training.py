@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import BIN, asr_command, make_tiny_config, new_store, only_run_dir, subprocess_env, tiny_args
+from conftest import (
+    BIN,
+    asr_command,
+    make_tiny_config,
+    new_store,
+    one_line_error,
+    only_run_dir,
+    subprocess_env,
+    tiny_args,
+)
 from mlflow import MlflowClient
 
 from asr import UserError
@@ -259,3 +268,62 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(short_d
     losses = [[m.value for m in client.get_metric_history(d.name, "loss")] for d in (single_dir, pair_dir)]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert len(client.search_model_versions("name='SpeechRecognitionModel'")) == 2
+
+
+# ---------------------------------------------------------------- resuming with new settings
+
+
+def unregistered_run(short_dev: Path, out: Path) -> Path:
+    """The run folder of a training that reached its end but could not register its model, as `--registered_model
+    team/asr` left it before such names were refused up front (the name is set after the settings check, as an
+    earlier version accepted it): last.pt at the end of the last epoch, nothing registered, the MLflow run FAILED."""
+    from mlflow.exceptions import MlflowException
+
+    cfg = make_tiny_config(short_dev, output_dir=str(out), max_utterances=2, epoch=1)
+    cfg.tracking.registered_model = "team/asr"
+    with pytest.raises(MlflowException, match="Names cannot contain"):
+        train(cfg, progress=False)
+    run_dir = only_run_dir(out)
+    state = torch.load(run_dir / ckpt.LAST, weights_only=True)
+    assert state["progress"]["epoch"] == 1 and not state["progress"]["registered"]
+    assert state["train_config"]["registered_model"] == "team/asr"
+    return run_dir
+
+
+def test_resume_with_a_new_registered_model_registers_the_trained_run_under_it(short_dev: Path, tmp_path: Path,
+                                                                               isolated_mlflow: str):
+    """Issue 13, kind 3: a run whose registration failed on its model name is registered under the name given with
+    --resume, without training again; the new name is said, and kept in last.pt."""
+    run_dir = unregistered_run(short_dev, tmp_path / "out")
+    proc = subprocess.run(asr_command() + ["train", "--resume", str(run_dir), "--registered_model", "teamasr"],
+                          cwd=tmp_path, env=subprocess_env(isolated_mlflow), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "taking registered_model team/asr -> teamasr" in proc.stdout, proc.stdout
+    assert "teamasr version 1 promoted to Production" in proc.stdout, proc.stdout
+    client = MlflowClient()
+    (version,) = client.search_model_versions("name='teamasr'")
+    assert version.run_id == run_dir.name
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "FINISHED" and run.data.tags["registered_model"] == "teamasr"
+    assert len(client.get_metric_history(run_dir.name, "wer")) == 1  # the one epoch, not trained again
+    state = torch.load(run_dir / ckpt.LAST, weights_only=True)
+    assert state["train_config"]["registered_model"] == "teamasr" and state["progress"]["registered"] == "1"
+
+
+def test_resume_refuses_a_changed_training_setting_in_one_line(short_dev: Path, tmp_path: Path,
+                                                               isolated_mlflow: str):
+    """--epoch (or any setting the weights depend on) given with --resume and differing from the run's used to be
+    dropped silently; it is refused naming it, before anything is read or written. A setting given with the run's
+    own value (--batch here) is no change."""
+    run_dir = unregistered_run(short_dev, tmp_path / "out")
+    before = (run_dir / ckpt.LAST).read_bytes()
+    proc = subprocess.run(asr_command() + ["train", "--resume", str(run_dir), "--epoch", "3", "--batch", "2",
+                                           "--registered_model", "teamasr"],
+                          cwd=tmp_path, env=subprocess_env(isolated_mlflow), capture_output=True, text=True,
+                          timeout=300)
+    assert (problem := one_line_error(proc)) is None, problem
+    assert "--epoch 3 (the run's: 1)" in proc.stderr and "--batch" not in proc.stderr, proc.stderr
+    assert "only --registered_model, --promote, --offline_ok may change" in proc.stderr
+    assert proc.stdout == "" and (run_dir / ckpt.LAST).read_bytes() == before
+    assert MlflowClient().search_model_versions("name='teamasr'") == []

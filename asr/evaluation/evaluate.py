@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from asr import UserError
 from asr.audio import AudioError, load_audio
-from asr.config import DecodeConfig, to_params
+from asr.config import DecodeConfig, check_paths, to_params
 from asr.data.dataset import CorpusReading, DataError, LeftOut, Utterance, read_corpus, split_names
 from asr.decoding import make_decoder
 from asr.loading import load_transcriber
@@ -139,8 +139,9 @@ def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool 
 def _prepare(cfg: EvaluateConfig) -> tuple[CorpusReading, Transcriber]:
     """The utterances and the model; the experiment is set up only once both load, so a bad model or dataset
     leaves no experiment or store behind."""
+    check_paths(cfg)  # for callers other than the CLI: a missing LM or lexicon is found before the model loads
     reading = corpus_of(cfg.dataset, cfg.max_utterances)
-    setup_uri()
+    setup_uri(cfg.model_uri)
     transcriber = load_transcriber(cfg.model_uri, _decode_config(cfg))
     transcriber.batch_seconds = cfg.batch_seconds
     setup(cfg.experiment)

@@ -13,7 +13,7 @@ from asr.metrics import cer, wer
 from asr.settings import ValidateConfig
 from asr.text import normalized
 from asr.tracking.registry import model_uri
-from asr.tracking.store import setup, side_run
+from asr.tracking.store import setup, setup_uri, side_run
 
 
 @dataclass
@@ -33,8 +33,9 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
         trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
         raise DataError(f"{cfg.file_id}: its transcript has no letters to score against (line in {trans}: "
                         f"{(cfg.file_id + ' ' + utterance.transcript).strip()!r})")
-    setup(cfg.experiment)
     uri = model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
+    setup_uri(uri)  # a tracking server that does not answer: one line naming the model, in seconds
+    setup(cfg.experiment)
     model = load_pyfunc(uri)
     prediction = str(model.predict(pd.DataFrame({"audio": [str(utterance.path)]}))["text"][0])
     target = normalized(utterance.transcript)

@@ -16,6 +16,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from asr import UserError, first_line, redact
+from asr.loading import tracking_reference
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -35,8 +36,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def setup_uri() -> str:
-    """Points MLflow at the tracking store (for commands that read models but log no run)."""
+def setup_uri(model_ref: str = "") -> str:
+    """Points MLflow at the tracking store (for commands that read models but log no run); when `model_ref` is
+    loaded from it, checks first that a tracking server answers (check_model_source)."""
+    if model_ref:
+        check_model_source(model_ref)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if urllib.parse.urlsplit(uri).password:  # MLflow would print "View run at <uri>", password included
@@ -47,8 +51,10 @@ def setup_uri() -> str:
 def setup(experiment: str) -> str:
     """Points MLflow at the tracking store and returns the experiment id, creating the experiment if needed.
 
-    With the default local store, artifacts go under ./mlruns next to mlflow.db.
+    With the default local store, artifacts go under ./mlruns next to mlflow.db. A tracking server that does not
+    answer is a TrackingUnreachable error within seconds, not minutes of MLflow's retries.
     """
+    check_answers(tracking_uri(), f"cannot use experiment {experiment!r}")
     uri = setup_uri()
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the run, and so its experiment, already exist
         return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
@@ -65,29 +71,57 @@ def setup(experiment: str) -> str:
     return exp_id
 
 
-def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
-    """Raises TrackingUnreachable unless the http(s) tracking server at `uri` answers GET /health within `timeout`
-    seconds. MLflow's own client retries a dead server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, exponential
+def unreachable(uri: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the http(s) tracking server at `uri` does not answer GET /health within `timeout` seconds; None when it
+    answers. MLflow's own client retries a dead server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, exponential
     backoff, MLFLOW_HTTP_REQUEST_TIMEOUT=120 s); one short probe before any compute makes that an immediate error.
     Any answer below HTTP 500 counts (401 from an auth proxy: MLflow's own calls say what is wrong); other stores
     (sqlite:, file:, databricks) are not probed."""
     if not uri.lower().startswith(("http://", "https://")):
-        return
+        return None
     try:
         status = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).status_code
     except requests.exceptions.SSLError:
-        return  # something answers; MLflow's own calls will report the certificate problem
+        return None  # something answers; MLflow's own calls will report the certificate problem
     except requests.Timeout:
-        problem = f"no answer within {timeout:g} s"
+        return f"no answer within {timeout:g} s"
     except requests.RequestException as e:
-        problem = failure(e)
-    else:
-        if status < 500:
-            return
-        problem = f"HTTP {status}"  # e.g. a proxy in front of a server that is down
-    raise TrackingUnreachable(f"MLflow tracking server {redact(uri)} is unreachable ({problem}); start it "
-                              f"(`asr server`), fix MLFLOW_TRACKING_URI, or train with --offline_ok True to log to "
-                              f"{DEFAULT_TRACKING_URI} instead")
+        return failure(e)
+    return f"HTTP {status}" if status >= 500 else None  # 5xx: e.g. a proxy in front of a server that is down
+
+
+def check_run(run_id: str) -> None:
+    """Raises TrackingError unless the tracking store holds the run (the one a resume continues)."""
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException as e:
+        raise TrackingError(f"cannot continue MLflow run {run_id}: {first_line(e)} in "
+                            f"{redact(mlflow.get_tracking_uri())} (resume with the tracking store it was "
+                            "logged to)") from None
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Training's probe: raises TrackingUnreachable, with --offline_ok among the ways out, unless the tracking
+    server at `uri` answers (see unreachable)."""
+    if problem := unreachable(uri, timeout):
+        raise TrackingUnreachable(f"MLflow tracking server {redact(uri)} is unreachable ({problem}); start it "
+                                  f"(`asr server`), fix MLFLOW_TRACKING_URI, or train with --offline_ok True to log "
+                                  f"to {DEFAULT_TRACKING_URI} instead")
+
+
+def check_answers(uri: str, doing: str) -> None:
+    """The probe for commands other than training: raises TrackingUnreachable, saying what needed the server
+    (`doing`), unless the tracking server at `uri` answers (see unreachable)."""
+    if problem := unreachable(uri):
+        raise TrackingUnreachable(f"{doing}: MLflow tracking server {redact(uri)} is unreachable ({problem}); "
+                                  "start it (`asr server`) or fix MLFLOW_TRACKING_URI")
+
+
+def check_model_source(model_ref: str) -> None:
+    """Raises TrackingUnreachable naming the model when `model_ref` is loaded from a tracking server (a models:/
+    or runs:/ URI, a run id) that does not answer; local checkpoints and folders need no server."""
+    if uri := tracking_reference(model_ref):
+        check_answers(tracking_uri(), f"cannot load {uri}")
 
 
 def failure(e: Exception) -> str:

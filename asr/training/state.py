@@ -7,8 +7,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Collection
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.config import from_dict, to_dict
+from asr.config import ConfigError, cli_value, from_dict, to_dict
 from asr.settings import TrainConfig
 
 
@@ -38,26 +39,64 @@ class Progress:
     registered: str = ""         # model version, once the run is complete (nothing left to resume)
 
 
+# Settings a resumed run takes from the command line: they act after training (which name the model is registered
+# under, whether it is promoted) or on where the run logs when the server is down, never on the weights.
+CHANGEABLE_ON_RESUME = ("registered_model", "promote", "offline_ok")
+# Settings that say which run to resume, not how it trains (--resume latest looks in --output_dir).
+LOCATING = ("resume", "output_dir")
+
+
 @dataclass
 class Resume:
     """A training-state checkpoint to continue from."""
     path: Path                   # its last.pt
     state: dict[str, Any]
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # setting -> (the run's, now)
 
     @property
     def out_dir(self) -> Path:
         return self.path.parent
 
+    def describe_changes(self) -> str:
+        return ", ".join(f"{k} {cli_value(old)} -> {cli_value(new)}" for k, (old, new) in self.changed.items())
 
-def resume_point(cfg: TrainConfig) -> tuple[TrainConfig, Resume | None]:
-    """With cfg.checkpoint.resume set, the run's own settings (resume kept) and its last training state; else
-    (cfg, None). A training state written before the settings had sections keeps them all under "config"."""
+
+def resume_point(cfg: TrainConfig, given: Collection[str] | None = None) -> tuple[TrainConfig, Resume | None]:
+    """With cfg.checkpoint.resume set, the run's own settings and its last training state; else (cfg, None).
+
+    `given` names the settings the user asked for (None: those that differ from the defaults). The run keeps its
+    training settings, since the weights so far were trained with them: one given with another value is refused
+    (ConfigError naming it), except CHANGEABLE_ON_RESUME, which are taken (Resume.changed says which). A training
+    state written before the settings had sections keeps them all under "config"."""
     if not cfg.checkpoint.resume:
         return cfg, None
     path = ckpt.find_resumable(cfg.checkpoint.resume, cfg.checkpoint.output_dir)
     state = ckpt.load_training_state(path)
-    settings = state.get("train_config", state["config"])
-    return from_dict(TrainConfig, {**settings, "resume": cfg.checkpoint.resume}), Resume(path, state)
+    saved = state.get("train_config", state["config"])
+    asked = to_dict(cfg)
+    defaults = to_dict(TrainConfig())
+    if given is None:
+        given = {k for k, v in asked.items() if v != defaults[k]}
+    differ = {k: (saved.get(k, defaults[k]), asked[k]) for k in sorted(set(given) & set(asked) - set(LOCATING))
+              if _as_given(saved.get(k, defaults[k])) != _as_given(asked[k])}
+    refused = {k: v for k, v in differ.items() if k not in CHANGEABLE_ON_RESUME}
+    if refused:
+        listed = ", ".join(f"--{k} {cli_value(new)} (the run's: {cli_value(old)})" for k, (old, new) in refused.items())
+        raise ConfigError(f"--resume {cfg.checkpoint.resume}: {listed}: a resumed run keeps the settings its weights "
+                          f"were trained with; only --{', --'.join(CHANGEABLE_ON_RESUME)} may change (start a new "
+                          "run for the rest)")
+    taken = {k: new for k, (_, new) in differ.items()}
+    try:
+        run_cfg = from_dict(TrainConfig, {**saved, **taken, "resume": cfg.checkpoint.resume})
+    except ConfigError as e:  # e.g. a registered model name an earlier version accepted
+        raise ConfigError(f"{path}: {e} (with --resume, give a new value for --"
+                          f"{', --'.join(CHANGEABLE_ON_RESUME)}; not for the others)") from None
+    return run_cfg, Resume(path, state, differ)
+
+
+def _as_given(value: Any) -> Any:
+    """A setting as the command line spells it (lists comma-separated), so saved and given values compare."""
+    return cli_value(tuple(value) if isinstance(value, list) else value)
 
 
 def training_state(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, progress: Progress,

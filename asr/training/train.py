@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.config import save, to_params
+from asr.config import check_paths, save, to_params
 from asr.model import SpeechModel
 from asr.precision import autocast_dtype
 from asr.settings import TrainConfig
@@ -77,11 +78,13 @@ class Run:
         return path
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Trains a model as `cfg` says (or continues the run --resume names), then logs, registers and promotes the
-    best epoch's weights. Raises UserError for settings, data or a tracking store that cannot work, before any
-    compute; TrainingInterrupted on SIGINT/SIGTERM, after checkpointing."""
-    cfg, resume = resume_point(cfg)
+def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None = None) -> TrainResult:
+    """Trains a model as `cfg` says (or continues the run --resume names, taking the settings of `given` that may
+    change on a resume: see resume_point), then logs, registers and promotes the best epoch's weights. Raises
+    UserError for settings, data or a tracking store that cannot work, before any compute; TrainingInterrupted on
+    SIGINT/SIGTERM, after checkpointing."""
+    cfg, resume = resume_point(cfg, given)
+    check_paths(cfg)  # the data folders, before any store is touched or anything is read
     ctx = dist.init()
     torch.manual_seed(cfg.optim.seed)
     random.seed(cfg.optim.seed)
@@ -89,6 +92,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     if ctx.main:
         store.use_reachable_store(cfg.tracking.offline_ok)  # a server that does not answer: fail (or go local) now
         store.setup(cfg.tracking.experiment)  # fail on a bad tracking store before any compute
+        if resume is not None:
+            store.check_run(resume.state["run_id"])  # e.g. --offline_ok fell back to a store that lacks it
     run = set_up(cfg, ctx, amp, resume, progress and ctx.main)
     try:
         log_start(run, resume)
@@ -151,7 +156,9 @@ def log_start(run: Run, resume: Resume | None) -> None:
     if not run.trainer.ctx.main:
         return
     if resume is not None:
-        run.say(f"resuming run {run.run_id} from {resume.path}: epoch {run.pos.epoch + 1}, step {run.pos.step}")
+        changes = f"; taking {resume.describe_changes()}" if resume.changed else ""
+        run.say(f"resuming run {run.run_id} from {resume.path}: epoch {run.pos.epoch + 1}, step {run.pos.step}"
+                f"{changes}")
         return
     cfg = run.trainer.cfg
     params = {**to_params(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
