@@ -7,7 +7,7 @@
 
 import click
 
-from asr.cli import friendly_errors, given_options, run_train, run_validate, settings
+from asr.cli import friendly_errors, run_train, run_validate, settings
 from asr.config import click_options, from_dict
 from asr.settings import TrainConfig, ValidateConfig
 
@@ -20,7 +20,9 @@ from asr.settings import TrainConfig, ValidateConfig
 def main(train: bool, **options) -> None:
     """Train (default) or validate a speech recognition model tracked in MLflow."""
     if train:
-        run_train(from_dict(TrainConfig, options), given_options(options))
+        # The MLproject passes every parameter, most at their defaults: for a --resume, only the values that differ
+        # from the defaults are settings the user asked for (None).
+        run_train(from_dict(TrainConfig, options), None)
     else:
         run_validate(settings(ValidateConfig, options))
 

@@ -52,8 +52,9 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def run_train(cfg: TrainConfig, given: set[str]) -> None:
-    """Trains as `cfg` says; `given` names the settings the user gave (what a --resume may not silently drop)."""
+def run_train(cfg: TrainConfig, given: set[str] | None) -> None:
+    """Trains as `cfg` says; `given` names the settings the user gave (what a --resume may not silently drop; None:
+    those that differ from the defaults)."""
     from asr.training.train import train
 
     train(cfg, progress=show_progress(), given=given)
