@@ -294,7 +294,8 @@ def export(**options) -> None:
     """Export the acoustic model (features -> log-probabilities) to TorchScript or ONNX, checked against PyTorch.
 
     Inputs: features (batch, n_mfcc, frames) float32 and lengths (batch,) int64; outputs: log_probs
-    (batch, frames', classes) and out_lengths. Features are the MFCCs of asr.features.FeatureExtractor.
+    (batch, frames', classes) and out_lengths. The file carries asr.json (vocabulary, blank, MFCC settings,
+    decoder): examples/onnx_transcribe.py turns audio into text with it and no asr package.
     """
     import torch
 
@@ -306,7 +307,8 @@ def export(**options) -> None:
     setup_uri(cfg.model_uri)
     transcriber = load_transcriber(cfg.model_uri)
     n_mfcc, fmt = transcriber.cfg.features.n_mfcc, cfg.format
-    path = export_model(transcriber.fp32_model, fmt, cfg.out, quantize=cfg.quantize, n_feats=n_mfcc)
+    path = export_model(transcriber.fp32_model, fmt, cfg.out, config=transcriber.cfg, decode=transcriber.decode_cfg,
+                        quantize=cfg.quantize)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
     diff = max_abs_diff(transcriber.fp32_model, path, fmt, feats, lengths)

@@ -7,6 +7,11 @@ import torchaudio
 
 from asr.config import FeatureConfig
 
+# Per-utterance normalization: (mfcc - mean) / (std + NORM_EPSILON) over frames, std with Bessel's correction;
+# a coefficient whose std is under SILENT_STD becomes 0. Exports describe it with these (asr.export).
+NORM_EPSILON = 1e-5
+SILENT_STD = 1e-3
+
 
 class FeatureExtractor(torch.nn.Module):
     """Waveform -> per-utterance normalized MFCCs, shape (n_mfcc, frames).
@@ -46,4 +51,4 @@ class FeatureExtractor(torch.nn.Module):
         std = feats.std(dim=-1, keepdim=True) if feats.shape[-1] > 1 else torch.ones_like(mean)
         # A constant coefficient (digital silence, a DC offset) carries nothing; dividing its float rounding noise
         # by ~1e-5 would turn it into a large, meaningless value (~12 for silence), so it becomes 0.
-        return ((feats - mean) / (std + 1e-5)).masked_fill(std < 1e-3, 0.0)
+        return ((feats - mean) / (std + NORM_EPSILON)).masked_fill(std < SILENT_STD, 0.0)
