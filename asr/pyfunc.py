@@ -1,18 +1,24 @@
 """The MLflow pyfunc flavour of a trained model: audio in, text out.
 
 Input is one row per recording, with either
-  - `audio`: a path to an audio file, or the base64 encoding of an audio file's bytes (WAV, FLAC, ... anything
-    soundfile reads), or
+  - `audio`: the base64 encoding of an audio file's bytes (WAV, FLAC, ... anything soundfile reads), or a path
+    to an audio file under one of the folders ASR_SERVE_ALLOWED_ROOTS names, or
   - `samples` (a list of floats in [-1, 1], mono) and `sample_rate` (Hz),
 in any shape MLflow's scoring server accepts: dataframe_records, dataframe_split, `inputs` or `instances` as
 records, as columns ({"audio": [...]}) or as a list of audio strings, or CSV with an `audio` header. Every shape
 gives the same text for the same audio; one recording in is one text out.
 Optional params pick the decoder per request: decoder, beam_size, lm, lexicon, lm_weight, word_score (LM and
-lexicon are paths on the serving machine).
+lexicon are paths on the serving machine, under ASR_SERVE_ALLOWED_ROOTS too).
+
+Paths in a request are off unless the server's environment allows them: whoever can reach a scoring server's
+port could otherwise make it read any file it can. `predict` is what every host of the model calls (`mlflow models
+serve`, its Docker image, MLServer, Spark UDFs, a user's script) and none of them says whose input it passes, so the
+rule holds for every caller of `predict`; the project's own commands read files themselves and pass the bytes. The
+model's own files (its checkpoint, and an LM or lexicon it carries) are always allowed.
 
 Bad input (unreadable audio, no recording in the request, a decoder setting that cannot work, more than
-ASR_MAX_REQUEST_SECONDS of audio in one request) raises RequestError, which MLflow's scoring server turns into
-HTTP 400 with the message.
+ASR_MAX_REQUEST_SECONDS of audio in one request, a path outside ASR_SERVE_ALLOWED_ROOTS) raises RequestError,
+which MLflow's scoring server turns into HTTP 400 with the message.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from asr.config import DecodeConfig
 # Decoder settings a request may change (they become the model signature's params).
 REQUEST_PARAMS = ("decoder", "beam_size", "lm", "lexicon", "lm_weight", "word_score")
 COLUMNS = ("audio", "samples", "sample_rate")
+PATH_PARAMS = ("lm", "lexicon")  # request params that name files on the server
+ROOTS_ENV = "ASR_SERVE_ALLOWED_ROOTS"
 # What a 400 for a request with no recording in it says to send instead.
-SHAPES = ('send one row per recording: {"dataframe_records": [{"audio": "<path or base64>"}]}, {"inputs": '
-          '{"audio": ["<path or base64>", ...]}}, {"inputs": ["<path or base64>", ...]}, CSV with an `audio` header '
+SHAPES = ('send one row per recording: {"dataframe_records": [{"audio": "<base64>"}]}, {"inputs": '
+          '{"audio": ["<base64>", ...]}}, {"inputs": ["<base64>", ...]}, CSV with an `audio` header '
           'line, or {"dataframe_records": [{"samples": [...], "sample_rate": 16000}]}')
 
 
@@ -62,31 +70,67 @@ def max_request_seconds() -> float:
         raise RequestError(f"ASR_MAX_REQUEST_SECONDS must be a number of seconds, got {value!r}") from None
 
 
+def allowed_roots() -> tuple[Path, ...]:
+    """The folders a request may name paths under (env ASR_SERVE_ALLOWED_ROOTS, an os.pathsep-separated list of
+    absolute folders; default none: paths off), symlinks resolved. Read per request, like the other limits."""
+    value = os.environ.get(ROOTS_ENV, "")
+    roots = []
+    for entry in filter(None, value.split(os.pathsep)):
+        if not os.path.isabs(entry) or not os.path.isdir(entry):
+            raise RequestError(f"{ROOTS_ENV} on the server names {entry!r}, which is not an absolute path to a "
+                               f"folder; fix the setting ({os.pathsep}-separated folders) and restart the server")
+        roots.append(Path(os.path.realpath(entry)))
+    return tuple(roots)
+
+
+def allowed_path(value: str, roots: tuple[Path, ...]) -> Path | None:
+    """`value`'s real path (symlinks resolved, `..` removed) when that lies inside one of `roots`, else None."""
+    if not roots or len(value) >= 4096 or "\0" in value:
+        return None
+    real = Path(os.path.realpath(value))
+    return real if any(real.is_relative_to(root) for root in roots) else None
+
+
+def paths_off(what: str, instead: str) -> str:
+    """The 400 for a request path outside the allowed roots: the same whether or not the file exists."""
+    return (f"{what}: request paths are off on this server except under the folders its {ROOTS_ENV} names "
+            f"({os.pathsep}-separated, in the server's environment); {instead}")
+
+
 class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from asr.transcribe import Transcriber
 
         self.transcriber = Transcriber.from_checkpoint(context.artifacts["checkpoint"])
 
-    def _wave(self, row: pd.Series, budget: list[float]):
-        """One row's waveform; `budget` (seconds of audio left for this request) is checked before decoding."""
+    def _wave(self, row: pd.Series, budget: list[float], roots: tuple[Path, ...]):
+        """One row's waveform; `budget` (seconds of audio left for this request) is checked before decoding. A path
+        is read only inside `roots`, and by its real path, so a symlink cannot be swapped in after the check."""
         rate = self.transcriber.sample_rate
         value = row.get("audio")
         if isinstance(value, str) and value:
-            if len(value) < 4096 and Path(value).is_file():
-                _spend(budget, _duration(value), value)
-                return load_audio(value, rate)
+            real = allowed_path(value, roots)
+            try:
+                is_file = real is not None and real.is_file()
+            except OSError:  # a name too long for the file system, say: no file there, like any other string
+                is_file = False
+            if is_file:
+                _spend(budget, _duration(str(real)), value)
+                return load_audio(real, rate)
             try:
                 blob = io.BytesIO(base64.b64decode(value, validate=True))
                 _spend(budget, _duration(blob), "base64 audio")
                 data, sr = sf.read(blob, dtype="float32")
             except (binascii.Error, ValueError, sf.LibsndfileError, RuntimeError):
-                raise AudioError("audio must be a path to an existing audio file or base64-encoded audio "
-                                 "bytes") from None
+                if roots:
+                    raise AudioError(f"audio must be base64-encoded audio bytes or the path of an audio file "
+                                     f"under the folders {ROOTS_ENV} names on the server") from None
+                raise AudioError(paths_off("audio must be base64-encoded audio bytes",
+                                           "send the file's bytes as base64, or `samples` and `sample_rate`")) from None
             return to_mono_16k(data, sr, rate, name="base64 audio")
         samples, sr = row.get("samples"), row.get("sample_rate")
         if _missing(samples) or _missing(sr):
-            raise AudioError("each row needs `audio` (a path or base64 audio bytes) or `samples` plus `sample_rate`")
+            raise AudioError("each row needs `audio` (base64 audio bytes) or `samples` plus `sample_rate`")
         if isinstance(samples, str):
             raise AudioError("`samples` must be a JSON list of floats (CSV cannot carry one): send it as JSON, e.g. "
                              '{"dataframe_records": [{"samples": [...], "sample_rate": 16000}]}')
@@ -103,6 +147,17 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
             raise AudioError("`samples` must be a flat list of finite floats (mono)")
         return to_mono_16k(data, int(sr), rate)
 
+    def _param_path(self, name: str, value: Any, roots: tuple[Path, ...]) -> Any:
+        """The `lm` or `lexicon` a request asks for, as the file to read: the model's own file, a real path
+        inside `roots`, or '' (none); any other path is a RequestError that says nothing about the file."""
+        if not isinstance(value, str) or not value or value == getattr(self.transcriber.decode_cfg, name):
+            return value
+        real = allowed_path(value, roots)
+        if real is None:
+            raise RequestError(paths_off(f"the `{name}` param names a file on the server",
+                                         f"leave `{name}` out to decode with the model's own settings"))
+        return str(real)
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """One text per recording of `model_input`: a DataFrame, or whatever else the scoring server parsed the
         request into (`request_rows` reads them all; the hint stays DataFrame, one MLflow does not validate
@@ -110,6 +165,10 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
         is read."""
         try:
             requested = {k: v for k, v in (params or {}).items() if k in REQUEST_PARAMS}
+            roots = allowed_roots()
+            for name in PATH_PARAMS:
+                requested[name] = self._param_path(name, requested.get(name), roots)
+            requested = {k: v for k, v in requested.items() if v is not None}
             decoder = None
             if requested:
                 from asr.decoding import make_decoder
@@ -117,7 +176,7 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
                 decoder = make_decoder(dataclasses.replace(self.transcriber.decode_cfg, **requested))
             rows = request_rows(model_input)
             budget = [max_request_seconds()]
-            waves = [self._wave(row, budget) for _, row in rows.iterrows()]
+            waves = [self._wave(row, budget, roots) for _, row in rows.iterrows()]
             texts = self.transcriber.decode(self.transcriber.emissions(waves), decoder)
         except RequestError:
             raise

@@ -57,7 +57,8 @@ def test_one_infinite_sample_in_the_second_channel_of_a_stereo_file(tmp_path):
         load_audio(path)
 
 
-def test_the_served_model_answers_bad_request_for_nan_audio(tmp_path, transcriber):
+def test_the_served_model_answers_bad_request_for_nan_audio(tmp_path, transcriber, monkeypatch):
+    monkeypatch.setenv("ASR_SERVE_ALLOWED_ROOTS", str(tmp_path))  # so a path reaches the audio reader
     model = SpeechRecognitionPyfunc()
     model.transcriber = transcriber
     broken = float_wav(tmp_path / "broken.wav", {100: np.nan})

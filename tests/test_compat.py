@@ -135,6 +135,7 @@ def test_a_logged_model_ships_only_the_model_side(flat_layout_model, tmp_path, m
     shipped = local / "code" / "asr"
     assert {p.name for p in shipped.iterdir() if p.is_dir() and p.name != "__pycache__"} == set()
     assert {p.name for p in shipped.glob("*.py")} == {p.name for p in (REPO / "asr").glob("*.py")} - set(NOT_MODEL_SIDE)
+    env = subprocess_env() | {"ASR_SERVE_ALLOWED_ROOTS": str(audio.parent)}  # the audio goes in as a path
     proc = subprocess.run([sys.executable, "-c", SERVE, str(local), str(audio)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env=subprocess_env())
+                          text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

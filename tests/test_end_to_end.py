@@ -207,7 +207,8 @@ def test_promotion_policies(trained_store, tiny_config):
 
 # ---------------------------------------------------------------- (b) the registered pyfunc model
 
-def test_registered_pyfunc_model_transcribes_paths_and_base64(trained_store):
+def test_registered_pyfunc_model_transcribes_paths_and_base64(trained_store, monkeypatch):
+    monkeypatch.setenv("ASR_SERVE_ALLOWED_ROOTS", str(split_dir("test-clean")))  # paths are read only there
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@production")
     assert model.metadata.get_input_schema() is None  # predict reads every request shape (asr.pyfunc.request_rows)
     assert model.metadata.get_output_schema().input_names() == ["text"]

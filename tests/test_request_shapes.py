@@ -2,10 +2,17 @@
 `inputs` and `instances` as records, columns or a list of audio strings, CSV): one recording in, one text out,
 the same text whatever the shape; a request with no recording in it is a RequestError (HTTP 400) saying what to
 send. In-process, with the values the scoring server's parser hands predict; tests/test_serving.py sends the same
-shapes over real HTTP to `mlflow models serve`."""
+shapes over real HTTP to `mlflow models serve`.
+
+Paths in a request (`audio`, the `lm` and `lexicon` params) are read only where the server's ASR_SERVE_ALLOWED_ROOTS
+allows: inside a folder it names, after symlinks and `..` are resolved; the refusal is the same whether or not the
+file exists. Base64 audio, raw samples and the model's own files always work."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +22,9 @@ import soundfile as sf
 import torch
 
 from asr.config import RecognizerConfig, from_dict
+from asr.lm import write_lexicon
 from asr.model import SpeechModel
-from asr.pyfunc import RequestError, SpeechRecognitionPyfunc, audio_to_base64, signature
+from asr.pyfunc import ROOTS_ENV, RequestError, SpeechRecognitionPyfunc, audio_to_base64, signature
 from asr.text import VOCAB
 from asr.transcribe import Transcriber
 
@@ -47,7 +55,8 @@ def texts(model: SpeechRecognitionPyfunc, model_input) -> list[str]:
     return model.predict(None, model_input)["text"].tolist()
 
 
-def test_every_shape_gives_one_text_per_recording(model, chirp):
+def test_every_shape_gives_one_text_per_recording(model, chirp, monkeypatch):
+    monkeypatch.setenv("ASR_SERVE_ALLOWED_ROOTS", str(chirp.parent))  # paths are read only under allowed folders
     path, b64 = str(chirp), audio_to_base64(chirp)
     samples, rate = sf.read(chirp, dtype="float32")
     (text,) = texts(model, pd.DataFrame({"audio": [b64]}))  # dataframe_records, dataframe_split, CSV
@@ -93,7 +102,8 @@ def test_samples_that_are_no_list_of_floats_are_refused_in_one_line(model):
         model.predict(None, pd.DataFrame([{"samples": [0.0] * 1600, "sample_rate": 16000}, {"sample_rate": 16000}]))
 
 
-def test_decoder_settings_are_refused_before_any_audio_is_read(model, tmp_path):
+def test_decoder_settings_are_refused_before_any_audio_is_read(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASR_SERVE_ALLOWED_ROOTS", str(tmp_path))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     missing = str(tmp_path / "not-read.flac")  # reading it would fail with "no such file"
@@ -109,3 +119,97 @@ def test_the_signature_leaves_the_request_shape_to_predict():
     sig = signature()
     assert sig.inputs is None and sig.outputs.input_names() == ["text"]
     assert [p.name for p in sig.params.params] == ["decoder", "beam_size", "lm", "lexicon", "lm_weight", "word_score"]
+
+
+# ---------------------------------------------------------------- paths in a request
+
+def refusal(model: SpeechRecognitionPyfunc, audio: str, params: dict | None = None) -> str:
+    with pytest.raises(RequestError) as e:
+        model.predict(None, pd.DataFrame({"audio": [audio]}), params=params)
+    return str(e.value)
+
+
+@pytest.fixture
+def folders(tmp_path: Path, chirp: Path) -> tuple[Path, Path]:
+    """(allowed, outside): two sibling folders holding the same audio file and a readable lexicon."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    for folder in (allowed, outside):
+        folder.mkdir()
+        shutil.copy(chirp, folder / "a.flac")
+        write_lexicon(["hello", "world"], folder / "lexicon.txt")
+    return allowed, outside
+
+
+def test_paths_are_off_by_default(model, chirp, folders, monkeypatch):
+    monkeypatch.delenv(ROOTS_ENV, raising=False)
+    _, outside = folders
+    existing, missing = str(outside / "a.flac"), str(outside / "no-such.flac")
+    # one answer whether or not the file is there, naming the setting and never the file
+    message = refusal(model, existing)
+    assert message == refusal(model, missing) == refusal(model, f"{outside}/{'a' * 300}.flac")  # too long a name
+    assert ROOTS_ENV in message and "base64" in message and existing not in message
+    for name in ("lm", "lexicon"):
+        message = refusal(model, audio_to_base64(chirp), {name: str(outside / "lexicon.txt")})
+        assert message == refusal(model, audio_to_base64(chirp), {name: str(outside / "no-such.txt")})
+        assert ROOTS_ENV in message and f"`{name}`" in message and str(outside) not in message
+    # the audio itself still works: base64 file bytes and raw samples
+    samples, rate = sf.read(chirp, dtype="float32")
+    (text,) = texts(model, pd.DataFrame({"audio": [audio_to_base64(chirp)]}))
+    assert texts(model, pd.DataFrame({"samples": [samples.tolist()], "sample_rate": [rate]})) == [text]
+
+
+def test_paths_are_read_only_inside_the_allowed_roots(model, chirp, folders, tmp_path, monkeypatch):
+    allowed, outside = folders
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv(ROOTS_ENV, os.pathsep.join([str(tmp_path / "elsewhere"), str(allowed)]))
+    (text,) = texts(model, pd.DataFrame({"audio": [audio_to_base64(chirp)]}))
+    assert texts(model, pd.DataFrame({"audio": [str(allowed / "a.flac")]})) == [text]
+    # a lexicon inside is read (an empty one says so); the escapes below are not
+    (allowed / "empty.txt").write_text("")
+    with pytest.raises(RequestError, match="has no words"):
+        model.predict(None, pd.DataFrame({"audio": [audio_to_base64(chirp)]}),
+                      params={"lexicon": str(allowed / "empty.txt")})
+
+    # ways out of the root: `..`, a symlink inside pointing outside, a sibling whose name starts with the root's
+    (allowed / "link.flac").symlink_to(outside / "a.flac")
+    sibling = Path(f"{allowed}-not")
+    sibling.mkdir()
+    shutil.copy(chirp, sibling / "a.flac")
+    # (and a name too long for the file system is no file, not a server error)
+    escapes = [f"{allowed}/../outside/a.flac", str(allowed / "link.flac"), str(sibling / "a.flac"),
+               f"{allowed}/{'a' * 300}.flac"]
+    for path in escapes:
+        message = refusal(model, path)
+        assert ROOTS_ENV in message and path not in message, path
+    for name in ("lm", "lexicon"):
+        message = refusal(model, audio_to_base64(chirp), {name: f"{allowed}/../outside/lexicon.txt"})
+        assert ROOTS_ENV in message and f"`{name}`" in message
+
+
+def test_a_root_named_through_a_symlink_allows_its_real_folder(model, chirp, folders, tmp_path, monkeypatch):
+    allowed, _ = folders
+    (tmp_path / "alias").symlink_to(allowed, target_is_directory=True)
+    monkeypatch.setenv(ROOTS_ENV, str(tmp_path / "alias"))
+    (text,) = texts(model, pd.DataFrame({"audio": [audio_to_base64(chirp)]}))
+    assert texts(model, pd.DataFrame({"audio": [str(allowed / "a.flac"), str(tmp_path / "alias/a.flac")]})
+                 ) == [text, text]
+
+
+@pytest.mark.parametrize("setting", ["relative/folder", "/no/such/folder"])
+def test_a_setting_that_cannot_work_is_refused_before_any_audio_is_read(model, tmp_path, monkeypatch, setting):
+    monkeypatch.setenv(ROOTS_ENV, setting)
+    message = refusal(model, str(tmp_path / "not-read.flac"))
+    assert message.startswith(f"{ROOTS_ENV} on the server names {setting!r}") and "\n" not in message
+
+
+def test_the_models_own_lexicon_is_always_allowed(model, chirp, folders, monkeypatch):
+    """What the model carries is not a request path: naming it in a request reads nothing new."""
+    monkeypatch.delenv(ROOTS_ENV, raising=False)
+    _, outside = folders
+    own = SpeechRecognitionPyfunc()
+    lexicon = str(outside / "lexicon.txt")
+    decode = dataclasses.replace(model.transcriber.decode_cfg, decoder="beam", lexicon=lexicon)
+    own.transcriber = Transcriber(model.transcriber.cfg, model.transcriber.fp32_model, decode)
+    b64 = audio_to_base64(chirp)
+    assert texts(own, pd.DataFrame({"audio": [b64]})) == own.predict(
+        None, pd.DataFrame({"audio": [b64]}), params={"lexicon": lexicon})["text"].tolist()

@@ -4,6 +4,7 @@ the requirements logged with a model must agree, and a logged model must list ev
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -131,8 +132,10 @@ def test_a_logged_model_requires_everything_it_imports_at_the_locked_versions(tr
     lm = tmp_path / "lm.arpa"
     build_arpa(["he hoped there would be stew", "stew for dinner"], order=2, out=lm)
     audio = next(split_dir("test-clean").rglob("*.flac"))
+    roots = os.pathsep.join([str(audio.parent), str(tmp_path)])  # the audio and the LM go in as paths
     proc = subprocess.run([sys.executable, "-c", IMPORTS_OF_A_LOADED_MODEL, str(model_dir), str(audio), str(lm)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=os.environ | {"ASR_SERVE_ALLOWED_ROOTS": roots})
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = {canonicalize_name(d) for d in json.loads(proc.stdout.splitlines()[-1])} - {"asr-mlflow"}
     assert "flashlight-text" in imported  # beam search ran

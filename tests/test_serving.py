@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import BIN, MODEL_NAME, free_port, split_dir, subprocess_env, torch_threads
+from conftest import BIN, FILE_ID, MODEL_NAME, asr_command, free_port, run_cli, split_dir, subprocess_env, torch_threads
 
+from asr import UserError
+from asr.lm import write_lexicon
+from asr.loading import load_pyfunc
 from asr.metrics import cer
-from asr.pyfunc import audio_to_base64
+from asr.pyfunc import ROOTS_ENV, audio_to_base64
 
 pytestmark = pytest.mark.slow  # mlflow models serve
 
@@ -39,16 +46,17 @@ def post_raw(port: int, data: bytes, content_type: str = "application/json") -> 
         return e.code, json.loads(e.read() or b"{}")
 
 
-@pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    """`mlflow models serve -m models:/SpeechRecognitionModel@production --env-manager local` on a free port, shared
-    by this module's tests (it takes a while to start)."""
-    tmp_path = tmp_path_factory.mktemp("serve")
+@contextmanager
+def serving(trained, log_dir: Path, env_extra: dict[str, str]) -> Iterator[int]:
+    """`mlflow models serve -m models:/SpeechRecognitionModel@production --env-manager local` on a free port, with
+    `env_extra` in its environment; yields the port once it answers /ping."""
     port = free_port()
     env = subprocess_env(trained.uri)
+    env.pop(ROOTS_ENV, None)
     env["OMP_NUM_THREADS"] = "1"
     env["ASR_MAX_REQUEST_SECONDS"] = "30"  # the test clip is 10.4 s: three fit, four do not
-    log = (tmp_path / "server.log").open("w")
+    env.update(env_extra)
+    log = (log_dir / "server.log").open("w")
     proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", URI, "--env-manager", "local",
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             cwd=trained.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -62,7 +70,7 @@ def server(trained, tmp_path_factory):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             os.killpg(proc.pid, 9)
-            pytest.fail(f"server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            pytest.fail(f"server did not come up:\n{(log_dir / 'server.log').read_text()[-3000:]}")
         time.sleep(0.5)
     try:
         yield port
@@ -75,12 +83,34 @@ def server(trained, tmp_path_factory):
         log.close()
 
 
-def test_served_model_transcribes_real_audio_over_http(trained_store, server):
+@pytest.fixture(scope="module")
+def allowed_root(tmp_path_factory) -> Path:
+    """A folder the shared server lets requests name paths under (besides the test-clean split)."""
+    return tmp_path_factory.mktemp("allowed")
+
+
+@pytest.fixture(scope="module")
+def server(trained, allowed_root, tmp_path_factory):
+    """The served model with request paths allowed under the test-clean split and `allowed_root`
+    (ASR_SERVE_ALLOWED_ROOTS), shared by this module's tests (it takes a while to start); yields its port."""
+    roots = os.pathsep.join([str(split_dir("test-clean")), str(allowed_root)])
+    with serving(trained, tmp_path_factory.mktemp("serve"), {ROOTS_ENV: roots}) as port:
+        yield port
+
+
+@pytest.fixture
+def default_server(trained, tmp_path):
+    """The served model as `mlflow models serve` starts it with no setting: request paths off."""
+    with serving(trained, tmp_path, {}) as port:
+        yield port
+
+
+def test_served_model_transcribes_real_audio_over_http(trained_store, server, allowed_root):
     flac = split_dir("test-clean") / "1089/134686/1089-134686-0000.flac"
     other = split_dir("test-clean") / "1089/134686/1089-134686-0001.flac"
 
-    # one recording three ways (base64 FLAC bytes, a path on the server's disk, raw samples plus their rate):
-    # the same waveform reaches the model, so the same text comes back
+    # one recording three ways (base64 FLAC bytes, a path on the server's disk in a folder it allows, raw samples
+    # plus their rate): the same waveform reaches the model, so the same text comes back
     samples, rate = sf.read(flac, dtype="float32")
     texts = []
     for payload in ({"dataframe_records": [{"audio": audio_to_base64(flac)}]},
@@ -98,7 +128,8 @@ def test_served_model_transcribes_real_audio_over_http(trained_store, server):
     assert status == 200, body
     served = [p["text"] for p in body["predictions"]]
     with torch_threads(1):  # as the server runs (OMP_NUM_THREADS=1)
-        local = mlflow.pyfunc.load_model(URI).predict(pd.DataFrame({"audio": [str(other), str(flac)]}))
+        local = mlflow.pyfunc.load_model(URI).predict(pd.DataFrame({"audio": [audio_to_base64(other),
+                                                                             audio_to_base64(flac)]}))
     assert len(served) == 2 and cer(local["text"].tolist(), served) < 0.25
     alone = texts[:1]
 
@@ -107,7 +138,8 @@ def test_served_model_transcribes_real_audio_over_http(trained_store, server):
                                  "params": {"decoder": "beam", "beam_size": 4}})
     assert status == 200, body
     assert len(body["predictions"]) == 1 and isinstance(body["predictions"][0]["text"], str)
-    status, body = post(server, {"dataframe_records": [{"audio": str(flac)}], "params": {"lm": "/no/such.arpa"}})
+    status, body = post(server, {"dataframe_records": [{"audio": str(flac)}],
+                                 "params": {"lm": str(allowed_root / "no-such.arpa")}})
     assert status == 400 and "no such file" in body["message"]
 
     # bad input is an error answer naming the problem, and the server keeps serving
@@ -126,7 +158,7 @@ def test_served_model_transcribes_real_audio_over_http(trained_store, server):
     assert status == 200 and [p["text"] for p in body["predictions"]] == alone
 
 
-def test_every_request_shape_gives_the_same_text_as_dataframe_records(trained_store, server, tmp_path):
+def test_every_request_shape_gives_the_same_text_as_dataframe_records(trained_store, server, allowed_root):
     """Each JSON shape MLflow's scoring server documents (dataframe_records, dataframe_split, `instances`, `inputs`
     as a list or as columns) and CSV either transcribes, with the text dataframe_records gives, or is a 400 that
     says what shape to send. Before: `{"inputs": [b64]}` answered 200 with no prediction at all, columns and
@@ -171,8 +203,82 @@ def test_every_request_shape_gives_the_same_text_as_dataframe_records(trained_st
     assert status == 400 and "no `audio` or `samples` column" in body["message"], body
 
     # decoder settings that can only give empty text or cannot work are a 400, in one line
-    empty = tmp_path / "empty.txt"
+    empty = allowed_root / "empty.txt"
     empty.write_text("")
     for params, expected in (({"lexicon": str(empty)}, "has no words"), ({"decoder": "nope"}, "not among greedy")):
         status, body = post(server, {"inputs": [b64], "params": params})
         assert status == 400 and expected in body["message"], (params, status, body)
+
+
+def test_a_path_in_a_request_is_refused_by_default(trained_store, default_server):
+    """Whoever reaches the port cannot make the server read its files: a path as `audio`, `lm` or `lexicon` is a 400
+    naming the setting that allows paths, the same whether or not the file exists; the audio itself still works."""
+    flac = split_dir("test-clean") / "1089/134686/1089-134686-0000.flac"
+    trans = flac.with_name("1089-134686.trans.txt")  # a text file the server can read
+    b64 = audio_to_base64(flac)
+
+    def refused(audio: str, params: dict | None = None) -> str:
+        """The model's line of the 400 (MLflow puts "Failed to predict data '<the request>'" before it)."""
+        status, body = post(default_server, {"dataframe_records": [{"audio": audio}], "params": params or {}})
+        assert status == 400, (audio[:100], params, status, body)
+        return body["message"].rsplit("\nError: ", 1)[-1]
+
+    message = refused(str(flac))
+    assert message == refused(f"{flac}.missing") and "base64" in message
+    messages = [message]
+    for name in ("lm", "lexicon"):
+        message = refused(b64, {name: str(trans)})
+        assert message == refused(b64, {name: f"{trans}.missing"}) and f"`{name}`" in message
+        messages.append(message)
+    assert all(ROOTS_ENV in m and "\n" not in m and str(flac.parent) not in m for m in messages), messages
+
+    samples, rate = sf.read(flac, dtype="float32")
+    status, by_bytes = post(default_server, {"dataframe_records": [{"audio": b64}]})
+    assert status == 200 and len(by_bytes["predictions"]) == 1, by_bytes
+    status, by_samples = post(default_server, {"dataframe_records": [{"samples": samples.tolist(),
+                                                                      "sample_rate": rate}]})
+    assert status == 200 and by_samples == by_bytes, by_samples
+
+
+def test_paths_are_read_only_under_the_allowed_roots(trained_store, server, allowed_root, tmp_path_factory):
+    """With ASR_SERVE_ALLOWED_ROOTS set, a path whose real location is inside a named folder is read; `..`, a symlink
+    out of the folder and a sibling folder sharing its name's prefix are refused, for `audio` and for `lexicon`."""
+    flac = split_dir("test-clean") / "1089/134686/1089-134686-0000.flac"
+    outside = tmp_path_factory.mktemp("outside")  # a sibling of allowed_root, in no allowed folder
+    sibling = Path(f"{allowed_root}-not")
+    sibling.mkdir(exist_ok=True)
+    for folder in (allowed_root, outside, sibling):
+        shutil.copy(flac, folder / "a.flac")
+        write_lexicon(["he", "hoped", "stew"], folder / "lexicon.txt")
+    status, body = post(server, {"dataframe_records": [{"audio": audio_to_base64(flac)}]})
+    assert status == 200, body
+    status, inside = post(server, {"dataframe_records": [{"audio": str(allowed_root / "a.flac")}]})
+    assert status == 200 and inside == body, inside
+    status, body = post(server, {"dataframe_records": [{"audio": audio_to_base64(flac)}],
+                                 "params": {"lexicon": str(allowed_root / "lexicon.txt")}})
+    assert status == 200 and set(body["predictions"][0]["text"].split()) <= {"he", "hoped", "stew"}, body
+
+    (allowed_root / "link").symlink_to(outside, target_is_directory=True)
+    escapes = [f"{allowed_root}/../{outside.name}", str(allowed_root / "link"), str(sibling)]
+    for folder in escapes:
+        status, body = post(server, {"dataframe_records": [{"audio": f"{folder}/a.flac"}]})
+        assert status == 400 and ROOTS_ENV in body["message"], (folder, status, body)
+        status, body = post(server, {"dataframe_records": [{"audio": audio_to_base64(flac)}],
+                                     "params": {"lexicon": f"{folder}/lexicon.txt"}})
+        assert status == 400 and ROOTS_ENV in body["message"] and "`lexicon`" in body["message"], (folder, body)
+
+
+def test_the_projects_commands_read_files_without_the_setting(trained_store, tmp_path, monkeypatch):
+    """`asr validate` and `asr transcribe` are trusted with any file their user can read: they pass the audio itself,
+    so the serving setting never limits them; a path handed to the model's predict in-process is refused like a
+    request's (predict cannot tell who calls it)."""
+    monkeypatch.delenv(ROOTS_ENV, raising=False)
+    flac = split_dir("test-clean") / "1089/134686/1089-134686-0000.flac"
+    proc = run_cli(asr_command() + ["validate", "--file_id", FILE_ID, "--dataset", str(split_dir("test-clean"))],
+                   cwd=trained_store.root, tracking_uri=trained_store.uri)
+    assert proc.returncode == 0 and any(line.startswith("predicted:") for line in proc.stdout.splitlines()), \
+        proc.stderr
+    proc = run_cli(asr_command() + ["transcribe", str(flac)], cwd=trained_store.root, tracking_uri=trained_store.uri)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1, proc.stderr  # one file: its text alone
+    with pytest.raises(UserError, match=ROOTS_ENV):  # the model's own copy of RequestError, a UserError
+        load_pyfunc(URI).predict(pd.DataFrame({"audio": [str(flac)]}))

@@ -27,6 +27,8 @@ class ValidationResult:
 
 
 def validate(cfg: ValidateConfig) -> ValidationResult:
+    from asr.pyfunc import audio_to_base64
+
     # Cheap checks first: a bad id or dataset fails before the model is loaded.
     utterance = find_utterance(cfg.file_id, cfg.dataset or None)
     if not normalized(utterance.transcript):  # a score against nothing would be meaningless
@@ -37,7 +39,10 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
     setup_uri(uri)  # a tracking server that does not answer: one line naming the model, in seconds
     setup(cfg.experiment)
     model = load_pyfunc(uri)
-    prediction = str(model.predict(pd.DataFrame({"audio": [str(utterance.path)]}))["text"][0])
+    # The file's bytes, not its path: the model reads paths only under the folders a server allows
+    # (ASR_SERVE_ALLOWED_ROOTS), and this command is trusted with any file the user can read.
+    audio = audio_to_base64(utterance.path)
+    prediction = str(model.predict(pd.DataFrame({"audio": [audio]}))["text"][0])
     target = normalized(utterance.transcript)
     result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),
                               cer([target], [prediction]))
