@@ -38,7 +38,7 @@ import soundfile as sf
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from asr import UserError
+from asr import UserError, first_line
 from asr.audio import AudioError, load_audio, to_mono_16k
 from asr.config import DecodeConfig
 
@@ -58,6 +58,15 @@ class RequestError(UserError, MlflowException):
 
     def __init__(self, message: str):
         MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def not_audio(roots: tuple[Path, ...]) -> AudioError:
+    """The answer to an `audio` string that is neither base64 nor a path the server may read."""
+    if roots:
+        return AudioError(f"audio must be base64-encoded audio bytes or the path of an audio file under the folders "
+                          f"{ROOTS_ENV} names on the server")
+    return AudioError(paths_off("audio must be base64-encoded audio bytes",
+                                "send the file's bytes as base64, or `samples` and `sample_rate`"))
 
 
 def max_request_seconds() -> float:
@@ -119,14 +128,15 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
                 return load_audio(real, rate)
             try:
                 blob = io.BytesIO(base64.b64decode(value, validate=True))
-                _spend(budget, _duration(blob), "base64 audio")
+            except (binascii.Error, ValueError):
+                raise not_audio(roots) from None
+            _spend(budget, _duration(blob), "base64 audio")
+            try:
                 data, sr = sf.read(blob, dtype="float32")
-            except (binascii.Error, ValueError, sf.LibsndfileError, RuntimeError):
-                if roots:
-                    raise AudioError(f"audio must be base64-encoded audio bytes or the path of an audio file "
-                                     f"under the folders {ROOTS_ENV} names on the server") from None
-                raise AudioError(paths_off("audio must be base64-encoded audio bytes",
-                                           "send the file's bytes as base64, or `samples` and `sample_rate`")) from None
+            except (sf.LibsndfileError, RuntimeError, ValueError) as e:  # base64, but not of audio soundfile reads
+                if "/" in value[:1] or os.sep in value:  # a path that happens to be valid base64 ("/data/abcd")
+                    raise not_audio(roots) from None
+                raise AudioError(f"base64 audio: cannot read audio ({first_line(e)})") from None
             return to_mono_16k(data, sr, rate, name="base64 audio")
         samples, sr = row.get("samples"), row.get("sample_rate")
         if _missing(samples) or _missing(sr):

@@ -213,3 +213,12 @@ def test_the_models_own_lexicon_is_always_allowed(model, chirp, folders, monkeyp
     b64 = audio_to_base64(chirp)
     assert texts(own, pd.DataFrame({"audio": [b64]})) == own.predict(
         None, pd.DataFrame({"audio": [b64]}), params={"lexicon": lexicon})["text"].tolist()
+
+
+def test_base64_that_is_not_audio_says_so(model):
+    """Bytes that decode as base64 but are no audio: the reason, not advice about paths (`asr validate` sends a
+    corrupt file's bytes this way)."""
+    import base64
+
+    message = refusal(model, base64.b64encode(b"not audio at all").decode())
+    assert message.startswith("base64 audio: cannot read audio (") and ROOTS_ENV not in message, message

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import mlflow
 import pandas as pd
 
+from asr.audio import load_audio
 from asr.data.dataset import DataError, Utterance, find_utterance
 from asr.loading import load_pyfunc
 from asr.metrics import cer, wer
@@ -35,6 +36,7 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
         trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
         raise DataError(f"{cfg.file_id}: its transcript has no letters to score against (line in {trans}: "
                         f"{(cfg.file_id + ' ' + utterance.transcript).strip()!r})")
+    load_audio(utterance.path)  # unreadable audio: one line naming the file, before the model is loaded
     uri = model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
     setup_uri(uri)  # a tracking server that does not answer: one line naming the model, in seconds
     setup(cfg.experiment)
