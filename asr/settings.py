@@ -145,6 +145,9 @@ class TrackingConfig(Checked):
                        "beats the current Production version's", ("if-better", "always", "never"))
     offline_ok: bool = opt(False, "when the tracking server is unreachable, train and log to the local store "
                            "sqlite:///mlflow.db instead, saying so (default: fail at once)")
+    system_metrics: bool = opt(True, "log CPU, memory, disk, network and GPU use during training as the run's "
+                               "system/... metrics (MLflow's monitor, every 10 s or "
+                               "$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)")
 
 
 @dataclass

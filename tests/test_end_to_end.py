@@ -38,7 +38,7 @@ from mlflow import MlflowClient
 from asr import UserError
 from asr.audio import load_audio
 from asr.config import to_dict, to_params
-from asr.data.dataset import read_splits
+from asr.data.dataset import read_splits, split_digest
 from asr.model import SpeechModel
 from asr.pyfunc import audio_to_base64
 from asr.text import BLANK, VOCAB, normalized
@@ -205,6 +205,75 @@ def test_promotion_policies(trained_store, tiny_config):
     assert aliases == {"production": 5}
 
 
+# ---------------------------------------------------------------- the run page tells the story
+
+def git_out(*args: str, cwd: Path = REPO) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_run_lists_its_three_splits_as_datasets(trained_store):
+    """"Datasets" on the run page: the utterances trained on, the dev split and the held-out test split, each
+    with its folder as the source, the split_digest of its file ids and transcripts, and MLflow's context tag."""
+    cfg = trained_store.cfg
+    run = MlflowClient().get_run(trained_store.result.run_id)
+    logged = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert len(run.inputs.dataset_inputs) == 3 and set(logged) == {"training", "validation", "test"}
+    splits = {"training": cfg.data.train_data, "validation": cfg.data.dev_data, "test": cfg.data.test_data}
+    for context, dirs in splits.items():
+        (folder,) = dirs
+        utterances = read_splits(dirs)
+        dataset = logged[context]
+        assert dataset.digest == split_digest(utterances), context
+        assert dataset.source_type == "local"
+        assert json.loads(dataset.source) == {"uri": str(Path(folder).absolute())}
+        assert dataset.name == f"{Path(folder).parent.name}/{Path(folder).name}"
+        assert json.loads(dataset.profile)["utterances"] == len(utterances)
+        assert 0 < json.loads(dataset.profile)["hours"] < 1
+        columns = [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]]
+        assert columns == ["file_id", "transcript", "seconds"]
+    assert run.data.params["train_utterances"] == str(len(read_splits(cfg.data.train_data)))
+    assert len({d.digest for d in logged.values()}) == 3
+
+
+def test_run_tags_name_the_git_commit_and_library_versions(trained_store):
+    """Trained in this process (pytest is the entry script, outside any checkout, as the `asr` console script is),
+    MLflow sets no git tags itself: the run still names the commit, branch and dirty state of the checkout the
+    package runs from, and the versions of torch, torchaudio and mlflow."""
+    import torch
+    import torchaudio
+
+    tags = MlflowClient().get_run(trained_store.result.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == git_out("rev-parse", "HEAD")
+    dirty = bool(git_out("status", "--porcelain", "--untracked-files=no"))
+    assert tags["mlflow.source.git.dirty"] == str(dirty).lower()
+    branch = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    assert tags.get("mlflow.source.git.branch", "") == branch
+    assert (tags["torch_version"], tags["torchaudio_version"], tags["mlflow_version"]) == \
+        (torch.__version__, torchaudio.__version__, mlflow.__version__)
+
+
+def test_training_logs_system_metrics(trained_store):
+    """MLflow's own system metrics (run page: "System metrics"), sampled during training."""
+    metrics = MlflowClient().get_run(trained_store.result.run_id).data.metrics
+    system = {k for k in metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_run_description_says_what_was_trained_on_what_and_how_well(trained_store):
+    cfg, result = trained_store.cfg, trained_store.result
+    note = MlflowClient().get_run(result.run_id).data.tags["mlflow.note.content"]
+    what, how = [line for line in note.splitlines() if line.strip()]
+    train_name = Path(cfg.data.train_data[0]).name
+    assert f"trained {cfg.optim.epoch} epochs (best: " in what
+    assert f"on {train_name} ({cfg.data.max_utterances} utterances" in what and "M-parameter CTC model" in what
+    assert f"Held-out test test-clean ({len(read_splits(cfg.data.test_data))} utterances" in how
+    assert f"WER {result.test['wer']:.3f}, CER {result.test['cer']:.3f}" in how
+    assert f"dev dev-clean ({len(read_splits(cfg.data.dev_data))} utterances" in how
+
+
 # ---------------------------------------------------------------- (b) the registered pyfunc model
 
 def test_registered_pyfunc_model_transcribes_paths_and_base64(trained_store, monkeypatch):
@@ -322,6 +391,8 @@ def test_mlflow_run_train_then_validate(tmp_path, short_dev, empty_store_db):
     run rather than start another."""
     test_clean = split_dir("test-clean")
     project = copy_project(tmp_path / "project")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "project"]):  # a checkout of the project
+        git_out("-c", "user.name=t", "-c", "user.email=t@example.com", *args, cwd=project)
     uri = new_store(empty_store_db, tmp_path)
     mlflow_cli = [str(BIN / "mlflow"), "run", ".", "--env-manager", "local", "--experiment-name", EXPERIMENT]
     params = dict(TINY, train_data=short_dev, dev_data=short_dev, test_data="", output_dir=tmp_path / "outputs")
@@ -347,6 +418,11 @@ def test_mlflow_run_train_then_validate(tmp_path, short_dev, empty_store_db):
         assert train_run.info.status == "FINISHED"
         assert {"loss", "wer", "cer", "val_loss", "best_wer"} <= set(train_run.data.metrics)
         assert train_run.data.params["epoch"] == "1" and train_run.data.params["train_data"] == str(short_dev)
+        # the run names the checkout it ran from, and the libraries
+        tags = train_run.data.tags
+        assert tags["mlflow.source.git.commit"] == git_out("rev-parse", "HEAD", cwd=project)
+        assert (tags["mlflow.source.git.dirty"], tags["mlflow_version"]) == ("false", mlflow.__version__)
+        assert {"torch_version", "torchaudio_version"} <= set(tags)
         assert {"utterance_wer", "utterance_cer"} <= set(runs["validate"].data.metrics)
         default = client.get_experiment_by_name("Default")
         assert default is None or not client.search_runs([default.experiment_id])

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from importlib.metadata import distributions
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from asr.tracking.requirements import (
+    IMPORTED_WHEN_INSTALLED,
     MODEL_DISTRIBUTIONS,
     Locked,
     LockError,
@@ -104,7 +106,9 @@ def test_closure_and_lock_reading_errors(tmp_path):
     with pytest.raises(LockError, match="not in the lock: no-such-package"):
         closure(LOCK, ["torch", "No_Such.Package"])
     lines = model_requirements(tmp_path / "missing.lock")  # outside a checkout: installed versions, direct only
-    assert lines == [f"{n}=={installed_version(n).split('+')[0]}" for n in MODEL_DISTRIBUTIONS]
+    installed = [n for n in IMPORTED_WHEN_INSTALLED if n in {canonicalize_name(d.metadata["Name"])
+                                                             for d in distributions()}]
+    assert lines == [f"{n}=={installed_version(n).split('+')[0]}" for n in (*MODEL_DISTRIBUTIONS, *installed)]
 
 
 IMPORTS_OF_A_LOADED_MODEL = """

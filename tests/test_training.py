@@ -341,6 +341,6 @@ def test_resume_refuses_a_changed_training_setting_in_one_line(short_dev: Path, 
                           timeout=300)
     assert (problem := one_line_error(proc)) is None, problem
     assert "--epoch 3 (the run's: 1)" in proc.stderr and "--batch" not in proc.stderr, proc.stderr
-    assert "only --registered_model, --promote, --offline_ok may change" in proc.stderr
+    assert "only --registered_model, --promote, --offline_ok, --system_metrics may change" in proc.stderr
     assert proc.stdout == "" and (run_dir / ckpt.LAST).read_bytes() == before
     assert MlflowClient().search_model_versions("name='teamasr'") == []

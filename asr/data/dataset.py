@@ -267,6 +267,17 @@ def read_splits(split_dirs: Iterable[str | Path]) -> list[Utterance]:
     return read_corpus(split_dirs).utterances
 
 
+def split_digest(utterances: Iterable[Utterance]) -> str:
+    """A short fingerprint of a split's content: its file ids and transcripts (as the corpus writes them), in id
+    order. Two runs scored on splits with the same digest were scored on the same utterances and references, so
+    their WER/CER compare; the audio is not read (a split of hours hashes in milliseconds). 16 hex digits: the
+    digest of the run's MLflow dataset input, and a registry tag value."""
+    h = hashlib.sha256()
+    for u in sorted(utterances, key=lambda u: u.file_id):
+        h.update(f"{u.file_id}\t{u.transcript}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def split_names(split_dirs: Iterable[str | Path]) -> str:
     """Short name of one or more splits, for run names: test-clean, or dev-clean+test-clean."""
     return "+".join(Path(d).name for d in split_dirs)

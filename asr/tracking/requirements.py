@@ -30,6 +30,9 @@ PYPROJECT = ROOT / "pyproject.toml"
 # What a logged model imports when it is loaded and asked to transcribe (greedy or beam search with an LM); a test
 # loads a logged model in a fresh process and checks that every distribution it imported is among their closure.
 MODEL_DISTRIBUTIONS = ("torch", "torchaudio", "flashlight-text", "mlflow", "numpy", "pandas", "soundfile", "tqdm")
+# Imported along with those whenever installed (mlflow imports psutil, torch pynvml): a logged model requires them
+# when the lock holds them (training's system metrics need them).
+IMPORTED_WHEN_INSTALLED = ("psutil", "nvidia-ml-py")
 REPORTED = ("torch", "torchaudio", "mlflow", "numpy")
 REINSTALL = "install the locked versions: make install (or pip install -r requirements.lock)"
 
@@ -107,13 +110,25 @@ def model_requirements(lock_path: Path = LOCK) -> list[str]:
     """pip requirement lines for a logged model: MODEL_DISTRIBUTIONS and all they require, at the locked versions.
 
     Outside a checkout (no lock beside the package) it falls back to the installed versions of
-    MODEL_DISTRIBUTIONS alone, and says so on stderr."""
+    MODEL_DISTRIBUTIONS alone (and of IMPORTED_WHEN_INSTALLED, where installed), and says so on stderr."""
     try:
-        return [e.requirement for e in closure(read_lock(lock_path), list(MODEL_DISTRIBUTIONS))]
+        lock = read_lock(lock_path)
+        locked = {e.name for e in lock}
+        return [e.requirement for e in closure(lock, [*MODEL_DISTRIBUTIONS,
+                                                      *(n for n in IMPORTED_WHEN_INSTALLED if n in locked)])]
     except LockError as e:
         print(f"warning: {e}; the model's requirements pin only its direct imports, at the installed versions",
               file=sys.stderr)
-        return [f"{name}=={installed_version(name).split('+')[0]}" for name in MODEL_DISTRIBUTIONS]
+        names = [*MODEL_DISTRIBUTIONS, *(n for n in IMPORTED_WHEN_INSTALLED if _installed(n))]
+        return [f"{name}=={installed_version(name).split('+')[0]}" for name in names]
+
+
+def _installed(name: str) -> bool:
+    try:
+        installed_version(name)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def conda_yaml(lock: list[Locked], pyproject: Path = PYPROJECT) -> str:

@@ -24,9 +24,10 @@ from asr.model import SpeechModel
 from asr.precision import autocast_dtype
 from asr.settings import TrainConfig
 from asr.text import BLANK, VOCAB
-from asr.tracking import registry, store
+from asr.tracking import lineage, registry, store
 from asr.tracking.metric_log import MetricLog
 from asr.tracking.packaging import log_model
+from asr.tracking.system_metrics import SystemMetrics
 from asr.training import distributed as dist
 from asr.training.batches import TrainData, intra_op_threads, load_dataset, prep_workers, total_steps, training_data
 from asr.training.loop import EpochStats, Trainer, build_trainer, compute_validation, train_one_epoch
@@ -62,6 +63,8 @@ class Run:
     metrics: MetricLog
     progress: bool               # progress bars
     best_state: dict | None = None  # weights of the best epoch so far
+    system_metrics: SystemMetrics | None = None  # MLflow's system-metrics monitor (main rank, unless turned off)
+    test_summary: str = ""       # the held-out split, as the run's description names it
 
     def say(self, message: str) -> None:
         if self.trainer.ctx.main:
@@ -76,6 +79,11 @@ class Run:
             ckpt.atomic_save(training_state(t.cfg, t.model, t.optimizer, t.scheduler, t.scaler, self.pos,
                                             self.run_id), path)
         return path
+
+    def stop_system_metrics(self) -> None:
+        """Before the run ends: MLflow's monitor publishes its last sample to a run that is still RUNNING."""
+        if self.system_metrics is not None:
+            self.system_metrics.stop()
 
 
 def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None = None) -> TrainResult:
@@ -106,6 +114,7 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
         result = finish(run)
         if ctx.main:
             run.pos.registered = result.promotion.version
+            run.stop_system_metrics()
             mlflow.end_run()  # before the checkpoint that makes the run unresumable: a kill between the two then
             run.checkpoint()  # leaves a resumable run that re-finishes (same version), not one RUNNING forever
         dist.barrier(ctx)  # ranks tear the process group down together, once rank 0 has registered the model
@@ -113,6 +122,7 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
     except BaseException as e:
         if ctx.main:
             run.metrics.send_or_keep()  # the curves up to the failure
+            run.stop_system_metrics()
             store.end_run("KILLED" if isinstance(e, TrainingInterrupted) else "FAILED")
         raise
     finally:
@@ -135,11 +145,14 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
     trainer.distribute()
     run_id = ""
     if ctx.main:
-        active = mlflow.start_run(run_id=resume.state["run_id"]) if resume \
-            else mlflow.start_run(run_name=cfg.tracking.run_name or None)
+        # MLflow's own monitor is started below, once the run exists, whatever $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+        active = mlflow.start_run(run_id=resume.state["run_id"], log_system_metrics=False) if resume \
+            else mlflow.start_run(run_name=cfg.tracking.run_name or None, log_system_metrics=False)
         run_id = active.info.run_id
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state)
+    if ctx.main and cfg.tracking.system_metrics:
+        run.system_metrics = SystemMetrics(run_id, resumed=resume is not None)
     n_params = sum(p.numel() for p in model.parameters())
     run.say(f"train: {len(data.items)} utterances from {','.join(cfg.data.train_data)} "
             f"({sum(data.skipped.values())} skipped: {data.skipped}; {sum(data.left_out.values())} left out by the "
@@ -165,6 +178,13 @@ def log_start(run: Run, resume: Resume | None) -> None:
               "train_utterances": len(run.data.items)}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    mlflow.set_tags(lineage.source_tags(mlflow.active_run().data.tags))
+    hop = cfg.features.hop_ms / 1000
+    data = run.data
+    lineage.log_split(lineage.TRAINING, cfg.data.train_data, [data.train_set.utterances[i] for i in data.items],
+                      [data.train_lengths[i] * hop for i in data.items])
+    lineage.log_split(lineage.VALIDATION, cfg.data.dev_data, data.dev_set.utterances,
+                      [n * hop for n in data.dev_lengths])
     mlflow.log_metrics({k: float(v) for k, v in {**run.data.skipped, **run.data.left_out}.items()})
     run.out_dir.mkdir(parents=True, exist_ok=True)
     save(cfg, run.out_dir / "config.json")
@@ -238,6 +258,7 @@ def finish(run: Run) -> TrainResult:
         mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
         log_predictions(test_rows, "predictions_test.json")
         print(f"held-out test ({','.join(cfg.data.test_data)}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
+    lineage.set_description(describe(run, dev, test))
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.MODEL)
     uri = log_model(checkpoint, run.data.dev_set.utterances[0].path)
     name = cfg.tracking.registered_model
@@ -262,7 +283,26 @@ def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     lengths = test_set.precompute(prep_workers(cfg), cfg.data.feature_cache, run.progress, "features test")
     for message in test_set.unreadable:
         run.say(f"skipping {message}")
+    if t.ctx.main:
+        hop = cfg.features.hop_ms / 1000
+        lineage.log_split(lineage.TEST, cfg.data.test_data, test_set.utterances, [n * hop for n in lengths])
+        run.test_summary = lineage.split_summary(cfg.data.test_data, len(test_set), sum(lengths) * hop)
     return compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx)
+
+
+def describe(run: Run, dev: dict[str, float], test: dict[str, float]) -> str:
+    """The run's two-line description: the model and what it was trained on, then its held-out scores."""
+    cfg, data, hop = run.trainer.cfg, run.data, run.trainer.cfg.features.hop_ms / 1000
+    m = cfg.model
+    n_params = sum(p.numel() for p in run.trainer.model.parameters())
+    model = (f"{n_params / 1e6:.2f} M-parameter CTC model ({lineage.counted(m.cnn_layers, 'CNN block')}, "
+             f"{m.rnn_layers} x {m.rnn_dim} bidirectional GRU, {cfg.features.n_mfcc} MFCCs)")
+    trained = run.pos.best_epoch + run.pos.bad_epochs  # epochs run, early stop or not
+    epochs = f"{lineage.counted(trained, 'epoch')} (best: {run.pos.best_epoch})"
+    train = lineage.split_summary(cfg.data.train_data, len(data.items), sum(data.train_lengths[i] for i in data.items)
+                                  * hop)
+    dev_split = lineage.split_summary(cfg.data.dev_data, len(data.dev_set), sum(data.dev_lengths) * hop)
+    return lineage.run_description(model, train, epochs, dev_split, dev, run.test_summary, test)
 
 
 def log_predictions(rows: list[tuple[str, str, str]], name: str) -> None:
