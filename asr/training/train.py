@@ -248,8 +248,10 @@ def finish(run: Run) -> TrainResult:
     for split, names, scores in (("dev", cfg.data.dev_data, decoding.dev), ("held-out test", cfg.data.test_data,
                                                                            decoding.test)):
         if scores:
+            greedy = "" if decoding.description == "greedy" else \
+                f"; greedy WER {scores['wer_greedy']:.3f}  CER {scores['cer_greedy']:.3f}"
             print(f"{split} ({','.join(names)}): {decoding.description} WER {scores['wer']:.3f}  CER "
-                  f"{scores['cer']:.3f}; greedy WER {scores['wer_greedy']:.3f}  CER {scores['cer_greedy']:.3f}")
+                  f"{scores['cer']:.3f}{greedy}")
     uri = log_model(checkpoint, run.data.dev_set.utterances[0].path, decoding.files)
     name = cfg.tracking.registered_model
     kill_point("logged")  # model.pt written and the model logged, not yet registered
