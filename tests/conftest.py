@@ -296,6 +296,43 @@ def trained_store(trained: TrainedStore) -> Iterator[TrainedStore]:
         yield trained
 
 
+@contextmanager
+def served_model(trained: TrainedStore, uri: str, log_path: Path) -> Iterator[int]:
+    """`mlflow models serve -m URI --env-manager local` of the trained store's model on a free port (one worker,
+    one thread), answering /ping; yields the port, and stops the server afterwards."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = subprocess_env(trained.uri)
+    env["OMP_NUM_THREADS"] = "1"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=trained.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server did not come up:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield port
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -21,6 +21,7 @@ from conftest import (
     mlflow_store,
     one_line_error,
     run_cli,
+    served_model,
     split_dir,
     tiny_args,
     torch_threads,
@@ -31,6 +32,7 @@ from asr.audio import load_audio
 from asr.config import ConfigError, DecodeConfig
 from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
 from asr.lm import arpa_words, build_arpa
+from asr.pyfunc import audio_to_base64
 from asr.settings import DecoderSection
 from asr.transcribe import Transcriber
 
@@ -191,6 +193,57 @@ def test_the_commands_decode_with_the_models_lm_unless_told(trained_lm, tmp_path
         metrics = client.get_run(trained_lm.result.run_id).data.metrics
         assert runs[0].data.metrics["cer"] == pytest.approx(metrics["test_cer"], abs=0.02)
         assert runs[1].data.metrics["cer"] == pytest.approx(metrics["test_cer_greedy"], abs=0.02)
+
+
+@pytest.mark.slow  # a training
+def test_a_given_lm_and_lexicon_travel_with_the_model(tiny_config, isolated_mlflow, short_dev, tmp_path):
+    """--lm FILE --lexicon FILE: both are placed in the run's folder and logged with the model (as lm.arpa and
+    lexicon.txt), byte for byte, and the loaded model decodes with them; the given files stay as they were."""
+    from asr.evaluation.evaluate import utterances_of
+    from asr.lm import write_lexicon
+    from asr.text import normalized
+    from asr.training.train import train
+
+    given = tmp_path / "given"
+    given.mkdir()
+    arpa, lexicon = given / "words.arpa", given / "words.lex"
+    build_arpa((normalized(u.transcript) for u in utterances_of([str(short_dev)])), 2, arpa)
+    write_lexicon(arpa_words(arpa), lexicon)
+    before = {p: (p.read_bytes(), p.stat().st_mode) for p in (arpa, lexicon)}
+    result = train(tiny_config(lm=str(arpa), lexicon=str(lexicon), lm_order=3, lm_weights="1", word_scores="0",
+                               output_dir=str(tmp_path / "outputs")), progress=False)
+    folder = tmp_path / "outputs" / result.run_id
+    saved = json.loads((folder / DECODER_FILE).read_text())
+    assert (saved["lm"], saved["lexicon"], saved["lm_order"], saved["description"]) == \
+        ("lm.arpa", "lexicon.txt", None, "beam+lm")
+    assert (saved["lm_weight"], saved["word_score"]) == (1.0, 0.0)
+    assert (folder / "lm.arpa").read_bytes() == before[arpa][0]
+    assert (folder / "lexicon.txt").read_bytes() == before[lexicon][0]
+    assert {p: (p.read_bytes(), p.stat().st_mode) for p in (arpa, lexicon)} == before
+
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    own = model.unwrap_python_model().transcriber.decode_cfg
+    assert Path(own.lm).name == "lm.arpa" and Path(own.lm).read_bytes() == before[arpa][0]
+    assert Path(own.lexicon).name == "lexicon.txt" and Path(own.lexicon).read_bytes() == before[lexicon][0]
+    assert not Path(own.lm).is_relative_to(folder)  # the model's own copy, not the training folder's
+    assert (own.decoder, own.lm_weight, own.word_score) == ("beam", 1.0, 0.0)
+    assert MlflowClient().get_run(result.run_id).data.tags["decoder"] == "beam+lm"
+
+
+@pytest.mark.slow  # mlflow models serve
+def test_the_served_model_decodes_with_its_lm_over_http(trained_lm, tmp_path):
+    """No request params: the model's own decoder (the LM transcript); {"decoder": "greedy"}: the greedy one."""
+    from test_serving import post
+
+    lm_text, greedy = expected_texts(trained_lm)
+    audio = audio_to_base64(flac())
+    with served_model(trained_lm, URI, tmp_path / "server.log") as port:
+        status, body = post(port, {"dataframe_records": [{"audio": audio}]})
+        assert status == 200 and [p["text"] for p in body["predictions"]] == [lm_text], body
+        status, body = post(port, {"dataframe_records": [{"audio": audio}], "params": {"decoder": "greedy"}})
+        assert status == 200 and [p["text"] for p in body["predictions"]] == [greedy], body
+        status, body = post(port, {"inputs": [audio]})
+        assert status == 200 and [p["text"] for p in body["predictions"]] == [lm_text], body
 
 
 def test_a_model_without_a_decoder_decodes_greedily(trained):
