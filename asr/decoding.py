@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -69,10 +70,14 @@ class BeamSearchDecoder:
             raise DecoderError(f"cannot build the beam search decoder (lm {cfg.lm or 'none'}, lexicon "
                                f"{loaded.lexicon or 'none'}): {kenlm_reason(e)}") from None
         self.loaded = loaded  # keeps the LM, and the lexicon's temporary folder, alive as long as this decoder
+        # flashlight's decoder keeps the hypotheses of the utterance it is decoding in itself, and MLflow's scoring
+        # server runs concurrent requests in threads: one utterance at a time per decoder
+        self._lock = threading.Lock()
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         emissions = log_probs.detach().float().cpu().contiguous()
-        hypotheses = self._decoder(emissions, lengths.cpu().to(torch.int32))
+        with self._lock:
+            hypotheses = self._decoder(emissions, lengths.cpu().to(torch.int32))
         return [" ".join(decode(h[0].tokens.tolist()).split()) if h else "" for h in hypotheses]
 
 
@@ -134,6 +139,7 @@ class LoadedLM:
 # LMs kept loaded, by their files (path, size and modification time of LM and lexicon), most recently used last:
 # the few a process decodes with (a served model's own, one being tuned).
 _LOADED: OrderedDict[tuple, LoadedLM] = OrderedDict()
+_LOADING = threading.Lock()  # one load at a time: two requests asking for one LM load it once
 LOADED_LMS = 2
 
 
@@ -141,13 +147,14 @@ def loaded_lm(cfg: DecodeConfig) -> LoadedLM:
     """The LoadedLM of cfg's LM and lexicon, loaded now or earlier in this process (a file changed since is loaded
     again). Raises DecoderError as LoadedLM does."""
     key = tuple((path, *_stamp(path)) for path in (cfg.lm, cfg.lexicon))
-    if key in _LOADED:
-        _LOADED.move_to_end(key)
-        return _LOADED[key]
-    loaded = _LOADED[key] = LoadedLM(cfg)
-    while len(_LOADED) > LOADED_LMS:
-        _LOADED.popitem(last=False)
-    return loaded
+    with _LOADING:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+        loaded = _LOADED[key] = LoadedLM(cfg)
+        while len(_LOADED) > LOADED_LMS:
+            _LOADED.popitem(last=False)
+        return loaded
 
 
 def _stamp(path: str) -> tuple[int, int]:

@@ -7,6 +7,7 @@ memory stays bounded whatever the input, and the pieces' texts are joined again.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Transcriber:
         self.decode_cfg = decode
         self.decoder: Decoder = make_decoder(decode)
         self.decoders: OrderedDict[tuple, Decoder] = OrderedDict()  # for other settings, least recently used first
+        self._decoders_lock = threading.Lock()  # MLflow's scoring server predicts in several threads
         if decode.precision == "int8":
             from asr.export import quantize_dynamic
 
@@ -58,13 +60,14 @@ class Transcriber:
         key = decoder_key(decode)
         if key == decoder_key(self.decode_cfg):
             return self.decoder
-        if key in self.decoders:
-            self.decoders.move_to_end(key)
-            return self.decoders[key]
-        decoder = self.decoders[key] = make_decoder(decode)
-        while len(self.decoders) > self.CACHED_DECODERS:
-            self.decoders.popitem(last=False)
-        return decoder
+        with self._decoders_lock:
+            if key in self.decoders:
+                self.decoders.move_to_end(key)
+                return self.decoders[key]
+            decoder = self.decoders[key] = make_decoder(decode)
+            while len(self.decoders) > self.CACHED_DECODERS:
+                self.decoders.popitem(last=False)
+            return decoder
 
     @property
     def sample_rate(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -142,6 +143,8 @@ def _client(trained) -> Iterator[MlflowClient]:
 # ---------------------------------------------------------------- every way in decodes with the model's decoder
 
 def test_the_pyfunc_decodes_with_the_models_lm_built_once(trained_lm):
+    """No params: the model's LM; decoder=greedy: greedy; the model's decoder is built once, at load, and a
+    decoder for other settings once, sharing the loaded LM; concurrent requests decode as they would alone."""
     lm_text, greedy = expected_texts(trained_lm)
     with _client(trained_lm), torch_threads(1):
         model = mlflow.pyfunc.load_model(URI)
@@ -159,6 +162,11 @@ def test_the_pyfunc_decodes_with_the_models_lm_built_once(trained_lm):
         assert transcriber.decoder_for(with_overrides(transcriber.decode_cfg, {"lm_weight": 0.0})) is other
         assert other is not built and other.loaded is built.loaded and built.loaded.lm is not None
         assert transcriber.decoder is built
+        # requests at once (MLflow's scoring server predicts in threads) get what each gets alone
+        asked = [None, {"decoder": "greedy"}, None, {"lm_weight": 0.0}] * 3
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            texts = list(pool.map(lambda params: model.predict(request, params=params)["text"][0], asked))
+        assert texts == [lm_text, greedy, lm_text, reweighted[0]] * 3
 
 
 @pytest.mark.slow  # subprocesses
