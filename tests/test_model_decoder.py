@@ -6,6 +6,7 @@ and the registry compares versions by the latter. Settings that cannot work are 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -236,6 +237,36 @@ def test_a_given_lm_and_lexicon_travel_with_the_model(tiny_config, isolated_mlfl
     assert not Path(own.lm).is_relative_to(folder)  # the model's own copy, not the training folder's
     assert (own.decoder, own.lm_weight, own.word_score) == ("beam", 1.0, 0.0)
     assert MlflowClient().get_run(result.run_id).data.tags["decoder"] == "beam+lm"
+
+
+@pytest.mark.slow  # two trainings in subprocesses
+def test_a_run_killed_after_logging_its_model_resumes_to_the_same_decoder(tiny_config, isolated_mlflow, tmp_path):
+    """kill -9 after the model (with its decoder) is logged, before it is registered: --resume tunes again, to the
+    same settings (the params logged before the kill stay, none is refused as changed), and registers one version
+    whose decoder is the one in decoder.json."""
+    import signal
+
+    from conftest import only_run_dir, subprocess_env
+
+    out = tmp_path / "outputs"
+    args = asr_command() + ["train"] + tiny_args(tiny_config(output_dir=str(out), lm_order=2, lm_weights="0.5,2",
+                                                             word_scores="0,1"))
+    env = subprocess_env(isolated_mlflow)
+    killed = subprocess.run(args, cwd=tmp_path, env=env | {"ASR_KILL_AT": "logged"}, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    folder = only_run_dir(out)
+    first = json.loads((folder / DECODER_FILE).read_text())
+    resumed = subprocess.run(asr_command() + ["train", "--resume", str(folder)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "version 1 promoted to Production" in resumed.stdout
+    assert json.loads((folder / DECODER_FILE).read_text()) == first
+    client = MlflowClient()
+    (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert version.tags["decoder"] == "beam+lm(order 2)" and version.run_id == folder.name
+    params = client.get_run(folder.name).data.params
+    assert (float(params["lm_weight"]), float(params["word_score"])) == (first["lm_weight"], first["word_score"])
 
 
 @pytest.mark.slow  # mlflow models serve
