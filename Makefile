@@ -51,13 +51,13 @@ test-fast: install
 demo: install
 	@echo "== 1/5 demo corpus (text-to-speech, LibriSpeech layout) in $(DEMO)"
 	$(ASR) data synth --root $(DEMO)
-	@echo "== 2/5 train, log to MLflow, register and promote"
+	@echo "== 2/5 train with a word trigram LM from the training transcripts (tuned on dev), log to MLflow, register and promote"
 	$(ASR) train --train_data $(DEMO)/train --dev_data $(DEMO)/dev --test_data $(DEMO)/test
-	@echo "== 3/5 word trigram LM from the training transcripts"
-	$(ASR) lm build --from-dataset $(DEMO)/train --order 3 --out $(DEMO)/lm.arpa
-	@echo "== 4/5 held-out voices, Production model: beam search + LM (greedy is in step 2's test line)"
-	$(ASR) evaluate --dataset $(DEMO)/test --lm $(DEMO)/lm.arpa
-	@echo "== 5/5 validate a held-out utterance by file id with the Production model"
+	@echo "== 3/5 held-out voices, Production model, acoustic model alone: greedy decoding"
+	$(ASR) evaluate --dataset $(DEMO)/test --decoder greedy
+	@echo "== 4/5 held-out voices, Production model with its own decoder: beam search + the LM it was trained with"
+	$(ASR) evaluate --dataset $(DEMO)/test
+	@echo "== 5/5 validate a held-out utterance by file id with the Production model (its own decoder)"
 	$(ASR) validate --dataset $(DEMO)/test --file_id $$($(PY) -c "from asr.data.dataset import read_split; print(read_split('$(DEMO)/test')[0].file_id)")
 
 lint: install

@@ -27,8 +27,9 @@ def redact(uri: str) -> str:
 
 
 def load(ref: str, decode=None):
-    """A `asr.transcribe.Transcriber` for the model `ref` names, decoding with `decode` (an `asr.config.DecodeConfig`;
-    default greedy). See `asr.loading.load_transcriber` for the forms of `ref` and the errors raised."""
+    """A `asr.transcribe.Transcriber` for the model `ref` names, decoding with `decode` (an
+    `asr.config.DecodeConfig`; default: the model's own decoder, greedy for a model trained without an LM). See
+    `asr.loading.load_transcriber` for the forms of `ref` and the errors raised."""
     from asr.loading import load_transcriber
 
     return load_transcriber(ref, decode)

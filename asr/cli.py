@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -65,6 +66,12 @@ def given_options(options: dict) -> set[str]:
     ctx = click.get_current_context()
     return {k for k in options
             if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def decoder_options(options: dict) -> dict:
+    """The decoder settings given on the command line: they change the model's own decoder, the others keep it."""
+    decoding = {f.name for f in dataclasses.fields(DecodeConfig)}
+    return {k: options[k] for k in given_options(options) if k in decoding}
 
 
 def settings(cls: type, options: dict):
@@ -177,6 +184,9 @@ def show_progress() -> bool:
 def transcribe(files: tuple[str, ...], **options) -> None:
     """Transcribe audio files (WAV, FLAC, OGG, ... any rate, mono or stereo, any length); one line per file.
 
+    Decodes with the model's own decoder (its LM and tuned settings; greedy for a model trained without an LM);
+    the decoder options given change it (--decoder greedy: best path).
+
     Example: asr transcribe talk.flac --decoder beam --lm lm.arpa
     """
     import json
@@ -190,7 +200,7 @@ def transcribe(files: tuple[str, ...], **options) -> None:
         if not Path(path).is_file():
             raise click.ClickException(f"{path}: no such file")
     setup_uri(cfg.model_uri)
-    transcriber = load_transcriber(cfg.model_uri, from_dict(DecodeConfig, options))
+    transcriber = load_transcriber(cfg.model_uri, overrides=decoder_options(options))
     for path in files:  # one file at a time: a long recording never shares memory with the next
         wave = load_audio(path, transcriber.sample_rate)
         text = transcriber.transcribe([wave])[0]
@@ -207,12 +217,14 @@ def transcribe(files: tuple[str, ...], **options) -> None:
 def evaluate(**options) -> None:
     """Corpus WER/CER of a model on whole splits, logged to MLflow with a table of the worst utterances.
 
-    Example: asr evaluate --dataset data/LibriSpeech/test-clean --decoder beam --lm lm.arpa
+    Decodes with the model's own decoder unless decoder options are given (as `asr transcribe`).
+
+    Example: asr evaluate --dataset data/LibriSpeech/test-clean --decoder greedy
     """
     from asr.evaluation.evaluate import evaluate as run
 
     cfg = settings(EvaluateConfig, options)
-    s = run(cfg, progress=show_progress())
+    s = run(cfg, progress=show_progress(), given=set(decoder_options(options)))
     say_skipped(s.unreadable, s.left_out)
     click.echo(f"{','.join(cfg.dataset)}: {s.utterances} utterances{skipped_summary(s.unreadable, s.left_out)}, "
                f"{s.audio_seconds / 60:.1f} min of audio, {s.audio_seconds / max(s.seconds, 1e-9):.0f} audio-s/s")

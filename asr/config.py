@@ -135,16 +135,19 @@ class RecognizerConfig:
 @dataclass
 class DecodeConfig(Checked):
     """How log-probabilities become text, and how audio reaches the model, at inference time."""
-    decoder: str = opt("greedy", "greedy (best path, fastest) or beam (CTC beam search; --lm/--lexicon imply it)",
+    decoder: str = opt("greedy", "greedy (best path, fastest) or beam (CTC beam search; --lm/--lexicon imply it); "
+                       "not given: the model's own (beam + LM for a model trained with one), else greedy",
                        ("greedy", "beam"))
-    beam_size: int = opt(50, "beam search: hypotheses kept after each frame", min=1)
-    beam_threshold: float = opt(25.0, "beam search: drop hypotheses scoring this much below the best", min=0)
-    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary",
-                  exists="file")
+    beam_size: int = opt(50, "beam search: hypotheses kept after each frame (not given: the model's own)", min=1)
+    beam_threshold: float = opt(25.0, "beam search: drop hypotheses scoring this much below the best (not given: "
+                                "the model's own)", min=0)
+    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary (not "
+                  "given: the model's own, if it has one)", exists="file")
     lexicon: str = opt("", "lexicon file (word, then its letters and |); '' = the LM's vocabulary, or no lexicon "
-                       "without an LM", exists="file")
-    lm_weight: float = opt(1.5, "weight of the LM's log-probability (tune with `asr lm tune`)")
-    word_score: float = opt(0.0, "score added per word (insertion bonus; tune with `asr lm tune`)")
+                       "without an LM (not given: the model's own)", exists="file")
+    lm_weight: float = opt(1.5, "weight of the LM's log-probability (not given: the model's own, tuned on dev; "
+                           "tune with `asr lm tune`)")
+    word_score: float = opt(0.0, "score added per word (insertion bonus; not given: the model's own, tuned on dev)")
     chunk_seconds: float = opt(20.0, "longer audio is cut at its quietest points into pieces at most this long",
                                min=1.0)
     precision: str = opt("fp32", "acoustic model arithmetic: fp32, bf16 autocast, or int8 (dynamic quantization)",

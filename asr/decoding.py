@@ -1,25 +1,36 @@
-"""CTC decoding of the model's per-frame log-probabilities into text.
+"""CTC decoding of the model's per-frame log-probabilities into text, and the decoder a trained model carries.
 
-Greedy (best path) is the default: it is what training validates with and it costs nothing. Beam search runs
-through torchaudio's flashlight-text decoder, optionally constrained to a lexicon and scored by a KenLM n-gram
-LM; that is what turns a character model's near-misses into real words.
+Greedy (best path) is what training validates with and it costs nothing. Beam search runs through torchaudio's
+flashlight-text decoder, optionally constrained to a lexicon and scored by a KenLM n-gram LM; that is what turns
+a character model's near-misses into real words. A model trained with an LM carries its own decoder: the LM, the
+lexicon (if any) and `decoder.json` (beam settings and the LM weight and word score tuned on dev), which every way
+of loading it decodes with unless told otherwise (`with_overrides`); a model without one decodes greedily.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from asr import UserError, first_line
-from asr.config import DecodeConfig
+from asr.config import DecodeConfig, from_dict
 from asr.text import BLANK, VOCAB, decode
+
+DECODER_FILE = "decoder.json"  # a model's own decoder settings, next to its checkpoint and LM
+# The settings that make a decoder (the other DecodeConfig settings say how audio reaches the model).
+DECODER_SETTINGS = ("decoder", "beam_size", "beam_threshold", "lm", "lexicon", "lm_weight", "word_score")
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]
 
@@ -42,46 +53,67 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
 
 
 class BeamSearchDecoder:
-    """CTC prefix beam search (flashlight-text), with an optional lexicon and KenLM LM.
-
-    Settings that could only decode to empty text, or that KenLM cannot load, are refused here, in one line,
-    before the decoder is built: an empty lexicon, a lexicon line spelled with characters the model cannot emit,
-    a unigram LM, a file that is no LM, a lexicon none of whose words the LM knows."""
+    """CTC prefix beam search (flashlight-text), with an optional lexicon and KenLM LM (see LoadedLM for what is
+    refused, in one line, before the decoder is built)."""
 
     def __init__(self, cfg: DecodeConfig):
         from torchaudio.models.decoder import ctc_decoder
 
-        lexicon = self._lexicon(cfg)
+        loaded = loaded_lm(cfg)  # shared by every decoder of this LM and lexicon: loaded once per process
         try:
-            with _quiet_stderr():  # KenLM draws a progress bar and binary-format advice on fd 2 as it loads
+            with _quiet_stderr():
                 self._decoder = ctc_decoder(
-                    lexicon=lexicon, tokens=TOKENS, lm=cfg.lm or None, beam_size=cfg.beam_size,
+                    lexicon=loaded.lexicon, tokens=TOKENS, lm=loaded.lm, beam_size=cfg.beam_size,
                     beam_threshold=cfg.beam_threshold, lm_weight=cfg.lm_weight, word_score=cfg.word_score,
                     sil_score=0.0, blank_token=TOKENS[BLANK], sil_token="|")
         except (RuntimeError, ValueError) as e:
             raise DecoderError(f"cannot build the beam search decoder (lm {cfg.lm or 'none'}, lexicon "
-                               f"{lexicon or 'none'}): {kenlm_reason(e)}") from None
+                               f"{loaded.lexicon or 'none'}): {kenlm_reason(e)}") from None
+        self.loaded = loaded  # keeps the LM, and the lexicon's temporary folder, alive as long as this decoder
+        # flashlight's decoder keeps the hypotheses of the utterance it is decoding in itself, and MLflow's scoring
+        # server runs concurrent requests in threads: one utterance at a time per decoder
+        self._lock = threading.Lock()
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        emissions = log_probs.detach().float().cpu().contiguous()
+        with self._lock:
+            hypotheses = self._decoder(emissions, lengths.cpu().to(torch.int32))
+        return [" ".join(decode(h[0].tokens.tolist()).split()) if h else "" for h in hypotheses]
+
+
+class LoadedLM:
+    """A KenLM LM and the lexicon the decoder spells words with, loaded once and shared by the decoders that
+    differ only in beam settings, LM weight or word score: torchaudio fixes those when a decoder is built, so a new
+    setting needs a new decoder, but not a new LM (an 800 MB ARPA file takes minutes to load).
+
+    Settings that could only decode to empty text, or that KenLM cannot load, are refused here, in one line: an
+    empty lexicon, a lexicon line spelled with characters the model cannot emit, a unigram LM, a file that is no
+    LM, a lexicon none of whose words the LM knows."""
+
+    def __init__(self, cfg: DecodeConfig):
+        self.lexicon = self._lexicon(cfg)
+        self.lm = None
+        if cfg.lm:
+            from flashlight.lib.text.decoder.kenlm import KenLM
+            from flashlight.lib.text.dictionary import create_word_dict, load_words
+
+            try:
+                with _quiet_stderr():  # KenLM draws a progress bar and binary-format advice on fd 2 as it loads
+                    # words indexed as torchaudio's ctc_decoder indexes the same lexicon
+                    self.lm = KenLM(cfg.lm, create_word_dict(load_words(self.lexicon)))
+            except (RuntimeError, ValueError) as e:
+                raise DecoderError(f"cannot build the beam search decoder (lm {cfg.lm}, lexicon {self.lexicon}): "
+                                   f"{kenlm_reason(e)}") from None
 
     def _lexicon(self, cfg: DecodeConfig) -> str | None:
         """The lexicon file to use; an LM without one gets a lexicon of its own unigrams (built once, in a
         temporary folder), since a word LM can only score words the decoder can spell."""
         from asr.lm import LMError, write_lexicon
 
-        for name, path in (("lm", cfg.lm), ("lexicon", cfg.lexicon)):
-            if path and not Path(path).is_file():
-                raise DecoderError(f"--{name} {path}: no such file")
-        lm_words = _lm_words(cfg.lm) if cfg.lm else None
+        lm_words = check_lm(cfg)
         if cfg.lexicon:
-            words = read_lexicon(cfg.lexicon)
-            if lm_words is not None and not words & set(lm_words):
-                raise DecoderError(f"--lexicon {cfg.lexicon}: none of its {len(words)} words is in --lm {cfg.lm}, so "
-                                   "the LM would score every word as unknown (upper case in one, lower case in the "
-                                   "other?); leave out --lexicon to spell the LM's own words")
             return self._without_bom(cfg.lexicon)
         if lm_words is None:
-            if cfg.lm:
-                raise DecoderError(f"--lm {cfg.lm} is a binary KenLM model, which has no readable word list: pass "
-                                   "--lexicon too")
             return None
         self._tmp = tempfile.TemporaryDirectory(prefix="asr-lexicon-")
         out = Path(self._tmp.name) / "lexicon.txt"
@@ -103,10 +135,55 @@ class BeamSearchDecoder:
         out.write_bytes(raw[len(codecs.BOM_UTF8):])
         return str(out)
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        emissions = log_probs.detach().float().cpu().contiguous()
-        hypotheses = self._decoder(emissions, lengths.cpu().to(torch.int32))
-        return [" ".join(decode(h[0].tokens.tolist()).split()) if h else "" for h in hypotheses]
+
+# LMs kept loaded, by their files (path, size and modification time of LM and lexicon), most recently used last:
+# the few a process decodes with (a served model's own, one being tuned).
+_LOADED: OrderedDict[tuple, LoadedLM] = OrderedDict()
+_LOADING = threading.Lock()  # one load at a time: two requests asking for one LM load it once
+LOADED_LMS = 2
+
+
+def loaded_lm(cfg: DecodeConfig) -> LoadedLM:
+    """The LoadedLM of cfg's LM and lexicon, loaded now or earlier in this process (a file changed since is loaded
+    again). Raises DecoderError as LoadedLM does."""
+    key = tuple((path, *_stamp(path)) for path in (cfg.lm, cfg.lexicon))
+    with _LOADING:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+        loaded = _LOADED[key] = LoadedLM(cfg)
+        while len(_LOADED) > LOADED_LMS:
+            _LOADED.popitem(last=False)
+        return loaded
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    try:
+        info = os.stat(path)
+    except OSError:  # no file, or none given: LoadedLM says what is wrong
+        return (0, 0)
+    return (info.st_size, info.st_mtime_ns)
+
+
+def check_lm(cfg: DecodeConfig) -> list[str] | None:
+    """Checks the LM and lexicon files as the decoder will use them, without loading the LM (seconds, whatever its
+    size); returns the LM's words when the decoder must spell them itself (an ARPA LM, no lexicon), else None.
+    Raises DecoderError for files that cannot work together."""
+    for name, path in (("lm", cfg.lm), ("lexicon", cfg.lexicon)):
+        if path and not Path(path).is_file():
+            raise DecoderError(f"--{name} {path}: no such file")
+    lm_words = _lm_words(cfg.lm) if cfg.lm else None
+    if cfg.lexicon:
+        words = read_lexicon(cfg.lexicon)
+        if lm_words is not None and not words & set(lm_words):
+            raise DecoderError(f"--lexicon {cfg.lexicon}: none of its {len(words)} words is in --lm {cfg.lm}, so "
+                               "the LM would score every word as unknown (upper case in one, lower case in the "
+                               "other?); leave out --lexicon to spell the LM's own words")
+        return None
+    if cfg.lm and lm_words is None:
+        raise DecoderError(f"--lm {cfg.lm} is a binary KenLM model, which has no readable word list: pass "
+                           "--lexicon too")
+    return lm_words
 
 
 def _lm_words(path: str) -> list[str] | None:
@@ -186,3 +263,59 @@ def make_decoder(cfg: DecodeConfig) -> Decoder:
     if cfg.decoder == "beam" or cfg.lm or cfg.lexicon:
         return BeamSearchDecoder(cfg)
     return greedy_decode
+
+
+def with_overrides(own: DecodeConfig, given: Mapping[str, Any]) -> DecodeConfig:
+    """A model's own decoding (`own`) with the settings a user or a request gave on top. `decoder=greedy` alone
+    drops the model's LM and lexicon (either would imply beam search); a new LM without a lexicon drops the
+    model's lexicon (spelled for the model's LM, not the new one). Raises ConfigError for a value that cannot
+    work."""
+    values = dict(given)
+    if values.get("decoder") == "greedy" and not {"lm", "lexicon"} & values.keys():
+        values.update(lm="", lexicon="")
+    if values.get("lm") and "lexicon" not in values:
+        values["lexicon"] = ""
+    return dataclasses.replace(own, **values)
+
+
+def decoder_key(cfg: DecodeConfig) -> tuple:
+    """What tells two decoders apart: equal keys, interchangeable decoders."""
+    if not (cfg.decoder == "beam" or cfg.lm or cfg.lexicon):
+        return ("greedy",)
+    return tuple(getattr(cfg, name) for name in DECODER_SETTINGS)
+
+
+def describe(cfg: DecodeConfig, lm_order: int | None = None) -> str:
+    """The decoder in a few words, e.g. "beam+lm(order 3)", "beam+lm", "beam" or "greedy"."""
+    if not (cfg.decoder == "beam" or cfg.lm or cfg.lexicon):
+        return "greedy"
+    if not cfg.lm:
+        return "beam+lexicon" if cfg.lexicon else "beam"
+    return f"beam+lm(order {lm_order})" if lm_order else "beam+lm"
+
+
+def write_model_decoder(cfg: DecodeConfig, folder: Path, lm_order: int | None = None) -> Path:
+    """Writes `folder`/decoder.json: `cfg`'s decoder settings, its LM and lexicon by file name (they are expected
+    in `folder` too, so the folder, or the model's artifacts, carry the whole decoder)."""
+    values: dict[str, Any] = {name: getattr(cfg, name) for name in DECODER_SETTINGS}
+    values.update(lm=Path(cfg.lm).name if cfg.lm else "", lexicon=Path(cfg.lexicon).name if cfg.lexicon else "",
+                  lm_order=lm_order, description=describe(cfg, lm_order))
+    path = folder / DECODER_FILE
+    path.write_text(json.dumps(values, indent=2) + "\n")
+    return path
+
+
+def read_model_decoder(path: str | Path, lm: str | None = None, lexicon: str | None = None) -> DecodeConfig:
+    """The decoding a model's decoder.json describes; its LM and lexicon are the given paths (a pyfunc model's
+    artifacts) or, when not given, the files it names in its own folder. Raises DecoderError for a file that
+    cannot be read as one."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise DecoderError(f"{path}: cannot read the model's decoder settings: {first_line(e)}") from None
+    for name, given in (("lm", lm), ("lexicon", lexicon)):
+        values[name] = given if given is not None else str(path.parent / values[name]) if values.get(name) else ""
+    return from_dict(DecodeConfig, values)

@@ -10,16 +10,20 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from asr import UserError, redact
+from asr.checkpoint import MODEL
 from asr.config import DecodeConfig
+from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
 from asr.transcribe import Transcriber
 
-CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")  # what a training output folder holds, most final first
+CHECKPOINT_NAMES = (MODEL, "best.pt", "last.pt")  # what a training output folder holds, most final first
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:", "file:")
 
 
@@ -55,22 +59,38 @@ def tracking_reference(ref: str) -> str | None:
     return ref if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:")) else None
 
 
-def load_transcriber(ref: str, decode: DecodeConfig | None = None) -> Transcriber:
+def load_transcriber(ref: str, decode: DecodeConfig | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> Transcriber:
     """A Transcriber for the model `ref` names (see the module docstring for the forms), decoding with `decode`
-    (default: greedy). Raises ModelNotFound for a reference that names nothing, CheckpointError for a file that is
-    not a checkpoint."""
+    when given, else with the model's own decoder (greedy for a model without one) changed by the settings in
+    `overrides` (asr.decoding.with_overrides). Raises ModelNotFound for a reference that names nothing,
+    CheckpointError for a file that is not a checkpoint."""
+    transcriber = _load(ref)
+    if decode is not None:
+        transcriber.configure(decode)
+    elif overrides:
+        transcriber.configure(with_overrides(transcriber.decode_cfg, overrides))
+    return transcriber
+
+
+def from_checkpoint(path: Path) -> Transcriber:
+    """A checkpoint's Transcriber, decoding with the decoder of its training run's folder when it is that run's
+    final model (model.pt with decoder.json beside it), else greedily."""
+    own = path.with_name(DECODER_FILE)
+    return Transcriber.from_checkpoint(path, read_model_decoder(own) if path.name == MODEL and own.is_file()
+                                       else None)
+
+
+def _load(ref: str) -> Transcriber:
     path = Path(ref)
     if path.is_file():
-        return Transcriber.from_checkpoint(path, decode)
+        return from_checkpoint(path)
     if path.is_dir() and not (path / "MLmodel").is_file():
         for name in CHECKPOINT_NAMES:
             if (path / name).is_file():
-                return Transcriber.from_checkpoint(path / name, decode)
+                return from_checkpoint(path / name)
         raise ModelNotFound(f"{ref}: no {', '.join(CHECKPOINT_NAMES[:-1])} or {CHECKPOINT_NAMES[-1]} in this folder")
     uri = tracking_reference(ref) or ref
     if not (path.is_dir() or uri.startswith(MLFLOW_SCHEMES)):
         raise ModelNotFound(f"{ref}: not a checkpoint, a model folder, a run id, or a runs:/ or models:/ URI")
-    transcriber = load_pyfunc(uri).unwrap_python_model().transcriber
-    if decode is not None:
-        transcriber.configure(decode)
-    return transcriber
+    return load_pyfunc(uri).unwrap_python_model().transcriber

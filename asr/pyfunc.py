@@ -7,8 +7,11 @@ Input is one row per recording, with either
 in any shape MLflow's scoring server accepts: dataframe_records, dataframe_split, `inputs` or `instances` as
 records, as columns ({"audio": [...]}) or as a list of audio strings, or CSV with an `audio` header. Every shape
 gives the same text for the same audio; one recording in is one text out.
-Optional params pick the decoder per request: decoder, beam_size, lm, lexicon, lm_weight, word_score (LM and
-lexicon are paths on the serving machine, under ASR_SERVE_ALLOWED_ROOTS too).
+The model decodes with its own decoder (the LM, lexicon and tuned settings it was trained with; greedy for a
+model without one). Optional params change it per request: decoder, beam_size, lm, lexicon, lm_weight, word_score
+(LM and lexicon are paths on the serving machine, under ASR_SERVE_ALLOWED_ROOTS); a param left out keeps the
+model's own setting, and `decoder=greedy` alone decodes greedily. The model's decoder is built once, at load;
+decoders for other settings are built on first use and a few are kept (asr.transcribe.Transcriber.decoder_for).
 
 Paths in a request are off unless the server's environment allows them: whoever can reach a scoring server's
 port could otherwise make it read any file it can. `predict` is what every host of the model calls (`mlflow models
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 import os
 from pathlib import Path
@@ -108,9 +110,13 @@ def paths_off(what: str, instead: str) -> str:
 
 class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from asr.decoding import read_model_decoder
         from asr.transcribe import Transcriber
 
-        self.transcriber = Transcriber.from_checkpoint(context.artifacts["checkpoint"])
+        artifacts = context.artifacts
+        own = read_model_decoder(artifacts["decoder"], artifacts.get("lm", ""), artifacts.get("lexicon", "")) \
+            if "decoder" in artifacts else None  # a model trained without an LM decodes greedily
+        self.transcriber = Transcriber.from_checkpoint(artifacts["checkpoint"], own)
 
     def _wave(self, row: pd.Series, budget: list[float], roots: tuple[Path, ...]):
         """One row's waveform; `budget` (seconds of audio left for this request) is checked before decoding. A path
@@ -174,16 +180,17 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
         against, where any other would be checked or warned about). Decoder settings are checked before any audio
         is read."""
         try:
-            requested = {k: v for k, v in (params or {}).items() if k in REQUEST_PARAMS}
+            # MLflow fills in the signature's defaults, None: a param that is None was not asked for
+            requested = {k: v for k, v in (params or {}).items() if k in REQUEST_PARAMS and v is not None}
             roots = allowed_roots()
             for name in PATH_PARAMS:
                 requested[name] = self._param_path(name, requested.get(name), roots)
             requested = {k: v for k, v in requested.items() if v is not None}
             decoder = None
             if requested:
-                from asr.decoding import make_decoder
+                from asr.decoding import with_overrides
 
-                decoder = make_decoder(dataclasses.replace(self.transcriber.decode_cfg, **requested))
+                decoder = self.transcriber.decoder_for(with_overrides(self.transcriber.decode_cfg, requested))
             rows = request_rows(model_input)
             budget = [max_request_seconds()]
             waves = [self._wave(row, budget, roots) for _, row in rows.iterrows()]
@@ -267,17 +274,16 @@ def _spend(budget: list[float], seconds: float, what: str) -> None:
 
 
 def signature():
-    """Output: `text`; params: decoder settings. No input schema: MLflow enforces one before predict sees the
-    request, and a column schema with the `samples` array turns standard request shapes into zero rows (a list of
-    audio strings), one row of arrays (columns, `instances`) or a parse error (CSV); `request_rows` reads every
-    shape itself, with the errors saying what to send."""
+    """Output: `text`; params: decoder settings, whose default (None) means the model's own. No input schema:
+    MLflow enforces one before predict sees the request, and a column schema with the `samples` array turns
+    standard request shapes into zero rows (a list of audio strings), one row of arrays (columns, `instances`) or a
+    parse error (CSV); `request_rows` reads every shape itself, with the errors saying what to send."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     defaults = DecodeConfig()
     kinds = {str: "string", int: "long", float: "double"}
-    params = ParamSchema([ParamSpec(name, kinds[type(getattr(defaults, name))], getattr(defaults, name))
-                          for name in REQUEST_PARAMS])
+    params = ParamSchema([ParamSpec(name, kinds[type(getattr(defaults, name))], None) for name in REQUEST_PARAMS])
     return ModelSignature(inputs=None, outputs=Schema([ColSpec("string", "text")]), params=params)
 
 

@@ -159,6 +159,55 @@ class CheckpointConfig(Checked):
                       "saved settings are used)")
 
 
+# The grid `asr lm tune` searches and training tunes the attached LM's decoder on.
+LM_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+WORD_SCORES = (-2.0, -1.0, 0.0, 1.0, 2.0)
+LM_WEIGHTS_HELP = "LM weights to try, comma-separated"
+WORD_SCORES_HELP = "word scores (insertion bonuses) to try, comma-separated"
+
+
+def check_grid(cfg: Any) -> None:
+    """A grid with no value on an axis has no point to score."""
+    for name in ("lm_weights", "word_scores"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"--{name} is empty: give at least one value")
+
+
+@dataclass
+class DecoderSection(Checked):
+    """The decoder a trained model carries and decodes with by default (beam search + word LM, tuned on dev)."""
+    lm: str = opt("", "word LM to attach to the model (ARPA or KenLM binary; '' = build one of --lm_order from the "
+                  "training transcripts)", exists="file")
+    lm_order: int = opt(3, "order of the LM built from the training transcripts when no --lm is given (2 or more; "
+                        "0 = attach no LM: the model decodes greedily)", min=0, below=10)
+    lexicon: str = opt("", "lexicon to attach with the LM (word, then its letters and |); '' = the LM's own words",
+                       exists="file")
+    beam_size: int = opt(DecodeConfig.beam_size, "beam search of the attached decoder: hypotheses kept after each "
+                         "frame", min=1)
+    beam_threshold: float = opt(DecodeConfig.beam_threshold, "beam search of the attached decoder: drop hypotheses "
+                                "scoring this much below the best", min=0)
+    lm_weights: tuple[float, ...] = opt(LM_WEIGHTS, f"{LM_WEIGHTS_HELP}: the LM weight is tuned on the dev split "
+                                        "after training")
+    word_scores: tuple[float, ...] = opt(WORD_SCORES, f"{WORD_SCORES_HELP}: tuned with the LM weight")
+
+    def __post_init__(self) -> None:
+        if self.lm_order == 1:
+            raise ConfigError("--lm_order 1: the beam search decoder's KenLM cannot load a unigram LM (it assumes at "
+                              "least a bigram model); use --lm_order 2 or more, or 0 for no LM")
+        super().__post_init__()
+        check_grid(self)
+        if self.lm_order == 0 and self.lm:
+            raise ConfigError(f"--lm {self.lm} attaches that LM, --lm_order 0 attaches none: give one or the other")
+        if self.lm_order == 0 and self.lexicon:
+            raise ConfigError(f"--lexicon {self.lexicon} needs an LM to go with it: leave out --lm_order 0 (an LM "
+                              "is built from the training transcripts) or give --lm FILE")
+
+    @property
+    def attached(self) -> bool:
+        """Whether the model is to carry a beam search decoder with an LM (else it decodes greedily)."""
+        return bool(self.lm) or self.lm_order >= 2
+
+
 @dataclass
 class TrainConfig:
     """Everything `asr train` takes, by section."""
@@ -169,6 +218,7 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig)
     tracking: TrackingConfig = section(TrackingConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig)
+    decoder: DecoderSection = section(DecoderSection)
 
     def recognizer(self) -> RecognizerConfig:
         """The settings a model checkpoint carries: features and model shape."""
@@ -224,15 +274,12 @@ class EvaluateConfig(DecodeConfig):
 class TuneConfig(EvaluateConfig):
     dataset: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) the grid is scored on (a dev split, not "
                                    "the test split)", exists="dir")
-    lm_weights: tuple[float, ...] = opt((0.0, 0.5, 1.0, 1.5, 2.0, 3.0), "LM weights to try, comma-separated")
-    word_scores: tuple[float, ...] = opt((-2.0, -1.0, 0.0, 1.0, 2.0), "word scores (insertion bonuses) to try, "
-                                         "comma-separated")
+    lm_weights: tuple[float, ...] = opt(LM_WEIGHTS, LM_WEIGHTS_HELP)
+    word_scores: tuple[float, ...] = opt(WORD_SCORES, WORD_SCORES_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("lm_weights", "word_scores"):
-            if not getattr(self, name):
-                raise ConfigError(f"--{name} is empty: give at least one value")
+        check_grid(self)
 
 
 MODEL_URI_HELP = ("models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its "

@@ -7,6 +7,8 @@ memory stays bounded whatever the input, and the pieces' texts are joined again.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -15,13 +17,18 @@ from asr.audio import pieces
 from asr.batching import pad_features, plan_batches
 from asr.checkpoint import load_checkpoint
 from asr.config import DecodeConfig, RecognizerConfig
-from asr.decoding import Decoder, make_decoder
+from asr.decoding import Decoder, decoder_key, make_decoder
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 from asr.precision import autocast
 
 
 class Transcriber:
+    # Decoders kept for settings other than the configured ones (a request's lm_weight, say): torchaudio's beam
+    # search fixes its settings when it is built, and building one loads its LM, so a client that repeats its
+    # settings must not pay that per request; a few, since each holds its LM in memory.
+    CACHED_DECODERS = 3
+
     def __init__(self, cfg: RecognizerConfig, model: SpeechModel, decode: DecodeConfig | None = None,
                  batch_seconds: float = 200.0):
         self.cfg = cfg
@@ -38,12 +45,29 @@ class Transcriber:
         """Switches decoder, precision or chunk length (the model's weights stay as they are)."""
         self.decode_cfg = decode
         self.decoder: Decoder = make_decoder(decode)
+        self.decoders: OrderedDict[tuple, Decoder] = OrderedDict()  # for other settings, least recently used first
+        self._decoders_lock = threading.Lock()  # MLflow's scoring server predicts in several threads
         if decode.precision == "int8":
             from asr.export import quantize_dynamic
 
             self.model = quantize_dynamic(self.fp32_model)
         else:
             self.model = self.fp32_model
+
+    def decoder_for(self, decode: DecodeConfig) -> Decoder:
+        """The decoder for `decode`'s decoder settings: the configured one, a cached one, or a new one (cached, the
+        least recently used dropped beyond CACHED_DECODERS)."""
+        key = decoder_key(decode)
+        if key == decoder_key(self.decode_cfg):
+            return self.decoder
+        with self._decoders_lock:
+            if key in self.decoders:
+                self.decoders.move_to_end(key)
+                return self.decoders[key]
+            decoder = self.decoders[key] = make_decoder(decode)
+            while len(self.decoders) > self.CACHED_DECODERS:
+                self.decoders.popitem(last=False)
+            return decoder
 
     @property
     def sample_rate(self) -> int:
@@ -60,10 +84,11 @@ class Transcriber:
         for batch in plan_batches(sizes, range(len(chunks)), max_items=len(chunks),
                                   max_frames=max(1, int(self.batch_seconds * self.sample_rate)), seed=None):
             padded, lengths = pad_features([self.features(chunks[i][1]) for i in batch])
-            with autocast(torch.device("cpu"), torch.bfloat16 if self.decode_cfg.precision == "bf16" else None):
-                log_probs, out_lengths = self.model(padded, lengths)
+            device = next(self.model.parameters(), torch.empty(0)).device  # training scores on its own device
+            with autocast(device, torch.bfloat16 if self.decode_cfg.precision == "bf16" else None):
+                log_probs, out_lengths = self.model(padded.to(device), lengths.to(device))
             for row, i in enumerate(batch):
-                out[i] = log_probs[row, : out_lengths[row]].float()
+                out[i] = log_probs[row, : out_lengths[row]].float().cpu()
         per_wave: list[list[torch.Tensor]] = [[] for _ in waves]
         for (w, _), lp in zip(chunks, out, strict=True):
             per_wave[w].append(lp)

@@ -24,9 +24,11 @@ TRANSCRIPT = ("HE HOPED THERE WOULD BE STEW FOR DINNER TURNIPS AND CARROTS AND B
 MODEL_NAME = "SpeechRecognitionModel"
 BIN = Path(sys.executable).parent  # the venv's bin: `asr`, `mlflow` and the `python` that `mlflow run` calls
 
-# Small enough to train in seconds on 2 CPU cores; fp32 so runs are reproducible on any CPU.
+# Small enough to train in seconds on 2 CPU cores; fp32 so runs are reproducible on any CPU. Acoustic model only
+# (lm_order 0: greedy decoding, no LM built or tuned): the tests of the decoder a model carries train with one
+# (`trained_lm`).
 TINY = dict(rnn_dim=32, rnn_layers=1, cnn_layers=1, cnn_channels=4, epoch=1, batch=2, max_utterances=2,
-            precision="fp32")
+            precision="fp32", lm_order=0)
 
 # MLflow state that leaks through the environment into later tests and subprocesses.
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
@@ -250,6 +252,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory, short_dev: Path, empty_sto
     """One real training run (2 epochs x 2 steps on short dev-clean utterances, validated on all of
     dev-clean, scored on test-clean) registered as version 1 of SpeechRecognitionModel in its own SQLite
     store. Tests that change the registry start from `versions`, the snapshot taken right after training."""
+    return train_into_store(tmp_path_factory.mktemp("trained"), empty_store_db, short_dev, run_name="tiny-e2e")
+
+
+@pytest.fixture(scope="session")
+def trained_lm(tmp_path_factory: pytest.TempPathFactory, short_dev: Path, empty_store_db: Path) -> TrainedStore:
+    """`trained`'s run with the default decoder attached: a trigram LM built from the training transcripts, its
+    weight and word score tuned on dev-clean (a 2 x 2 grid, to keep it cheap), scored on test-clean; registered
+    as version 1 in its own store."""
+    return train_into_store(tmp_path_factory.mktemp("trained-lm"), empty_store_db, short_dev, run_name="tiny-lm",
+                            lm_order=3, lm_weights="0.5,2", word_scores="0,1")
+
+
+def train_into_store(root: Path, empty_store_db: Path, train_dir: Path, **overrides) -> TrainedStore:
+    """A tiny training (2 epochs on `train_dir`, dev-clean, test-clean) registered in a new store at `root`."""
     import io
     from contextlib import redirect_stdout
 
@@ -257,11 +273,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, short_dev: Path, empty_sto
 
     from asr.training.train import train
 
-    root = tmp_path_factory.mktemp("trained")
     new_store(empty_store_db, root)
-    cfg = make_tiny_config(short_dev, epoch=2, max_utterances=4, dev_data=str(split_dir("dev-clean")),
-                           test_data=str(split_dir("test-clean")), output_dir=str(root / "outputs"),
-                           run_name="tiny-e2e")
+    cfg = make_tiny_config(train_dir, epoch=2, max_utterances=4, dev_data=str(split_dir("dev-clean")),
+                           test_data=str(split_dir("test-clean")), output_dir=str(root / "outputs"), **overrides)
     with mlflow_store(root):
         out = io.StringIO()
         with redirect_stdout(out):
@@ -280,6 +294,43 @@ def trained_store(trained: TrainedStore) -> Iterator[TrainedStore]:
     """The shared trained store, made the current MLflow store (and cwd) for one test."""
     with mlflow_store(trained.root):
         yield trained
+
+
+@contextmanager
+def served_model(trained: TrainedStore, uri: str, log_path: Path) -> Iterator[int]:
+    """`mlflow models serve -m URI --env-manager local` of the trained store's model on a free port (one worker,
+    one thread), answering /ping; yields the port, and stops the server afterwards."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = subprocess_env(trained.uri)
+    env["OMP_NUM_THREADS"] = "1"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=trained.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server did not come up:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield port
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
 
 
 def free_port() -> int:

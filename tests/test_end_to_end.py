@@ -111,8 +111,11 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
     wers = [v for _, v in history(client, run.info.run_id, "wer")]
     assert run.data.metrics["best_wer"] == pytest.approx(min(wers))
     assert result.dev["wer"] == pytest.approx(min(wers))
-    assert {"best_cer", "test_loss", "test_wer", "test_cer"} <= set(run.data.metrics)
-    assert run.data.metrics["test_wer"] == pytest.approx(result.test["wer"])
+    assert {"best_cer", "test_loss", "test_wer", "test_cer", "dev_wer", "dev_cer"} <= set(run.data.metrics)
+    # scored as the model is served: the model's own decoder (greedy: trained without an LM) and greedy decoding
+    assert run.data.metrics["test_wer"] == pytest.approx(result.decoding.test["wer"])
+    assert run.data.metrics["test_wer"] == run.data.metrics["test_wer_greedy"]
+    assert run.data.metrics["dev_cer"] == run.data.metrics["dev_cer_greedy"]
 
     # artifacts
     listed = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -160,7 +163,8 @@ def test_first_version_is_registered_and_promoted(trained):
     assert stage == "Production"
     assert aliases == ["production"]
     assert {k: str(v) for k, v in trained.registered_aliases.items()} == {"production": "1"}
-    assert float(tags[model_registry.WER_TAG]) == pytest.approx(trained.result.dev["wer"], abs=1e-6)
+    assert float(tags[model_registry.WER_TAG]) == pytest.approx(trained.result.decoding.dev["wer"], abs=1e-6)
+    assert tags[model_registry.DECODER_TAG] == "greedy"
     assert tags["run_id"] == trained.result.run_id
     p = trained.result.promotion
     assert (p.version, p.promoted, p.policy, p.previous) == ("1", True, "if-better", None)

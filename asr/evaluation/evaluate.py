@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import mlflow
@@ -17,7 +17,7 @@ from asr import UserError
 from asr.audio import AudioError, load_audio
 from asr.config import DecodeConfig, check_paths, to_params
 from asr.data.dataset import CorpusReading, DataError, LeftOut, Utterance, read_corpus, split_names
-from asr.decoding import make_decoder
+from asr.decoding import describe, make_decoder
 from asr.loading import load_transcriber
 from asr.metrics import cer, wer
 from asr.settings import EvaluateConfig, TuneConfig
@@ -136,26 +136,35 @@ def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool 
     return scores
 
 
-def _prepare(cfg: EvaluateConfig) -> tuple[CorpusReading, Transcriber]:
-    """The utterances and the model; the experiment is set up only once both load, so a bad model or dataset
-    leaves no experiment or store behind."""
+def _prepare(cfg: EvaluateConfig, given: Collection[str] | None = None) -> tuple[CorpusReading, Transcriber]:
+    """The utterances and the model, decoding as `given` says (see evaluate; None: every setting of cfg); the
+    experiment is set up only once both load, so a bad model or dataset leaves no experiment or store behind."""
     check_paths(cfg)  # for callers other than the CLI: a missing LM or lexicon is found before the model loads
     reading = corpus_of(cfg.dataset, cfg.max_utterances)
     setup_uri(cfg.model_uri)
-    transcriber = load_transcriber(cfg.model_uri, _decode_config(cfg))
+    if given is None:
+        transcriber = load_transcriber(cfg.model_uri, _decode_config(cfg))
+    else:
+        decoding = {f.name for f in dataclasses.fields(DecodeConfig)}
+        transcriber = load_transcriber(cfg.model_uri, overrides={k: getattr(cfg, k) for k in given if k in decoding})
     transcriber.batch_seconds = cfg.batch_seconds
     setup(cfg.experiment)
     return reading, transcriber
 
 
-def evaluate(cfg: EvaluateConfig, progress: bool = True) -> Scores:
-    """Scores the model on every utterance of cfg.dataset whose audio can be used. Files that cannot be used are
-    skipped and counted, not fatal (one corrupt file must not hide the score of the rest); the scores say over how
-    many utterances they are, so runs stay comparable. Nothing scorable at all is a DataError."""
-    reading, transcriber = _prepare(cfg)
+def evaluate(cfg: EvaluateConfig, progress: bool = True, given: Collection[str] | None = None) -> Scores:
+    """Scores the model on every utterance of cfg.dataset whose audio can be used, decoding with the model's own
+    decoder changed by the decoder settings `given` names (the options given on the command line; None: those
+    that differ from the defaults). Files that cannot be used are skipped and counted, not fatal (one corrupt file
+    must not hide the score of the rest); the scores say over how many utterances they are, so runs stay
+    comparable. Nothing scorable at all is a DataError."""
+    if given is None:
+        defaults = EvaluateConfig()
+        given = {f.name for f in dataclasses.fields(DecodeConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+    reading, transcriber = _prepare(cfg, given)
     scores = score_split(transcriber, reading.utterances, progress, "evaluate")
     scores.left_out = reading.left_out
-    _log(cfg, scores)
+    _log(cfg, scores, transcriber.decode_cfg)
     return scores
 
 
@@ -163,8 +172,11 @@ def _decode_config(cfg: DecodeConfig) -> DecodeConfig:
     return DecodeConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodeConfig)})
 
 
-def _log(cfg: EvaluateConfig, scores: Scores) -> None:
-    with side_run("evaluate", split_names(cfg.dataset), to_params(cfg)):
+def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig) -> None:
+    """The evaluation as a run; its decoder params are the settings it decoded with (the model's own, unless
+    changed), and `decoder_description` says which in a few words."""
+    params = {**to_params(cfg), **to_params(decoded), "decoder_description": describe(decoded)}
+    with side_run("evaluate", split_names(cfg.dataset), params):
         mlflow.log_metrics({"wer": scores.wer, "cer": scores.cer, "utterances": scores.utterances,
                             "audio_seconds": scores.audio_seconds,
                             "audio_seconds_per_second": scores.audio_seconds / max(scores.seconds, 1e-9)})
@@ -174,23 +186,41 @@ def _log(cfg: EvaluateConfig, scores: Scores) -> None:
                                                                 "predicted")}, "worst_errors.json")
 
 
+def outputs_of(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str,
+               unreadable: list[str]) -> tuple[list[list[torch.Tensor]], list[str]]:
+    """The model's outputs (one acoustic pass) and the normalized transcripts of every utterance whose audio can
+    be used, to decode as many ways as wanted; what could not be used goes to `unreadable`."""
+    emissions, references = [], []
+    for group, per_wave, _ in model_outputs(transcriber, utts, progress, desc, unreadable):
+        emissions += per_wave
+        references += [normalized(u.transcript) for u in group]
+    return emissions, references
+
+
+def grid_search(transcriber: Transcriber, emissions: list[list[torch.Tensor]], references: list[str],
+                base: DecodeConfig, lm_weights: Sequence[float], word_scores: Sequence[float],
+                progress: bool = False) -> tuple[dict, list[dict]]:
+    """Every (lm_weight, word_score) pair scored on the same model outputs; returns the best point (lowest WER,
+    then CER, then the first in grid order) and the grid."""
+    grid = []
+    points = list(itertools.product(lm_weights, word_scores))
+    for weight, bonus in tqdm(points, desc="grid", disable=not progress):
+        decoder = make_decoder(dataclasses.replace(base, lm_weight=weight, word_score=bonus))
+        hypotheses = transcriber.decode(emissions, decoder)
+        grid.append({"lm_weight": weight, "word_score": bonus, "wer": wer(references, hypotheses),
+                     "cer": cer(references, hypotheses)})
+    return min(grid, key=lambda p: (p["wer"], p["cer"])), grid
+
+
 def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
     """Every (lm_weight, word_score) pair of the grid scored on `cfg.dataset`; the model runs once."""
     if not cfg.lm:
         raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
     reading, transcriber = _prepare(cfg)
-    emissions, references, unreadable = [], [], []
-    for group, per_wave, _ in model_outputs(transcriber, reading.utterances, progress, "model", unreadable):
-        emissions += per_wave
-        references += [normalized(u.transcript) for u in group]
-    grid = []
-    points = list(itertools.product(cfg.lm_weights, cfg.word_scores))
-    for weight, bonus in tqdm(points, desc="grid", disable=not progress):
-        decoder = make_decoder(dataclasses.replace(_decode_config(cfg), lm_weight=weight, word_score=bonus))
-        hypotheses = transcriber.decode(emissions, decoder)
-        grid.append({"lm_weight": weight, "word_score": bonus, "wer": wer(references, hypotheses),
-                     "cer": cer(references, hypotheses)})
-    best = min(grid, key=lambda p: (p["wer"], p["cer"]))
+    unreadable: list[str] = []
+    emissions, references = outputs_of(transcriber, reading.utterances, progress, "model", unreadable)
+    best, grid = grid_search(transcriber, emissions, references, _decode_config(cfg), cfg.lm_weights,
+                             cfg.word_scores, progress)
     with side_run("lm-tune", split_names(cfg.dataset), to_params(cfg)):
         mlflow.log_table({k: [p[k] for p in grid] for k in grid[0]}, "lm_grid.json")
         mlflow.log_metrics({"best_wer": best["wer"], "best_cer": best["cer"], "best_lm_weight": best["lm_weight"],

@@ -1,5 +1,5 @@
-"""A trained model as an MLflow pyfunc: its checkpoint, the model side of this package, the requirements that
-code needs, a signature and an input example."""
+"""A trained model as an MLflow pyfunc: its checkpoint and its own decoder (decoder.json, LM, lexicon), the model
+side of this package, the requirements that code needs, a signature and an input example."""
 
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ def model_side(dest: Path) -> Path:
     return target
 
 
-def log_model(checkpoint: Path, input_example_audio: Path) -> str:
-    """Logs the checkpoint as a pyfunc model (audio in, text out) in the active run; returns its model URI."""
+def log_model(checkpoint: Path, input_example_audio: Path, decoder: dict[str, Path] | None = None) -> str:
+    """Logs the checkpoint as a pyfunc model (audio in, text out) in the active run; returns its model URI.
+    `decoder` holds the files of the model's own decoder, as artifacts named "decoder" (its decoder.json), "lm"
+    and "lexicon" (optional), which the pyfunc decodes with by default; without it, the model decodes greedily."""
     import pandas as pd
 
     from asr.pyfunc import audio_to_base64, signature
@@ -39,7 +41,7 @@ def log_model(checkpoint: Path, input_example_audio: Path) -> str:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(asr.__file__).with_name("pyfunc.py")),
-            artifacts={"checkpoint": str(checkpoint)},
+            artifacts={"checkpoint": str(checkpoint), **{k: str(v) for k, v in (decoder or {}).items()}},
             code_paths=[str(model_side(Path(tmp)))],
             signature=signature(),
             input_example=pd.DataFrame({"audio": [audio_to_base64(input_example_audio)]}),

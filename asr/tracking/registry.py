@@ -26,7 +26,8 @@ from asr.tracking.store import TrackingError
 
 PRODUCTION_ALIAS = "production"
 PRODUCTION_STAGE = "Production"
-WER_TAG = "val_wer"  # version tag holding the dev WER that `if-better` promotion compares
+WER_TAG = "val_wer"  # version tag holding the dev WER (of the model's own decoder) that `if-better` compares
+DECODER_TAG = "decoder"  # version tag saying how the version decodes, e.g. "beam+lm(order 3)" or "greedy"
 # Version tag an `if-better` promoter sets (to the time, in seconds since the epoch) before it moves the alias: the
 # contenders of one round of concurrent promotions, so the last one to move can hand Production to the best of them.
 CONTENDER_TAG = "production_contender"
@@ -60,14 +61,15 @@ def registered_version(client: MlflowClient, name: str, run_id: str) -> str | No
     return str(min(int(v.version) for v in found)) if found else None
 
 
-def register(model_uri: str, name: str, run_id: str, dev_wer: float) -> str:
-    """Registers a new version of `name` (or finds the one this run registered before) and returns its number."""
+def register(model_uri: str, name: str, run_id: str, dev_wer: float, tags: dict[str, str] | None = None) -> str:
+    """Registers a new version of `name` (or finds the one this run registered before), with `tags` besides its
+    dev WER and run id, and returns its number."""
     def once() -> str:
         existing = registered_version(MlflowClient(), name, run_id)
         if existing is not None:
             return existing
-        tags = {WER_TAG: f"{dev_wer:.6f}", "run_id": run_id}
-        return str(mlflow.register_model(model_uri, name, tags=tags).version)
+        all_tags = {**(tags or {}), WER_TAG: f"{dev_wer:.6f}", "run_id": run_id}
+        return str(mlflow.register_model(model_uri, name, tags=all_tags).version)
     return retrying(once)
 
 
@@ -210,7 +212,7 @@ class Promotion:
 
 
 def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float, policy: str,
-                         decided: Callable[[], None] | None = None) -> Promotion:
+                         decided: Callable[[], None] | None = None, tags: dict[str, str] | None = None) -> Promotion:
     """Registers the model and promotes it as `policy` says. The Production version is read before registering,
     so a store that cannot answer fails this step (TrackingError) with the registry as it was.
 
@@ -219,7 +221,7 @@ def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float,
     `decided`, if given, is called between the decision and the move (tests use it to order concurrent ones)."""
     client = MlflowClient()
     current = current_production(client, name)
-    version = register(model_uri, name, run_id, dev_wer)
+    version = register(model_uri, name, run_id, dev_wer, tags)
     mine = retrying(lambda: client.get_model_version(name, version))
     resumed = current is not None and str(current.version) == version  # promoted by this run before it was killed
     if resumed:

@@ -28,6 +28,7 @@ from asr.tracking import lineage, registry, store
 from asr.tracking.metric_log import MetricLog
 from asr.tracking.packaging import log_model
 from asr.tracking.system_metrics import SystemMetrics
+from asr.training import decoder as model_decoder
 from asr.training import distributed as dist
 from asr.training.batches import TrainData, intra_op_threads, load_dataset, prep_workers, total_steps, training_data
 from asr.training.loop import EpochStats, Trainer, build_trainer, compute_validation, train_one_epoch
@@ -47,9 +48,10 @@ from asr.training.state import (
 @dataclass
 class TrainResult:
     run_id: str
-    dev: dict[str, float]
+    dev: dict[str, float]        # loss, WER and CER of greedy decoding, as every epoch is validated
     test: dict[str, float]
     promotion: registry.Promotion | None  # None on the non-main ranks of a distributed run
+    decoding: model_decoder.Decoding | None = None  # the model's own decoder and its scores (main rank)
 
 
 @dataclass
@@ -93,6 +95,7 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
     SIGINT/SIGTERM, after checkpointing."""
     cfg, resume = resume_point(cfg, given)
     check_paths(cfg)  # the data folders, before any store is touched or anything is read
+    model_decoder.check(cfg.decoder)  # the LM and lexicon to attach, likewise
     ctx = dist.init()
     torch.manual_seed(cfg.optim.seed)
     random.seed(cfg.optim.seed)
@@ -244,41 +247,66 @@ def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
 
 
 def finish(run: Run) -> TrainResult:
-    """Scores the best epoch's weights on dev and test, then logs, registers and promotes them (main rank)."""
+    """Scores the best epoch's weights on dev and test, decides the decoder the model carries (tuned on dev, see
+    asr.training.decoder), then logs, registers and promotes them (main rank) by the dev WER of that decoder."""
     t, cfg, ctx = run.trainer, run.trainer.cfg, run.trainer.ctx
     if run.best_state is not None:
         t.model.load_state_dict(run.best_state)
     dev, dev_rows = compute_validation(t.model, run.data.dev_set, run.data.dev_set.precompute(), cfg, t.amp, ctx)
-    test, test_rows = score_test(run)
+    test, test_rows, test_utts = score_test(run)
     if not ctx.main:
         return TrainResult(run.run_id, dev, test, None)
     mlflow.log_metrics({"best_wer": dev["wer"], "best_cer": dev["cer"], "best_epoch": run.pos.best_epoch})
     log_predictions(dev_rows, "predictions_dev.json")
     if test:
-        mlflow.log_metrics({"test_loss": test["loss"], "test_wer": test["wer"], "test_cer": test["cer"]})
+        mlflow.log_metrics({"test_loss": test["loss"]})
         log_predictions(test_rows, "predictions_test.json")
-        print(f"held-out test ({','.join(cfg.data.test_data)}): WER {test['wer']:.3f}  CER {test['cer']:.3f}")
-    lineage.set_description(describe(run, dev, test))
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.MODEL)
-    uri = log_model(checkpoint, run.data.dev_set.utterances[0].path)
+    decoding = model_decoder.attach(cfg, t.model, run.out_dir, run.data.train_set.utterances,
+                                    run.data.dev_set.utterances, test_utts, run.progress, run.say)
+    log_decoding(decoding)
+    lineage.set_description(describe(run, decoding.dev, decoding.test, decoding.description))
+    for split, names, scores in (("dev", cfg.data.dev_data, decoding.dev), ("held-out test", cfg.data.test_data,
+                                                                           decoding.test)):
+        if scores:
+            greedy = "" if decoding.description == "greedy" else \
+                f"; greedy WER {scores['wer_greedy']:.3f}  CER {scores['cer_greedy']:.3f}"
+            print(f"{split} ({','.join(names)}): {decoding.description} WER {scores['wer']:.3f}  CER "
+                  f"{scores['cer']:.3f}{greedy}")
+    uri = log_model(checkpoint, run.data.dev_set.utterances[0].path, decoding.files)
     name = cfg.tracking.registered_model
     kill_point("logged")  # model.pt written and the model logged, not yet registered
     try:
-        promotion = registry.register_and_promote(uri, name, run.run_id, dev["wer"], cfg.tracking.promote)
+        promotion = registry.register_and_promote(uri, name, run.run_id, decoding.dev["wer"], cfg.tracking.promote,
+                                                  tags={registry.DECODER_TAG: decoding.description})
     except store.TrackingError as e:
         raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} registers "
                                   "the model") from None
     kill_point("registered")
     mlflow.set_tags({"registered_model": name, "model_version": promotion.version, "promoted": str(promotion.promoted)})
     print(f"{name} {promotion.describe()}")
-    return TrainResult(run.run_id, dev, test, promotion)
+    return TrainResult(run.run_id, dev, test, promotion, decoding)
 
 
-def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-    """Loss, WER and CER on the held-out test split, and its rows; ({}, []) when there is none."""
+def log_decoding(decoding: model_decoder.Decoding) -> None:
+    """The model's decoder on the run: dev_/test_ WER and CER of that decoder and (`_greedy`) of greedy decoding,
+    the tuned LM weight and word score as params, the tuning grid as a table, and a `decoder` tag."""
+    mlflow.log_metrics({f"{split}_{k}": v for split, scores in (("dev", decoding.dev), ("test", decoding.test))
+                        for k, v in scores.items()})
+    mlflow.set_tag(registry.DECODER_TAG, decoding.description)
+    if decoding.grid:
+        c = decoding.config
+        logged = mlflow.active_run().data.params  # a resumed run that finishes again tunes the same values
+        mlflow.log_params({k: v for k, v in {"lm_weight": c.lm_weight, "word_score": c.word_score}.items()
+                           if k not in logged})
+        mlflow.log_table({k: [p[k] for p in decoding.grid] for k in decoding.grid[0]}, "lm_grid.json")
+
+
+def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]], list]:
+    """Loss, WER and CER on the held-out test split, its rows and its utterances; ({}, [], []) when there is none."""
     t, cfg = run.trainer, run.trainer.cfg
     if not cfg.data.test_data:
-        return {}, []
+        return {}, [], []
     test_set = load_dataset(cfg.data.test_data, run.data.features)
     lengths = test_set.precompute(prep_workers(cfg), cfg.data.feature_cache, run.progress, "features test")
     for message in test_set.unreadable:
@@ -287,11 +315,12 @@ def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
         hop = cfg.features.hop_ms / 1000
         lineage.log_split(lineage.TEST, cfg.data.test_data, test_set.utterances, [n * hop for n in lengths])
         run.test_summary = lineage.split_summary(cfg.data.test_data, len(test_set), sum(lengths) * hop)
-    return compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx)
+    return (*compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx), test_set.utterances)
 
 
-def describe(run: Run, dev: dict[str, float], test: dict[str, float]) -> str:
-    """The run's two-line description: the model and what it was trained on, then its held-out scores."""
+def describe(run: Run, dev: dict[str, float], test: dict[str, float], decoder: str) -> str:
+    """The run's two-line description: the model and what it was trained on, then its held-out scores with the
+    model's own decoder (`decoder` names it)."""
     cfg, data, hop = run.trainer.cfg, run.data, run.trainer.cfg.features.hop_ms / 1000
     m = cfg.model
     n_params = sum(p.numel() for p in run.trainer.model.parameters())
@@ -302,7 +331,7 @@ def describe(run: Run, dev: dict[str, float], test: dict[str, float]) -> str:
     train = lineage.split_summary(cfg.data.train_data, len(data.items), sum(data.train_lengths[i] for i in data.items)
                                   * hop)
     dev_split = lineage.split_summary(cfg.data.dev_data, len(data.dev_set), sum(data.dev_lengths) * hop)
-    return lineage.run_description(model, train, epochs, dev_split, dev, run.test_summary, test)
+    return lineage.run_description(model, train, epochs, dev_split, dev, run.test_summary, test, decoder)
 
 
 def log_predictions(rows: list[tuple[str, str, str]], name: str) -> None:
