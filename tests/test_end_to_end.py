@@ -165,6 +165,8 @@ def test_first_version_is_registered_and_promoted(trained):
     assert {k: str(v) for k, v in trained.registered_aliases.items()} == {"production": "1"}
     assert float(tags[model_registry.WER_TAG]) == pytest.approx(trained.result.decoding.dev["wer"], abs=1e-6)
     assert tags[model_registry.DECODER_TAG] == "greedy"
+    test = trained.result.decoding.test
+    assert (float(tags["test_wer"]), float(tags["test_cer"])) == pytest.approx((test["wer"], test["cer"]), abs=1e-4)
     assert tags["run_id"] == trained.result.run_id
     p = trained.result.promotion
     assert (p.version, p.promoted, p.policy, p.previous) == ("1", True, "if-better", None)

@@ -278,7 +278,7 @@ def finish(run: Run) -> TrainResult:
     kill_point("logged")  # model.pt written and the model logged, not yet registered
     try:
         promotion = registry.register_and_promote(uri, name, run.run_id, decoding.dev["wer"], cfg.tracking.promote,
-                                                  tags={registry.DECODER_TAG: decoding.description})
+                                                  tags=version_tags(decoding))
     except store.TrackingError as e:
         raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} registers "
                                   "the model") from None
@@ -286,6 +286,14 @@ def finish(run: Run) -> TrainResult:
     mlflow.set_tags({"registered_model": name, "model_version": promotion.version, "promoted": str(promotion.promoted)})
     print(f"{name} {promotion.describe()}")
     return TrainResult(run.run_id, dev, test, promotion, decoding)
+
+
+def version_tags(decoding: model_decoder.Decoding) -> dict[str, str]:
+    """Tags of the registered version besides its dev WER: the decoder it serves and, with a test split, that
+    decoder's held-out WER and CER, so the registry shows how good a version is without opening its run."""
+    tags = {registry.DECODER_TAG: decoding.description}
+    tags.update({f"test_{k}": f"{decoding.test[k]:.4f}" for k in ("wer", "cer") if k in decoding.test})
+    return tags
 
 
 def log_decoding(decoding: model_decoder.Decoding) -> None:
