@@ -27,6 +27,7 @@ from mlflow.utils.mlflow_tags import (
 
 import asr
 from asr.data.dataset import Utterance, split_digest
+from asr.tracking.registry import retrying
 
 # MLflow's dataset input contexts (the `mlflow.data.context` input tag) of the three splits a run reads
 TRAINING, VALIDATION, TEST = "training", "validation", "test"
@@ -71,7 +72,10 @@ def log_split(context: str, split_dirs: Sequence[str | Path], utterances: Sequen
               seconds: Sequence[float]) -> None:
     """Logs the utterances the active run used for `context` (TRAINING, VALIDATION or TEST) as dataset inputs."""
     datasets = split_datasets(split_dirs, utterances, seconds)
-    mlflow.log_inputs(datasets=datasets, contexts=[context] * len(datasets), tags_list=[None] * len(datasets))
+    # Two runs of one experiment logging the same split at once race inside MLflow's SQL store (it looks the dataset
+    # up, then inserts it: "UNIQUE constraint failed"); a retry finds the one the other run inserted.
+    retrying(lambda: mlflow.log_inputs(datasets=datasets, contexts=[context] * len(datasets),
+                                       tags_list=[None] * len(datasets)))
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
