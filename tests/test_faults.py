@@ -40,6 +40,7 @@ pytestmark = pytest.mark.slow  # real training processes killed and resumed, ful
 # defaults): their random draws must be restored exactly on resume too. One thread: the same float summation order
 # in every process.
 BASE = dict(max_utterances=4, batch=1, checkpoint_every=1, precision="fp32", threads=1)
+DEV = "d1d1d1d1d1d1d1d1"  # the dev_digest of the versions the registry tests register: all scored on one dev set
 
 
 class Training:
@@ -252,7 +253,7 @@ def test_a_store_error_fails_the_promotion_and_leaves_the_registry_as_it_was(iso
     the Production version fails loudly instead of answering "none", so `if-better` cannot promote on a store
     error; nothing is registered or moved, and the registry reads as before once the file is back."""
     client, name = MlflowClient(), "StoreError"
-    registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, "always")
+    registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, DEV, "always")
     before, db = registry_state(client, name), tmp_path / "mlflow.db"
     saved = db.read_bytes()
     with open(db, "r+b") as f:
@@ -261,7 +262,7 @@ def test_a_store_error_fails_the_promotion_and_leaves_the_registry_as_it_was(iso
         with pytest.raises(TrackingError, match=f"cannot read {name}'s Production version .*file is not a database"):
             registry.current_production(client, name)
         with pytest.raises(TrackingError, match="nothing was registered or promoted") as failed:
-            registry.register_and_promote("file:///nowhere/2", name, "run-2", 0.1, "if-better")
+            registry.register_and_promote("file:///nowhere/2", name, "run-2", 0.1, DEV, "if-better")
         assert "\n" not in str(failed.value)
     finally:
         db.write_bytes(saved)
@@ -284,7 +285,7 @@ def contest(name: str, wers: list[float], in_turn: bool) -> list[registry.Promot
                 turns[i].wait()
         try:
             results[i] = registry.register_and_promote(f"file:///nowhere/{name}/{i}", name, f"{name}-run-{i}",
-                                                       wers[i], "if-better", decided=wait)
+                                                       wers[i], DEV, "if-better", decided=wait)
         except Exception as e:  # collected: an exception in a thread would otherwise go unnoticed
             errors.append(e)
         finally:
@@ -312,18 +313,18 @@ def test_concurrent_if_better_promotions_leave_the_best_in_production(isolated_m
     before any of them moves the alias. Whatever the order of the moves, the best of them ends in Production (alias
     and stage), and its promotion says so."""
     client, name = MlflowClient(), f"IfBetter{''.join(str(int(w * 100)) for w in wers)}{int(in_turn)}"
-    old = registry.register_and_promote("file:///nowhere/old", name, f"{name}-old", 0.6, "always")
+    old = registry.register_and_promote("file:///nowhere/old", name, f"{name}-old", 0.6, DEV, "always")
     results = contest(name, wers, in_turn)
     best = results[wers.index(min(wers))]
     assert assert_one_production(client, name) == best.version, [(r.version, r.dev_wer) for r in results]
     assert best.promoted and best.previous == old.version
     # a later, worse one is compared with the winner, not with the version it replaced
-    late = registry.register_and_promote("file:///nowhere/late", name, f"{name}-late", 0.35, "if-better")
+    late = registry.register_and_promote("file:///nowhere/late", name, f"{name}-late", 0.35, DEV, "if-better")
     assert not late.promoted and late.previous == best.version
     assert assert_one_production(client, name) == best.version
     # policy `always` overrides the contest, and the next `if-better` compares with the version it chose
-    forced = registry.register_and_promote("file:///nowhere/forced", name, f"{name}-forced", 0.9, "always")
-    after = registry.register_and_promote("file:///nowhere/after", name, f"{name}-after", 0.8, "if-better")
+    forced = registry.register_and_promote("file:///nowhere/forced", name, f"{name}-forced", 0.9, DEV, "always")
+    after = registry.register_and_promote("file:///nowhere/after", name, f"{name}-after", 0.8, DEV, "if-better")
     assert after.promoted and after.previous == forced.version
     assert assert_one_production(client, name) == after.version
 

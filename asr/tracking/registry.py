@@ -6,6 +6,9 @@ classic `Production` stage, archiving the previous one, so stage-based workflows
 `if-better` promotion is made atomic without a lock (a registry has no transactions): a promoter that decides to
 promote first tags its version a contender, then moves the alias, then re-checks; a worse contender that moved
 the alias last hands it back to the best one. See settle_contest.
+
+Dev WERs compare only between versions scored on the same dev set: each version carries the digest of its dev
+split (DEV_DIGEST_TAG), and `if-better` neither beats nor yields to a version scored on another one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from asr.tracking.store import TrackingError
 PRODUCTION_ALIAS = "production"
 PRODUCTION_STAGE = "Production"
 WER_TAG = "val_wer"  # version tag holding the dev WER (of the model's own decoder) that `if-better` compares
+# Version tag: split_digest (asr.data.dataset) of the dev split WER_TAG was measured on; two versions' dev WERs compare
+# only when it is equal. Versions registered before it existed (whose val_wer may be greedy) or by hand have none.
+DEV_DIGEST_TAG = "dev_digest"
 DECODER_TAG = "decoder"  # version tag saying how the version decodes, e.g. "beam+lm(order 3)" or "greedy"
 # Version tag an `if-better` promoter sets (to the time, in seconds since the epoch) before it moves the alias: the
 # contenders of one round of concurrent promotions, so the last one to move can hand Production to the best of them.
@@ -61,14 +67,15 @@ def registered_version(client: MlflowClient, name: str, run_id: str) -> str | No
     return str(min(int(v.version) for v in found)) if found else None
 
 
-def register(model_uri: str, name: str, run_id: str, dev_wer: float, tags: dict[str, str] | None = None) -> str:
+def register(model_uri: str, name: str, run_id: str, dev_wer: float, dev_digest: str,
+             tags: dict[str, str] | None = None) -> str:
     """Registers a new version of `name` (or finds the one this run registered before), with `tags` besides its
-    dev WER and run id, and returns its number."""
+    dev WER, the digest of the dev split it was measured on, and its run id; returns its number."""
     def once() -> str:
         existing = registered_version(MlflowClient(), name, run_id)
         if existing is not None:
             return existing
-        all_tags = {**(tags or {}), WER_TAG: f"{dev_wer:.6f}", "run_id": run_id}
+        all_tags = {**(tags or {}), WER_TAG: f"{dev_wer:.6f}", DEV_DIGEST_TAG: dev_digest, "run_id": run_id}
         return str(mlflow.register_model(model_uri, name, tags=all_tags).version)
     return retrying(once)
 
@@ -110,6 +117,18 @@ def dev_wer_of(version) -> float:
     return float(version.tags.get(WER_TAG, "inf"))
 
 
+def dev_digest_of(version) -> str:
+    """The digest of the dev split a version's dev WER was measured on; '' for a version without one."""
+    return version.tags.get(DEV_DIGEST_TAG, "")
+
+
+def scored_alike(mine, versions: list) -> list:
+    """Those of `versions` scored on the same dev set as `mine` (equal, non-empty dev_digest): only their dev WERs
+    compare with mine's. A version without a digest compares with none."""
+    digest = dev_digest_of(mine)
+    return [v for v in versions if digest and dev_digest_of(v) == digest]
+
+
 def best_of(versions: list):
     """The lowest dev WER; of equal ones the earliest version, so a new version must be strictly better."""
     return min(versions, key=lambda v: (dev_wer_of(v), int(v.version)))
@@ -122,14 +141,19 @@ def contenders(client: MlflowClient, name: str) -> list:
     return [v for v in found if CONTENDER_TAG in v.tags and now - float(v.tags[CONTENDER_TAG]) < CONTENDER_SECONDS]
 
 
-def should_promote(policy: str, mine, rivals: list) -> bool:
-    """`if-better`: this version (`mine`) is strictly better than the Production version and every recent
-    contender (`rivals`, which may include `mine` itself when a killed run resumes)."""
+def should_promote(policy: str, mine, production, rivals: list) -> bool:
+    """`if-better`: this version (`mine`) was scored on the same dev set as the `production` version (None: there
+    is none) and is strictly better than it and every recent contender of that dev set (`rivals`, which may
+    include `mine` itself when a killed run resumes). A Production version scored elsewhere may be better: it
+    stays. Contenders scored elsewhere do not count."""
     if policy == "always":
         return True
     if policy == "never":
         return False
-    return best_of([mine, *rivals]).version == mine.version
+    if production is not None and not scored_alike(mine, [production]):
+        return False
+    others = [production, *rivals] if production is not None else rivals
+    return best_of([mine, *scored_alike(mine, others)]).version == mine.version
 
 
 def to_production_stage(client: MlflowClient, name: str, version: str) -> None:
@@ -154,15 +178,18 @@ def promote(name: str, version: str, contest: bool = False) -> str:
 
 
 def settle_contest(client: MlflowClient, name: str, rounds: int = 20) -> str:
-    """Moves the `production` alias to the best of its version and the recent contenders; returns that version.
+    """Moves the `production` alias to the best of its version and the recent contenders scored on the same dev
+    set; returns that version.
 
     Why this makes `if-better` atomic: every contender is tagged before its promoter moves the alias, and every
     promoter re-reads after each alias write it makes. So whoever writes the alias last then reads every contender
     that ever moved it, and leaves it on the best of them, whatever the interleaving (two trainings that both beat
-    the old version, the worse one moving last: it hands Production back to the better one)."""
+    the old version, the worse one moving last: it hands Production back to the better one). The alias only moves
+    to a version of its version's dev set, so it never lands on a version whose dev WER was compared with nothing
+    (and two settlers cannot hand it back and forth between dev sets)."""
     for _ in range(rounds):
         target = retrying(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
-        winner = best_of([target, *contenders(client, name)])
+        winner = best_of([target, *scored_alike(target, contenders(client, name))])
         if winner.version == target.version:
             return str(target.version)
         retrying(lambda w=winner: client.set_registered_model_alias(name, PRODUCTION_ALIAS, str(w.version)))
@@ -200,36 +227,60 @@ class Promotion:
     dev_wer: float
     previous: str | None = None           # the Production version before this one
     previous_wer: float | None = None
+    name: str = ""                        # the registered model
+    dev_digest: str = ""                  # of the dev split dev_wer was measured on
+    previous_digest: str | None = None    # the previous version's ('' when it has none)
 
     def describe(self) -> str:
+        """The one line saying what happened to the version and why, e.g. `version 4 not promoted (policy
+        if-better; dev WER 0.412 vs version 3's 0.398)`."""
         verdict = "promoted to Production (alias production)" if self.promoted else "not promoted"
-        why = f"policy {self.policy}"
-        if self.previous is not None and self.previous_wer is not None:
-            why += f"; dev WER {self.dev_wer:.3f} vs version {self.previous}'s {self.previous_wer:.3f}"
-        elif self.previous is None:
-            why += "; no Production version yet"
-        return f"version {self.version} {verdict} ({why})"
+        return f"version {self.version} {verdict} (policy {self.policy}{self.reason()})"
+
+    def reason(self) -> str:
+        """What the dev WER was compared with, or why it could not be: '' or '; ...'."""
+        if self.previous is None:
+            return "; no Production version yet"
+        if self.previous_digest is not None and not (self.dev_digest and self.previous_digest == self.dev_digest):
+            return f"; {self.scored_elsewhere()}"
+        if self.previous_wer is None:
+            return ""
+        return f"; dev WER {self.dev_wer:.3f} vs version {self.previous}'s {self.previous_wer:.3f}"
+
+    def scored_elsewhere(self) -> str:
+        """Why the previous version's dev WER was not compared, and (not promoted by `if-better`) what to do."""
+        if self.previous_digest:
+            why = (f"Production version {self.previous} was scored on another dev set (dev_digest "
+                   f"{self.previous_digest}, this version's {self.dev_digest or 'none'}), so their dev WERs do "
+                   "not compare")
+        else:
+            why = (f"Production version {self.previous} has no dev_digest (registered before versions recorded "
+                   "their dev set, or by hand), so its dev WER does not compare with this version's")
+        if self.policy == "if-better" and not self.promoted:
+            why += (f"; promote it by hand (in Python: asr.tracking.registry.promote('{self.name}', "
+                    f"'{self.version}')) or train with --promote always")
+        return why
 
 
-def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float, policy: str,
+def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float, dev_digest: str, policy: str,
                          decided: Callable[[], None] | None = None, tags: dict[str, str] | None = None) -> Promotion:
-    """Registers the model and promotes it as `policy` says. The Production version is read before registering,
-    so a store that cannot answer fails this step (TrackingError) with the registry as it was.
+    """Registers the model, its dev WER and the digest of the dev split it was measured on (split_digest), and
+    promotes it as `policy` says. The Production version is read before registering, so a store that cannot
+    answer fails this step (TrackingError) with the registry as it was.
 
-    `if-better` decides against the Production version and the recent contenders, tags this version a contender,
-    moves the alias and settles (settle_contest), so concurrent promoters leave the best of them in Production.
+    `if-better` decides against the Production version and the recent contenders scored on the same dev set,
+    tags this version a contender, moves the alias and settles (settle_contest), so concurrent promoters leave the
+    best of them in Production. A Production version scored on another dev set (or on an unknown one) is kept.
     `decided`, if given, is called between the decision and the move (tests use it to order concurrent ones)."""
     client = MlflowClient()
     current = current_production(client, name)
-    version = register(model_uri, name, run_id, dev_wer, tags)
+    version = register(model_uri, name, run_id, dev_wer, dev_digest, tags)
     mine = retrying(lambda: client.get_model_version(name, version))
     resumed = current is not None and str(current.version) == version  # promoted by this run before it was killed
     if resumed:
         current = None  # finish the job (the stage may still lag)
-    rivals = [current] if current is not None else []
-    if policy == "if-better":
-        rivals += contenders(client, name)
-    promoted = policy != "never" if resumed else should_promote(policy, mine, rivals)
+    rivals = contenders(client, name) if policy == "if-better" else []
+    promoted = policy != "never" if resumed else should_promote(policy, mine, current, rivals)
     if decided is not None:
         decided()
     if promoted and policy == "if-better":
@@ -240,8 +291,11 @@ def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float,
     elif promoted:
         promote(name, version)
         end_contests(client, name)
-    previous_wer = dev_wer_of(current) if current is not None and WER_TAG in current.tags else None
-    return Promotion(version, promoted, policy, dev_wer, str(current.version) if current else None, previous_wer)
+    if current is None:
+        return Promotion(version, promoted, policy, dev_wer, name=name, dev_digest=dev_digest_of(mine))
+    previous_wer = dev_wer_of(current) if WER_TAG in current.tags else None
+    return Promotion(version, promoted, policy, dev_wer, str(current.version), previous_wer, name,
+                     dev_digest_of(mine), dev_digest_of(current))
 
 
 def model_uri(name: str, stage: str = PRODUCTION_STAGE, alias: str = "", version: str = "") -> str:

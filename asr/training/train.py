@@ -20,6 +20,7 @@ import torch
 from asr import UserError
 from asr import checkpoint as ckpt
 from asr.config import check_paths, save, to_params
+from asr.data.dataset import split_digest
 from asr.model import SpeechModel
 from asr.precision import autocast_dtype
 from asr.settings import TrainConfig
@@ -277,7 +278,8 @@ def finish(run: Run) -> TrainResult:
     name = cfg.tracking.registered_model
     kill_point("logged")  # model.pt written and the model logged, not yet registered
     try:
-        promotion = registry.register_and_promote(uri, name, run.run_id, decoding.dev["wer"], cfg.tracking.promote,
+        promotion = registry.register_and_promote(uri, name, run.run_id, decoding.dev["wer"],
+                                                  split_digest(run.data.dev_set.utterances), cfg.tracking.promote,
                                                   tags=version_tags(decoding))
     except store.TrackingError as e:
         raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} registers "
