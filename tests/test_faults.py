@@ -270,10 +270,11 @@ def test_a_store_error_fails_the_promotion_and_leaves_the_registry_as_it_was(iso
     assert registry.current_production(client, "NoSuchModel") is None  # what "none" means: no such model
 
 
-def contest(name: str, wers: list[float], in_turn: bool) -> list[registry.Promotion]:
-    """`if-better` promotions of one version per WER, one thread each. All of them decide before any moves the
-    alias; then they move one after another in the order given (in_turn: each starts when the one before has
-    finished), or all at once."""
+def contest(name: str, wers: list[float], in_turn: bool, digests: list[str] | None = None) -> list[registry.Promotion]:
+    """`if-better` promotions of one version per WER (scored on the dev set of the same place in `digests`, else
+    all on DEV), one thread each. All of them decide before any moves the alias; then they move one after another
+    in the order given (in_turn: each starts when the one before has finished), or all at once."""
+    digests = digests or [DEV] * len(wers)
     decided, turns = threading.Barrier(len(wers)), [threading.Event() for _ in wers]
     results: dict[int, registry.Promotion] = {}
     errors: list[Exception] = []
@@ -285,7 +286,7 @@ def contest(name: str, wers: list[float], in_turn: bool) -> list[registry.Promot
                 turns[i].wait()
         try:
             results[i] = registry.register_and_promote(f"file:///nowhere/{name}/{i}", name, f"{name}-run-{i}",
-                                                       wers[i], DEV, "if-better", decided=wait)
+                                                       wers[i], digests[i], "if-better", decided=wait)
         except Exception as e:  # collected: an exception in a thread would otherwise go unnoticed
             errors.append(e)
         finally:
@@ -327,6 +328,25 @@ def test_concurrent_if_better_promotions_leave_the_best_in_production(isolated_m
     after = registry.register_and_promote("file:///nowhere/after", name, f"{name}-after", 0.8, DEV, "if-better")
     assert after.promoted and after.previous == forced.version
     assert assert_one_production(client, name) == after.version
+
+
+@pytest.mark.parametrize("in_turn", [True, False], ids=["in-turn", "all-at-once"])
+def test_concurrent_if_better_promotions_on_two_dev_sets_never_compare_across_them(isolated_mlflow: str,
+                                                                                   in_turn: bool):
+    """No Production version yet, and four trainings on two dev sets promote at once: they all decide to promote
+    (nothing to compare with). The alias only ever moves to a better version of the same dev set, so the settling
+    ends, with one version in Production, the best of its own dev set; the others' lower dev WERs from the other
+    dev set do not take it. Moving in turn, the last one's dev set keeps Production (a limit: no defined winner
+    across dev sets)."""
+    client, name = MlflowClient(), f"TwoDevSets{int(in_turn)}"
+    wers, digests = [0.10, 0.30, 0.20, 0.45], ["e2e2e2e2e2e2e2e2", DEV, "e2e2e2e2e2e2e2e2", DEV]
+    results = contest(name, wers, in_turn, digests)
+    winner = assert_one_production(client, name)
+    same_dev_set = [r for r, d in zip(results, digests, strict=True)
+                    if d == client.get_model_version(name, winner).tags[registry.DEV_DIGEST_TAG]]
+    assert winner == min(same_dev_set, key=lambda r: r.dev_wer).version
+    if in_turn:  # the last to move is on DEV, whose best (0.30) keeps Production from the other dev set's 0.10
+        assert winner == results[1].version
 
 
 # ---------------------------------------------------------------- disk full while writing a checkpoint
