@@ -73,8 +73,10 @@ def test_bench_lm_prints_and_writes_load_memory_and_decode_numbers(tmp_path: Pat
     line = next(line for line in text.splitlines() if line.startswith("| ARPA, 2 MB |"))
     assert line in proc.stdout.splitlines()  # the table is printed too
     row = line.split("|")[1:-1]
-    load_s, build_s, first_s, second_s = (float(row[i]) for i in (2, 3, 6, 7))
-    assert load_s > 0 and build_s > 0 and first_s > 0 and second_s > 0
+    (load_s, load_cpu), (build_s, build_cpu) = (map(float, row[i].replace("(", " ").strip(" )").split())
+                                                for i in (2, 3))
+    assert 0 < load_cpu and 0 < build_cpu and load_s > 0 and build_s > 0
+    assert float(row[6]) > 0 and float(row[7]) > 0  # first and second decode
     assert float(row[8]) == 0.0  # the decoder with the LM spelled the utterance's words back
     counts = [int(c.replace(",", "")) for c in row[1].split("/")]
     assert len(counts) == 4 and counts[3] > counts[2] > counts[1] > counts[0]

@@ -22,8 +22,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,29 +93,29 @@ def spelled_emission(words: list[str], seed: int) -> tuple[torch.Tensor, str]:
 
 def _measure(lm: str, emission: torch.Tensor, beam_size: int) -> dict:
     """In a fresh process: load the LM (none: the baseline) into a beam search decoder as a Transcriber does, then
-    decode `emission` twice. Seconds, and resident and peak memory in MB."""
+    decode `emission` twice. Seconds (wall, and CPU for the loads: a shared machine stretches the wall time), and
+    resident and peak memory in MB."""
     import psutil
 
     from asr.config import DecodeConfig
     from asr.decoding import loaded_lm, make_decoder
 
     cfg = DecodeConfig(decoder="beam", lm=lm, beam_size=beam_size)
-    start = time.perf_counter()
-    if lm:
-        loaded_lm(cfg)
-    loaded = time.perf_counter()
-    decoder = make_decoder(cfg)  # the LM loaded above, from the process's cache
-    built = time.perf_counter()
+    _, lm_s, lm_cpu_s = _timed(lambda: loaded_lm(cfg) if lm else None)
+    decoder, decoder_s, decoder_cpu_s = _timed(lambda: make_decoder(cfg))  # the LM from the process's cache
     resident = psutil.Process().memory_info().rss / 2**20
     lengths = torch.tensor([len(emission)])
-    seconds, texts = [], []
-    for _ in range(2):
-        t = time.perf_counter()
-        texts.append(decoder(emission[None], lengths)[0])
-        seconds.append(time.perf_counter() - t)
-    return {"lm_s": loaded - start, "decoder_s": built - loaded, "resident_mb": resident,
-            "peak_mb": peak_rss_mb(), "first_s": seconds[0],
-            "second_s": seconds[1], "text": texts[-1], "threads": torch.get_num_threads()}
+    (_, first_s, _), (text, second_s, _) = (_timed(lambda: decoder(emission[None], lengths)[0]) for _ in range(2))
+    return {"lm_s": lm_s, "lm_cpu_s": lm_cpu_s, "decoder_s": decoder_s, "decoder_cpu_s": decoder_cpu_s,
+            "resident_mb": resident, "peak_mb": peak_rss_mb(), "first_s": first_s, "second_s": second_s,
+            "text": text, "threads": torch.get_num_threads()}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """fn()'s result, and the wall and CPU seconds it took."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def peak_rss_mb() -> float:
@@ -157,18 +159,22 @@ def run(size_mb: float, seed: int, work_dir: str, beam_size: int, out: Path, say
 def table(r: dict) -> list[str]:
     """The Markdown table of a run's measurement: the baseline row, then the LM's, memory net of the baseline."""
     b = r["baseline"]
-    gb = 1024
-    rows = [
-        "| LM | n-grams (1/2/3/4) | LM load (s) | decoder build (s) | memory after load (GB) | peak memory (GB) "
-        "| first decode (s) | second decode (s) | WER |",
+    counts = "/".join(f"{c:,}" for c in r["counts"].values())
+    return [
+        "| LM | n-grams (1/2/3/4) | LM load, s (CPU s) | decoder build, s (CPU s) | memory after load (GB) "
+        "| peak memory (GB) | first decode (s) | second decode (s) | WER |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| none (baseline: beam search, no lexicon) | - | - | {b['decoder_s']:.2f} | {b['resident_mb'] / gb:.2f} "
-        f"(absolute) | {b['peak_mb'] / gb:.2f} (absolute) | {b['first_s']:.3f} | {b['second_s']:.3f} | - |",
-        f"| ARPA, {r['size_mb']:.0f} MB | {'/'.join(f'{c:,}' for c in r['counts'].values())} | {r['lm_s']:.1f} "
-        f"| {r['decoder_s']:.1f} | {(r['resident_mb'] - b['resident_mb']) / gb:+.2f} "
-        f"| {(r['peak_mb'] - b['peak_mb']) / gb:+.2f} | {r['first_s']:.3f} | {r['second_s']:.3f} | {r['wer']:.3f} |",
+        _row("none (baseline: beam search, no lexicon)", "-", b, f"{b['resident_mb'] / 1024:.2f} (absolute)",
+             f"{b['peak_mb'] / 1024:.2f} (absolute)", "-"),
+        _row(f"ARPA, {r['size_mb']:.0f} MB", counts, r, f"{(r['resident_mb'] - b['resident_mb']) / 1024:+.2f}",
+             f"{(r['peak_mb'] - b['peak_mb']) / 1024:+.2f}", f"{r['wer']:.3f}"),
     ]
-    return rows
+
+
+def _row(name: str, counts: str, m: dict, resident: str, peak: str, wer: str) -> str:
+    load = f"{m['lm_s']:.2f} ({m['lm_cpu_s']:.2f})" if counts != "-" else "-"
+    return (f"| {name} | {counts} | {load} | {m['decoder_s']:.2f} ({m['decoder_cpu_s']:.2f}) | {resident} | {peak} "
+            f"| {m['first_s']:.3f} | {m['second_s']:.3f} | {wer} |")
 
 
 def render(r: dict, beam_size: int, seed: int) -> str:
@@ -178,12 +184,13 @@ def render(r: dict, beam_size: int, seed: int) -> str:
         "",
         f"{date.today()}, {cpu_name()}, {multiprocessing.cpu_count()} CPUs{load}, torch {torch.__version__}, "
         f"{r['threads']} threads. A synthetic 4-gram ARPA LM of {r['size_mb']:.0f} MB (seed {seed}; LibriSpeech's "
-        f"shape: a {r['counts'][1] - 3:,}-word vocabulary, lmplz's n-gram proportions), loaded as a Transcriber loads its LM: "
-        "its words, the lexicon spelling them and KenLM (LM load), then torchaudio's decoder and its lexicon trie "
-        "(decoder build), once per process. Memory: what the LM adds to a process (resident after loading, and "
-        "peak), net of a baseline process that imports the same libraries and decodes without an LM. Decodes: one "
-        f"{UTTERANCE_SECONDS:.0f}-second utterance ({r['frames']} frames, a synthetic emission spelling the LM's "
-        f"words), beam size {beam_size}, first and second call. Each row in a fresh process. {NO_BINARY}.",
+        f"shape: a {r['counts'][1] - 3:,}-word vocabulary, lmplz's n-gram proportions), loaded as a Transcriber "
+        "loads its LM, once per process: its words, the lexicon spelling them and KenLM (LM load), then "
+        "torchaudio's decoder and its lexicon trie (decoder build). Memory: what the LM adds to a process "
+        "(resident after loading, and peak), net of a baseline process that imports the same libraries and "
+        f"decodes without an LM. Decodes: one {UTTERANCE_SECONDS:.0f}-second utterance ({r['frames']} frames, a "
+        f"synthetic emission spelling the LM's words), beam size {beam_size}, first and second call. Each row in a "
+        f"fresh process. {NO_BINARY}.",
         "",
         *table(r),
     ]
