@@ -17,6 +17,7 @@ from asr import UserError
 from asr.config import DecodeConfig, check_paths, click_options, from_dict, load_settings
 from asr.settings import (
     BenchInferConfig,
+    BenchLMConfig,
     BenchTrainConfig,
     DownloadConfig,
     EvaluateConfig,
@@ -391,6 +392,18 @@ def bench_infer(**options) -> None:
     c = settings(BenchInferConfig, options)
     check_model_source(c.model_uri)
     run(c.model_uri, c.data, c.lm, c.beam_size, c.repeats, Path(c.out), c.section, say=click.echo)
+
+
+@bench.command("lm")
+@click_options(BenchLMConfig)
+@friendly_errors
+def bench_lm(**options) -> None:
+    """Load time and memory of a large (default 800 MB) word 4-gram LM in the beam search decoder, and the time
+    of a first and a second decode with it, on a synthetic ARPA LM of that size (written once, then reused)."""
+    from asr.bench.lm import run
+
+    c = settings(BenchLMConfig, options)
+    run(c.size_mb, c.seed, c.work_dir, c.beam_size, Path(c.out), say=click.echo)
 
 
 if __name__ == "__main__":

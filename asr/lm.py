@@ -217,8 +217,15 @@ def arpa_words(path: str | Path) -> list[str]:
 def arpa_order(path: str | Path) -> int:
     """The order of an ARPA file (plain or .gz): the highest n its \\data\\ header counts n-grams for. Reads the
     header only. Raises LMError when the file is not an ARPA file or its header counts nothing."""
+    return max(arpa_counts(path))
+
+
+def arpa_counts(path: str | Path) -> dict[int, int]:
+    """The n-gram counts an ARPA file's (plain or .gz) \\data\\ header declares, by order, orders counted as 0
+    left out. Reads the header only. Raises LMError when the file is not an ARPA file or its header counts
+    nothing."""
     path = Path(path)
-    orders = []
+    counts = {}
     with _open_binary(path) as f:
         _skip_past(f, b"\\data\\", _HEADER_BYTES, path)
         for raw in itertools.islice(f, 100):  # `ngram N=COUNT` lines, up to the first section
@@ -227,10 +234,10 @@ def arpa_order(path: str | Path) -> int:
                 break
             n, eq, count = line.removeprefix(b"ngram ").partition(b"=")
             if eq and n.strip().isdigit() and count.strip().isdigit() and int(count):
-                orders.append(int(n))
-    if not orders:
+                counts[int(n)] = int(count)
+    if not counts:
         raise LMError(f"ARPA file {path}: its \\data\\ header counts no n-grams")
-    return max(orders)
+    return counts
 
 
 def is_kenlm_binary(path: str | Path) -> bool:

@@ -358,6 +358,16 @@ class BenchInferConfig(Checked):
     section: str = opt("infer", "name of the block of --out this run replaces")
 
 
+@dataclass
+class BenchLMConfig(Checked):
+    size_mb: float = opt(800.0, "size of the synthetic word 4-gram ARPA LM, MB", min=0.1)
+    seed: int = opt(0, "seed of the synthetic LM and utterance (same seed and size, same file)")
+    work_dir: str = opt("", "folder the synthetic LM is written to and reused from ('' = asr-bench-lm in the "
+                        "system's temporary folder)")
+    beam_size: int = opt(50, "beam search: hypotheses kept after each frame", min=1)
+    out: str = opt("BENCHMARKS.md", "Markdown file whose `lm` section is replaced")
+
+
 # MLproject parameter types, by dataclass field type
 _MLPROJECT_TYPES = {"int": "float", "float": "float", "str": "string", "bool": "string", "tuple[str, ...]": "string",
                     "tuple[float, ...]": "string"}

@@ -133,7 +133,8 @@ COMMANDS = {("train",): TrainConfig, ("validate",): ValidateConfig, ("server",):
             ("transcribe",): settings.TranscribeConfig, ("evaluate",): settings.EvaluateConfig,
             ("lm", "build"): settings.LMBuildConfig, ("lm", "tune"): TuneConfig, ("export",): settings.ExportConfig,
             ("data", "synth"): settings.SynthConfig, ("data", "download"): settings.DownloadConfig,
-            ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig}
+            ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig,
+            ("bench", "lm"): settings.BenchLMConfig}
 
 
 def test_every_command_takes_its_options_from_a_settings_class():
