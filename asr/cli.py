@@ -23,6 +23,7 @@ from asr.settings import (
     EvaluateConfig,
     ExportConfig,
     LMBuildConfig,
+    PromoteConfig,
     ServerConfig,
     SynthConfig,
     TrainConfig,
@@ -139,6 +140,22 @@ def validate(**options) -> None:
     Example: asr validate --file_id 1089-134686-0000 --dataset data/LibriSpeech/test-clean
     """
     run_validate(settings(ValidateConfig, options))
+
+
+@main.command()
+@click_options(PromoteConfig)
+@friendly_errors
+def promote(**options) -> None:
+    """Promote a registered model version to Production by hand, whatever its dev WER: alias production and stage
+    Production (the previous Production version archived), as training's promotion does.
+
+    Example: asr promote --registered_model SpeechRecognitionModel --model_version 3
+    """
+    from asr.tracking import registry, store
+
+    cfg = settings(PromoteConfig, options)
+    store.setup_uri(registry.model_uri(cfg.registered_model, version=cfg.model_version))
+    click.echo(f"{cfg.registered_model} {registry.promote_by_hand(cfg.registered_model, cfg.model_version).describe()}")
 
 
 @main.command()

@@ -240,6 +240,13 @@ class ValidateConfig(Checked):
 
 
 @dataclass
+class PromoteConfig(Checked):
+    registered_model: str = opt(REGISTERED_MODEL, "registered model whose version to promote",
+                                check=registered_model_problem)
+    model_version: str = opt("", "version to promote to Production", check=version_problem, required=True)
+
+
+@dataclass
 class ServerConfig(Checked):
     backend_store_uri: str = opt("sqlite:///mlflow.db", "where runs and registered models are stored: a SQLite "
                                  "file, or postgresql://USER:PASSWORD@HOST:PORT/DB for a team")

@@ -132,6 +132,7 @@ def test_main_py_help_lists_every_field():
 COMMANDS = {("train",): TrainConfig, ("validate",): ValidateConfig, ("server",): ServerConfig,
             ("transcribe",): settings.TranscribeConfig, ("evaluate",): settings.EvaluateConfig,
             ("lm", "build"): settings.LMBuildConfig, ("lm", "tune"): TuneConfig, ("export",): settings.ExportConfig,
+            ("promote",): settings.PromoteConfig,
             ("data", "synth"): settings.SynthConfig, ("data", "download"): settings.DownloadConfig,
             ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig,
             ("bench", "lm"): settings.BenchLMConfig}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import MODEL_NAME, make_tiny_config, short_split
+from conftest import MODEL_NAME, asr_command, make_tiny_config, one_line_error, run_cli, short_split
 from mlflow import MlflowClient
 
 from asr.data.dataset import read_split, split_digest
@@ -52,8 +52,8 @@ def test_a_production_version_without_dev_digest_is_kept_with_the_reason(isolate
     line = new.describe()
     assert line == (f"version 2 not promoted (policy if-better; Production version {old} has no dev_digest "
                     "(registered before versions recorded their dev set, or by hand), so its dev WER does not "
-                    f"compare with this version's; promote it by hand (in Python: asr.tracking.registry.promote("
-                    f"'{name}', '2')) or train with --promote always)"), line
+                    f"compare with this version's; promote it by hand with asr promote --registered_model {name} "
+                    "--model_version 2, or train with --promote always)"), line
     assert production(client, name) == (old, {old})
     assert registry.CONTENDER_TAG not in client.get_model_version(name, "2").tags  # it never contended
     # the way out the line names works, and `always` says it did not compare either
@@ -99,7 +99,7 @@ def test_if_better_refuses_to_compare_versions_trained_on_different_dev_sets(sho
     assert (first.version, first.promoted, second.version, second.promoted) == ("1", True, "2", False)
     line = (f"{MODEL_NAME} version 2 not promoted (policy if-better; Production version 1 was scored on another "
             f"dev set (dev_digest {digests[0]}, this version's {digests[1]}), so their dev WERs do not compare; "
-            f"promote it by hand (in Python: asr.tracking.registry.promote('{MODEL_NAME}', '2')) or train with "
+            f"promote it by hand with asr promote --registered_model {MODEL_NAME} --model_version 2, or train with "
             "--promote always)")
     printed = capsys.readouterr().out
     assert line in printed.splitlines(), printed
@@ -112,3 +112,31 @@ def test_if_better_refuses_to_compare_versions_trained_on_different_dev_sets(sho
                       if {(t.key, t.value) for t in d.tags} & {("mlflow.data.context", "validation")}]
         assert validation == [digest]
     print(line)
+
+
+def test_asr_promote_moves_alias_and_stage_to_the_version_it_names(tmp_path: Path, isolated_mlflow: str):
+    """The way out the promotion line names: `asr promote` puts a version kept out by `if-better` in Production
+    (alias and stage), and says what it replaced and why the dev WERs did not compare."""
+    client, name = MlflowClient(), "ByHand"
+    registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, DEV, "always")
+    kept_out = registry.register_and_promote("file:///nowhere/2", name, "run-2", 0.3, OTHER_DEV, "if-better")
+    assert not kept_out.promoted
+    proc = run_cli([*asr_command(), "promote", "--registered_model", name, "--model_version", "2"], tmp_path,
+                   isolated_mlflow)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"{name} version 2 promoted to Production (alias production) (policy by hand; "
+                                   "Production version 1 was scored on another dev set (dev_digest d1d1d1d1d1d1d1d1, "
+                                   "this version's e2e2e2e2e2e2e2e2), so their dev WERs do not compare)")
+    assert production(client, name) == ("2", {"2"})
+
+
+def test_asr_promote_refuses_what_it_cannot_promote_in_one_line(tmp_path: Path, isolated_mlflow: str):
+    registry.register_and_promote("file:///nowhere/1", "Kept", "run-1", 0.6, DEV, "always")
+    cases = {("--registered_model", "Kept", "--model_version", "7"): "Kept has no version 7",
+             ("--registered_model", "Kept", "--model_version", "two"): "a model version is a number",
+             ("--registered_model", "Nobody", "--model_version", "1"): "Nobody has no version 1"}
+    for args, says in cases.items():
+        proc = run_cli([*asr_command(), "promote", *args], tmp_path, isolated_mlflow)
+        assert one_line_error(proc) is None, (args, proc.returncode, proc.stderr)
+        assert says in proc.stderr, (args, proc.stderr)
+    assert production(MlflowClient(), "Kept") == ("1", {"1"})

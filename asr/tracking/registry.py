@@ -257,8 +257,8 @@ class Promotion:
             why = (f"Production version {self.previous} has no dev_digest (registered before versions recorded "
                    "their dev set, or by hand), so its dev WER does not compare with this version's")
         if self.policy == "if-better" and not self.promoted:
-            why += (f"; promote it by hand (in Python: asr.tracking.registry.promote('{self.name}', "
-                    f"'{self.version}')) or train with --promote always")
+            why += (f"; promote it by hand with asr promote --registered_model {self.name} --model_version "
+                    f"{self.version}, or train with --promote always")
         return why
 
 
@@ -296,6 +296,27 @@ def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float,
     previous_wer = dev_wer_of(current) if WER_TAG in current.tags else None
     return Promotion(version, promoted, policy, dev_wer, str(current.version), previous_wer, name,
                      dev_digest_of(mine), dev_digest_of(current))
+
+
+def promote_by_hand(name: str, version: str) -> Promotion:
+    """Promotes `version` of `name` to Production whatever its dev WER (`asr promote`), as policy `always` does:
+    alias and stage move together and recent contenders are cleared. Raises TrackingError when the registry has no
+    such version."""
+    client = MlflowClient()
+    try:
+        mine = retrying(lambda: client.get_model_version(name, version))
+    except MlflowException as e:
+        if not_found(e):
+            raise TrackingError(f"{name} has no version {version} in the model registry "
+                                f"({redact(mlflow.get_registry_uri())})") from None
+        raise unreadable(name, e) from None
+    current = current_production(client, name)
+    promote(name, version)
+    end_contests(client, name)
+    previous = str(current.version) if current is not None else None
+    return Promotion(version, True, "by hand", dev_wer_of(mine), previous,
+                     dev_wer_of(current) if current is not None and WER_TAG in current.tags else None, name,
+                     dev_digest_of(mine), dev_digest_of(current) if current is not None else None)
 
 
 def model_uri(name: str, stage: str = PRODUCTION_STAGE, alias: str = "", version: str = "") -> str:
