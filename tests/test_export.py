@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, one_line_error, randomize_layernorms, split_dir
+from conftest import MODEL_NAME, REPO, mlflow_store, one_line_error, randomize_layernorms, split_dir
 from torch import nn
 
 from asr.audio import load_audio
@@ -406,7 +406,6 @@ def test_export_writes_the_models_decoder_settings_without_opening_its_lm(traine
     import shutil
 
     from click.testing import CliRunner
-    from conftest import mlflow_store
 
     import asr.decoding
     from asr.cli import main
@@ -427,7 +426,7 @@ def test_export_writes_the_models_decoder_settings_without_opening_its_lm(traine
 
     monkeypatch.setattr(asr.decoding, "LoadedLM", no_lm)
     with mlflow_store(trained_lm.root):
-        for name, ref in (("folder", str(folder)), ("registry", "models:/SpeechRecognitionModel@production")):
+        for name, ref in (("folder", str(folder)), ("registry", f"models:/{MODEL_NAME}@production")):
             out = tmp_path / f"{name}.pt"
             exported = CliRunner().invoke(main, ["export", "--model-uri", ref, "--out", str(out)],
                                           env={"MLFLOW_TRACKING_URI": trained_lm.uri})
