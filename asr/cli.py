@@ -300,13 +300,19 @@ def lm_build(**options) -> None:
 def lm_tune(**options) -> None:
     """Grid-search the LM weight and word score on a dev split (the model runs once) and log the grid to MLflow.
 
-    Example: asr lm tune --lm lm.arpa --dataset data/demo/dev
+    Tunes --lm or, without it, the model's own LM and lexicon (with its own decoder settings, the options given
+    changing them).
+
+    Example: asr lm tune --dataset data/demo/dev, or asr lm tune --lm lm.arpa --dataset data/demo/dev
     """
     from asr.evaluation.evaluate import tune
 
     cfg = settings(TuneConfig, options)
-    result = tune(cfg, progress=show_progress())
+    result = tune(cfg, progress=show_progress(), given=set(decoder_options(options)))
     say_skipped(result.unreadable, result.left_out)
+    whose = f"the LM of {cfg.model_uri}" if result.models_own else "--lm"
+    lexicon = result.lexicon or "the LM's words"
+    click.echo(f"tuning {whose}: {result.lm} (lexicon: {lexicon})")
     click.echo(f"{','.join(cfg.dataset)}: {result.utterances} utterances"
                f"{skipped_summary(result.unreadable, result.left_out)}")
     for p in result.grid:
@@ -330,20 +336,19 @@ def export(**options) -> None:
     import torch
 
     from asr.export import export_model, max_abs_diff, quantize_dynamic
-    from asr.loading import load_transcriber
+    from asr.loading import load_acoustic_model
     from asr.tracking.store import setup_uri
 
     cfg = settings(ExportConfig, options)
     setup_uri(cfg.model_uri)
-    transcriber = load_transcriber(cfg.model_uri)
-    n_mfcc, fmt = transcriber.cfg.features.n_mfcc, cfg.format
-    path = export_model(transcriber.fp32_model, fmt, cfg.out, config=transcriber.cfg, decode=transcriber.decode_cfg,
-                        quantize=cfg.quantize)
+    recognizer, model, own = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
+    n_mfcc, fmt = recognizer.features.n_mfcc, cfg.format
+    path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
-    diff = max_abs_diff(transcriber.fp32_model, path, fmt, feats, lengths)
+    diff = max_abs_diff(model, path, fmt, feats, lengths)
     if cfg.quantize:
-        exact = max_abs_diff(quantize_dynamic(transcriber.fp32_model), path, fmt, feats, lengths)
+        exact = max_abs_diff(quantize_dynamic(model), path, fmt, feats, lengths)
         click.echo(f"{path}: {fmt} int8, max abs log-prob diff vs PyTorch int8 {exact:.2e}, vs fp32 {diff:.2e}")
     else:
         click.echo(f"{path}: {fmt}, max abs log-prob diff vs PyTorch {diff:.2e}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +19,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from asr import UserError, redact
-from asr.checkpoint import MODEL
-from asr.config import DecodeConfig
+from asr.checkpoint import MODEL, load_checkpoint
+from asr.config import DecodeConfig, RecognizerConfig
 from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
+from asr.model import SpeechModel
 from asr.transcribe import Transcriber
 
 CHECKPOINT_NAMES = (MODEL, "best.pt", "last.pt")  # what a training output folder holds, most final first
@@ -40,13 +42,17 @@ def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
             warnings.simplefilter("ignore", FutureWarning)
             return mlflow.pyfunc.load_model(uri)
     except MlflowException as e:
-        raise ModelNotFound(f"cannot load {uri} from {redact(mlflow.get_tracking_uri())}: "
-                            f"{e.message.splitlines()[0]} (train and register one with `asr train`)") from None
+        raise _not_found(uri, e) from None
     finally:
         # MLflow puts the model's code/ folder first on sys.path and leaves it there. This process already runs its
         # own asr; processes it spawns later inherit sys.path and would import the model's copy instead (an older
         # layout, or the model side alone) and fail.
         sys.path[:] = path
+
+
+def _not_found(uri: str, e: MlflowException) -> ModelNotFound:
+    return ModelNotFound(f"cannot load {uri} from {redact(mlflow.get_tracking_uri())}: {e.message.splitlines()[0]} "
+                         "(train and register one with `asr train`)")
 
 
 def tracking_reference(ref: str) -> str | None:
@@ -73,24 +79,77 @@ def load_transcriber(ref: str, decode: DecodeConfig | None = None,
     return transcriber
 
 
+def load_acoustic_model(ref: str) -> tuple[RecognizerConfig, SpeechModel, DecodeConfig]:
+    """The recognizer settings, acoustic model (eval mode) and own decoder settings (greedy for a model without a
+    decoder) of the model `ref` names, with no decoder built: its LM is named in the settings, never opened (what
+    an export needs; an 800 MB ARPA LM takes minutes to load). From the tracking store, only the checkpoint and
+    decoder.json are fetched. Raises as load_transcriber does."""
+    path = _checkpoint(ref)
+    if path is not None:
+        return (*load_checkpoint(path), _own_decoder(path) or DecodeConfig())
+    uri = _mlflow_uri(ref)
+    with tempfile.TemporaryDirectory(prefix="asr-model-") as tmp:
+        checkpoint, decoder = _pyfunc_files(uri, Path(tmp))
+        return (*load_checkpoint(checkpoint), read_model_decoder(decoder) if decoder else DecodeConfig())
+
+
+def _pyfunc_files(uri: str, dest: Path) -> tuple[Path, Path | None]:
+    """The checkpoint and decoder.json (None for a model without one) of the pyfunc model at `uri`, downloaded
+    into `dest` (the model's other artifacts are not)."""
+    from mlflow.models import Model
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        repo = get_artifact_repository(uri)
+        flavor = Model.load(repo.download_artifacts("MLmodel", str(dest))).flavors.get("python_function", {})
+        files = {name: entry["path"] for name, entry in flavor.get("artifacts", {}).items()}
+        if "checkpoint" not in files:
+            raise ModelNotFound(f"{uri} is not a speech recognition model of this package (it has no checkpoint)")
+        checkpoint = Path(repo.download_artifacts(files["checkpoint"], str(dest)))
+        decoder = Path(repo.download_artifacts(files["decoder"], str(dest))) if "decoder" in files else None
+    except MlflowException as e:
+        raise _not_found(uri, e) from None
+    return checkpoint, decoder
+
+
 def from_checkpoint(path: Path) -> Transcriber:
     """A checkpoint's Transcriber, decoding with the decoder of its training run's folder when it is that run's
     final model (model.pt with decoder.json beside it), else greedily."""
+    return Transcriber.from_checkpoint(path, _own_decoder(path))
+
+
+def _own_decoder(path: Path) -> DecodeConfig | None:
+    """The decoder settings of checkpoint `path`'s training run, when it is that run's final model (model.pt with
+    decoder.json beside it), else None (greedy)."""
     own = path.with_name(DECODER_FILE)
-    return Transcriber.from_checkpoint(path, read_model_decoder(own) if path.name == MODEL and own.is_file()
-                                       else None)
+    return read_model_decoder(own) if path.name == MODEL and own.is_file() else None
 
 
-def _load(ref: str) -> Transcriber:
+def _checkpoint(ref: str) -> Path | None:
+    """The checkpoint `ref` names when it is a file or a training output folder, else None (a model in MLflow).
+    Raises ModelNotFound for a folder that holds neither a checkpoint nor an MLflow model."""
     path = Path(ref)
     if path.is_file():
-        return from_checkpoint(path)
+        return path
     if path.is_dir() and not (path / "MLmodel").is_file():
         for name in CHECKPOINT_NAMES:
             if (path / name).is_file():
-                return from_checkpoint(path / name)
+                return path / name
         raise ModelNotFound(f"{ref}: no {', '.join(CHECKPOINT_NAMES[:-1])} or {CHECKPOINT_NAMES[-1]} in this folder")
+    return None
+
+
+def _mlflow_uri(ref: str) -> str:
+    """The URI the MLflow model `ref` is loaded from (a run id means runs:/RUN_ID/model). Raises ModelNotFound for
+    what is neither a model folder nor an MLflow URI."""
     uri = tracking_reference(ref) or ref
-    if not (path.is_dir() or uri.startswith(MLFLOW_SCHEMES)):
+    if not (Path(ref).is_dir() or uri.startswith(MLFLOW_SCHEMES)):
         raise ModelNotFound(f"{ref}: not a checkpoint, a model folder, a run id, or a runs:/ or models:/ URI")
-    return load_pyfunc(uri).unwrap_python_model().transcriber
+    return uri
+
+
+def _load(ref: str) -> Transcriber:
+    path = _checkpoint(ref)
+    if path is not None:
+        return from_checkpoint(path)
+    return load_pyfunc(_mlflow_uri(ref)).unwrap_python_model().transcriber

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, one_line_error, randomize_layernorms, split_dir
+from conftest import MODEL_NAME, REPO, mlflow_store, one_line_error, randomize_layernorms, split_dir
 from torch import nn
 
 from asr.audio import load_audio
@@ -396,3 +396,39 @@ def test_onnx_export_transcribes_test_clean_without_asr_like_asr_transcribe(trai
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected
+
+
+@pytest.mark.slow  # a trained model with an LM
+def test_export_writes_the_models_decoder_settings_without_opening_its_lm(trained_lm, tmp_path, monkeypatch):
+    """An export names the model's LM and carries its tuned settings, but never opens the LM: from a copy of the
+    training folder whose LM is gone (which the served model refuses), and from the registry with every LM load
+    made to fail."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import asr.decoding
+    from asr.cli import main
+    from asr.decoding import DECODER_FILE, DecoderError
+    from asr.loading import load_transcriber
+
+    folder = tmp_path / "run"
+    shutil.copytree(Path(trained_lm.cfg.checkpoint.output_dir) / trained_lm.result.run_id, folder)
+    (folder / "lm.arpa").unlink()
+    with pytest.raises(DecoderError, match="lm.arpa: no such file"):
+        load_transcriber(str(folder))  # what serving needs: the LM
+    saved = json.loads((folder / DECODER_FILE).read_text())
+    expected = {"type": "beam", "beam_size": saved["beam_size"], "beam_threshold": saved["beam_threshold"],
+                "lm_weight": saved["lm_weight"], "word_score": saved["word_score"], "lm": "lm.arpa", "lexicon": None}
+
+    def no_lm(*_):
+        raise AssertionError("the export loaded an LM")
+
+    monkeypatch.setattr(asr.decoding, "LoadedLM", no_lm)
+    with mlflow_store(trained_lm.root):
+        for name, ref in (("folder", str(folder)), ("registry", f"models:/{MODEL_NAME}@production")):
+            out = tmp_path / f"{name}.pt"
+            exported = CliRunner().invoke(main, ["export", "--model-uri", ref, "--out", str(out)],
+                                          env={"MLFLOW_TRACKING_URI": trained_lm.uri})
+            assert exported.exit_code == 0, (name, exported.output)
+            assert read_metadata(out, "torchscript")["decoder"] == expected, name

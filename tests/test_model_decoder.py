@@ -32,8 +32,10 @@ from mlflow import MlflowClient
 
 from asr.audio import load_audio
 from asr.config import ConfigError, DecodeConfig
+from asr.data.dataset import read_splits
 from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
 from asr.lm import arpa_words, build_arpa
+from asr.metrics import cer, wer
 from asr.pyfunc import audio_to_base64
 from asr.settings import DecoderSection
 from asr.transcribe import Transcriber
@@ -134,6 +136,28 @@ def test_the_trained_model_carries_its_tuned_decoder(trained_lm):
     assert "beam+lm(order 3) WER" in trained_lm.stdout and "greedy WER" in trained_lm.stdout
 
 
+def test_the_predictions_tables_show_what_the_model_serves(trained_lm):
+    """predictions_dev.json and predictions_test.json: per utterance, the text of the decoder the model serves
+    (`prediction`) and of greedy decoding (`prediction_greedy`), the very texts the run's dev_/test_ WER and CER
+    score: recomputed from the tables, they are those metrics."""
+    run_id = trained_lm.result.run_id
+    with _client(trained_lm) as client:
+        run = client.get_run(run_id)
+        metrics = run.data.metrics
+        for split, dataset in (("dev", trained_lm.cfg.data.dev_data), ("test", trained_lm.cfg.data.test_data)):
+            table = client.load_table(run.info.experiment_id, f"predictions_{split}.json", run_ids=[run_id])
+            assert list(table.columns) == ["file_id", "target", "prediction", "prediction_greedy"]
+            assert sorted(table["file_id"]) == list(table["file_id"]) == sorted(u.file_id for u in
+                                                                               read_splits(dataset))
+            target, served, greedy = (table[k].tolist() for k in ("target", "prediction", "prediction_greedy"))
+            assert wer(target, served) == pytest.approx(metrics[f"{split}_wer"], abs=1e-6), split
+            assert cer(target, served) == pytest.approx(metrics[f"{split}_cer"], abs=1e-6), split
+            assert wer(target, greedy) == pytest.approx(metrics[f"{split}_wer_greedy"], abs=1e-6), split
+            assert cer(target, greedy) == pytest.approx(metrics[f"{split}_cer_greedy"], abs=1e-6), split
+            # the LM changes some transcripts, so the two columns tell the decoders apart
+            assert served != greedy, split
+
+
 @contextmanager
 def _client(trained) -> Iterator[MlflowClient]:
     """A client of the trained store, which is also the store of mlflow's module functions meanwhile."""
@@ -202,6 +226,36 @@ def test_the_commands_decode_with_the_models_lm_unless_told(trained_lm, tmp_path
         metrics = client.get_run(trained_lm.result.run_id).data.metrics
         assert runs[0].data.metrics["cer"] == pytest.approx(metrics["test_cer"], abs=0.02)
         assert runs[1].data.metrics["cer"] == pytest.approx(metrics["test_cer_greedy"], abs=0.02)
+
+
+@pytest.mark.slow  # subprocesses
+def test_lm_tune_without_lm_tunes_the_models_own(trained_lm):
+    """`asr lm tune` without --lm: the registered model's own LM with its own decoder settings, named in the output
+    and the run's params; on the split and grid training tuned on, it finds training's grid again. A model without
+    an LM: one line saying to pass --lm."""
+    root, uri = trained_lm.root, trained_lm.uri
+    weights, scores = trained_lm.cfg.decoder.lm_weights, trained_lm.cfg.decoder.word_scores
+    grid = ["--lm_weights", ",".join(map(str, weights)), "--word_scores", ",".join(map(str, scores))]
+    dev = ",".join(trained_lm.cfg.data.dev_data)
+    proc = run_cli(asr_command() + ["lm", "tune", "--dataset", dev, *grid], cwd=root, tracking_uri=uri)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (named,) = [line for line in proc.stdout.splitlines() if line.startswith("tuning ")]
+    assert named.startswith(f"tuning the LM of {URI}: ") and named.endswith("/lm.arpa (lexicon: the LM's words)")
+    with _client(trained_lm) as client:
+        experiment = client.get_experiment_by_name("SpeechRecognition").experiment_id
+        run = client.search_runs([experiment], "tags.task = 'lm-tune'", order_by=["attributes.start_time DESC"])[0]
+        assert run.data.params["lm_source"] == "model" and Path(run.data.params["lm"]).name == "lm.arpa"
+        assert named.endswith(f"{run.data.params['lm']} (lexicon: the LM's words)")
+        tuned = client.load_table(experiment, "lm_grid.json", run_ids=[run.info.run_id])
+        trained = client.load_table(experiment, "lm_grid.json", run_ids=[trained_lm.result.run_id])
+    assert tuned[["lm_weight", "word_score"]].values.tolist() == trained[["lm_weight", "word_score"]].values.tolist()
+    assert tuned["wer"].tolist() == pytest.approx(trained["wer"].tolist(), abs=1e-6)
+
+    greedy_only = str(run_dir(trained_lm) / "best.pt")  # a checkpoint without the run's decoder: greedy
+    proc = run_cli(asr_command() + ["lm", "tune", "--model_uri", greedy_only, "--dataset", dev, *grid], cwd=root,
+                   tracking_uri=uri)
+    assert one_line_error(proc) is None, proc.stderr
+    assert f"no LM to tune: {greedy_only} carries none" in proc.stderr and "pass --lm" in proc.stderr
 
 
 @pytest.mark.slow  # a training

@@ -62,6 +62,9 @@ class TuneResult:
     best: dict                 # lm_weight, word_score, wer, cer of the best grid point
     grid: list[dict]           # every grid point
     utterances: int            # scored: every grid point's WER and CER are over these
+    lm: str                    # the LM tuned (a path), and its lexicon ('' = the LM's own words)
+    lexicon: str
+    models_own: bool           # the LM is the model's own (no --lm given), not one given
     unreadable: list[str] = field(default_factory=list)    # as in Scores
     left_out: list[LeftOut] = field(default_factory=list)
 
@@ -158,14 +161,17 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, given: Collection[str] 
     that differ from the defaults). Files that cannot be used are skipped and counted, not fatal (one corrupt file
     must not hide the score of the rest); the scores say over how many utterances they are, so runs stay
     comparable. Nothing scorable at all is a DataError."""
-    if given is None:
-        defaults = EvaluateConfig()
-        given = {f.name for f in dataclasses.fields(DecodeConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
-    reading, transcriber = _prepare(cfg, given)
+    reading, transcriber = _prepare(cfg, _changed_decoding(cfg) if given is None else given)
     scores = score_split(transcriber, reading.utterances, progress, "evaluate")
     scores.left_out = reading.left_out
     _log(cfg, scores, transcriber.decode_cfg)
     return scores
+
+
+def _changed_decoding(cfg: EvaluateConfig) -> set[str]:
+    """The decoder settings of `cfg` that differ from the defaults: what a caller without a command line asks for."""
+    defaults = EvaluateConfig()
+    return {f.name for f in dataclasses.fields(DecodeConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
 
 
 def _decode_config(cfg: DecodeConfig) -> DecodeConfig:
@@ -187,14 +193,16 @@ def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig) -> None:
 
 
 def outputs_of(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str,
-               unreadable: list[str]) -> tuple[list[list[torch.Tensor]], list[str]]:
-    """The model's outputs (one acoustic pass) and the normalized transcripts of every utterance whose audio can
-    be used, to decode as many ways as wanted; what could not be used goes to `unreadable`."""
-    emissions, references = [], []
+               unreadable: list[str]) -> tuple[list[list[torch.Tensor]], list[str], list[Utterance]]:
+    """The model's outputs (one acoustic pass), the normalized transcripts and the utterances themselves, of every
+    utterance whose audio can be used, in order, to decode as many ways as wanted; what could not be used goes to
+    `unreadable`."""
+    emissions, references, scored = [], [], []
     for group, per_wave, _ in model_outputs(transcriber, utts, progress, desc, unreadable):
         emissions += per_wave
         references += [normalized(u.transcript) for u in group]
-    return emissions, references
+        scored += group
+    return emissions, references, scored
 
 
 def grid_search(transcriber: Transcriber, emissions: list[list[torch.Tensor]], references: list[str],
@@ -212,18 +220,23 @@ def grid_search(transcriber: Transcriber, emissions: list[list[torch.Tensor]], r
     return min(grid, key=lambda p: (p["wer"], p["cer"])), grid
 
 
-def tune(cfg: TuneConfig, progress: bool = True) -> TuneResult:
-    """Every (lm_weight, word_score) pair of the grid scored on `cfg.dataset`; the model runs once."""
-    if not cfg.lm:
-        raise UserError("asr lm tune needs --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
-    reading, transcriber = _prepare(cfg)
+def tune(cfg: TuneConfig, progress: bool = True, given: Collection[str] | None = None) -> TuneResult:
+    """Every (lm_weight, word_score) pair of the grid scored on `cfg.dataset`; the model runs once. The LM is
+    cfg.lm with cfg's decoder settings or, without one, the model's own LM and lexicon with its own decoder settings
+    changed by those `given` names (as in evaluate). Raises UserError for a model that carries no LM when no
+    cfg.lm is given."""
+    reading, transcriber = _prepare(cfg, None if cfg.lm else _changed_decoding(cfg) if given is None else given)
+    base = transcriber.decode_cfg
+    if not base.lm:
+        raise UserError(f"no LM to tune: {cfg.model_uri} carries none (trained without one, or --decoder greedy "
+                        "given); pass --lm (an ARPA or KenLM binary LM, e.g. from `asr lm build`)")
     unreadable: list[str] = []
-    emissions, references = outputs_of(transcriber, reading.utterances, progress, "model", unreadable)
-    best, grid = grid_search(transcriber, emissions, references, _decode_config(cfg), cfg.lm_weights,
-                             cfg.word_scores, progress)
-    with side_run("lm-tune", split_names(cfg.dataset), to_params(cfg)):
+    emissions, references, _ = outputs_of(transcriber, reading.utterances, progress, "model", unreadable)
+    best, grid = grid_search(transcriber, emissions, references, base, cfg.lm_weights, cfg.word_scores, progress)
+    params = {**to_params(cfg), "lm": base.lm, "lexicon": base.lexicon, "lm_source": "option" if cfg.lm else "model"}
+    with side_run("lm-tune", split_names(cfg.dataset), params):
         mlflow.log_table({k: [p[k] for p in grid] for k in grid[0]}, "lm_grid.json")
         mlflow.log_metrics({"best_wer": best["wer"], "best_cer": best["cer"], "best_lm_weight": best["lm_weight"],
                             "best_word_score": best["word_score"], "utterances": len(references)})
         _log_skipped(unreadable, reading.left_out)
-    return TuneResult(best, grid, len(references), unreadable, reading.left_out)
+    return TuneResult(best, grid, len(references), base.lm, base.lexicon, not cfg.lm, unreadable, reading.left_out)

@@ -1,7 +1,8 @@
 """The decoder a trained model carries, decided once training is done: its word LM (given, or built from the
 training transcripts), the LM weight and word score tuned on the dev split (`asr lm tune`'s grid, one acoustic
 pass), and the dev and test scores of greedy decoding and of that decoder, computed the way the model is served
-(asr.transcribe.Transcriber): the dev WER that promotion compares is the one of what the version will serve.
+(asr.transcribe.Transcriber): the dev WER that promotion compares is the one of what the version will serve, and
+the transcripts behind those scores are kept, per utterance, for the run's predictions tables.
 """
 
 from __future__ import annotations
@@ -45,16 +46,23 @@ class Decoding:
     dev: dict[str, float]           # wer, cer (the model's decoder), wer_greedy, cer_greedy
     test: dict[str, float] = field(default_factory=dict)  # the same on the test split; {} without one
     grid: list[dict] = field(default_factory=list)        # the tuning grid (lm_weight, word_score, wer, cer)
+    # per split ("dev", "test"), by file id: what `dev` and `test` score (see PREDICTION_COLUMNS)
+    predictions: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+
+# A predictions row: the utterance, its normalized transcript, the model's decoder's text and greedy decoding's.
+PREDICTION_COLUMNS = ("file_id", "target", "prediction", "prediction_greedy")
 
 
 def attach(cfg: TrainConfig, model: nn.Module, out_dir: Path, train: list[Utterance], dev: list[Utterance],
            test: list[Utterance], progress: bool = False, say: Callable[[str], None] = print) -> Decoding:
     """Decides the decoder of the trained `model` (its final weights): with an LM, writes the LM (built from the
     `train` transcripts, or the given one), the lexicon and decoder.json into `out_dir`, with the LM weight and
-    word score that score best on `dev`; then scores greedy decoding and that decoder on dev and `test`."""
+    word score that score best on `dev`; then scores greedy decoding and that decoder on dev and `test`, keeping
+    both transcripts of every utterance scored (Decoding.predictions)."""
     transcriber = Transcriber(cfg.recognizer(), model)
     unreadable: list[str] = []
-    emissions, references = outputs_of(transcriber, dev, progress, "dev (decoder)", unreadable)
+    emissions, references, scored = outputs_of(transcriber, dev, progress, "dev (decoder)", unreadable)
     greedy = DecodeConfig()
     own, files, grid, order = greedy, {}, [], None
     if cfg.decoder.attached:
@@ -69,19 +77,24 @@ def attach(cfg: TrainConfig, model: nn.Module, out_dir: Path, train: list[Uttera
         if lexicon:
             files["lexicon"] = lexicon
     transcriber.configure(own)
-    decoding = Decoding(own, describe(own, order), files,
-                        _scores(transcriber, emissions, references), grid=grid)
+    decoding = Decoding(own, describe(own, order), files, {}, grid=grid)
+    decoding.dev, decoding.predictions["dev"] = _scores(transcriber, emissions, references, scored)
     if test:
-        decoding.test = _scores(transcriber, *outputs_of(transcriber, test, progress, "test (decoder)", unreadable))
+        decoding.test, decoding.predictions["test"] = _scores(
+            transcriber, *outputs_of(transcriber, test, progress, "test (decoder)", unreadable))
     return decoding
 
 
-def _scores(transcriber: Transcriber, emissions: list, references: list[str]) -> dict[str, float]:
-    """WER and CER of the transcriber's decoder and of greedy decoding on the same model outputs."""
+def _scores(transcriber: Transcriber, emissions: list, references: list[str], utts: list[Utterance]
+            ) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """WER and CER of the transcriber's decoder and of greedy decoding on the same model outputs (those of `utts`),
+    and the predictions rows they are computed from, by file id."""
     own = transcriber.decode(emissions)
     greedy = transcriber.decode(emissions, transcriber.decoder_for(DecodeConfig()))
-    return {"wer": wer(references, own), "cer": cer(references, own), "wer_greedy": wer(references, greedy),
-            "cer_greedy": cer(references, greedy)}
+    rows = [dict(zip(PREDICTION_COLUMNS, values, strict=True))
+            for values in zip([u.file_id for u in utts], references, own, greedy, strict=True)]
+    return ({"wer": wer(references, own), "cer": cer(references, own), "wer_greedy": wer(references, greedy),
+             "cer_greedy": cer(references, greedy)}, sorted(rows, key=lambda row: row["file_id"]))
 
 
 def lm_files(cfg: DecoderSection, out_dir: Path, train: list[Utterance], say: Callable[[str], None]

@@ -253,19 +253,19 @@ def finish(run: Run) -> TrainResult:
     t, cfg, ctx = run.trainer, run.trainer.cfg, run.trainer.ctx
     if run.best_state is not None:
         t.model.load_state_dict(run.best_state)
-    dev, dev_rows = compute_validation(t.model, run.data.dev_set, run.data.dev_set.precompute(), cfg, t.amp, ctx)
-    test, test_rows, test_utts = score_test(run)
+    dev, _ = compute_validation(t.model, run.data.dev_set, run.data.dev_set.precompute(), cfg, t.amp, ctx)
+    test, test_utts = score_test(run)
     if not ctx.main:
         return TrainResult(run.run_id, dev, test, None)
     mlflow.log_metrics({"best_wer": dev["wer"], "best_cer": dev["cer"], "best_epoch": run.pos.best_epoch})
-    log_predictions(dev_rows, "predictions_dev.json")
     if test:
         mlflow.log_metrics({"test_loss": test["loss"]})
-        log_predictions(test_rows, "predictions_test.json")
     checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.MODEL)
     decoding = model_decoder.attach(cfg, t.model, run.out_dir, run.data.train_set.utterances,
                                     run.data.dev_set.utterances, test_utts, run.progress, run.say)
     log_decoding(decoding)
+    for split, rows in decoding.predictions.items():
+        log_predictions(rows, f"predictions_{split}.json")
     lineage.set_description(describe(run, decoding.dev, decoding.test, decoding.description))
     for split, names, scores in (("dev", cfg.data.dev_data, decoding.dev), ("held-out test", cfg.data.test_data,
                                                                            decoding.test)):
@@ -312,11 +312,11 @@ def log_decoding(decoding: model_decoder.Decoding) -> None:
         mlflow.log_table({k: [p[k] for p in decoding.grid] for k in decoding.grid[0]}, "lm_grid.json")
 
 
-def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]], list]:
-    """Loss, WER and CER on the held-out test split, its rows and its utterances; ({}, [], []) when there is none."""
+def score_test(run: Run) -> tuple[dict[str, float], list]:
+    """Loss, WER and CER (greedy) on the held-out test split, and its utterances; ({}, []) when there is none."""
     t, cfg = run.trainer, run.trainer.cfg
     if not cfg.data.test_data:
-        return {}, [], []
+        return {}, []
     test_set = load_dataset(cfg.data.test_data, run.data.features)
     lengths = test_set.precompute(prep_workers(cfg), cfg.data.feature_cache, run.progress, "features test")
     for message in test_set.unreadable:
@@ -325,7 +325,7 @@ def score_test(run: Run) -> tuple[dict[str, float], list[tuple[str, str, str]], 
         hop = cfg.features.hop_ms / 1000
         lineage.log_split(lineage.TEST, cfg.data.test_data, test_set.utterances, [n * hop for n in lengths])
         run.test_summary = lineage.split_summary(cfg.data.test_data, len(test_set), sum(lengths) * hop)
-    return (*compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx), test_set.utterances)
+    return compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx)[0], test_set.utterances
 
 
 def describe(run: Run, dev: dict[str, float], test: dict[str, float], decoder: str) -> str:
@@ -344,6 +344,7 @@ def describe(run: Run, dev: dict[str, float], test: dict[str, float], decoder: s
     return lineage.run_description(model, train, epochs, dev_split, dev, run.test_summary, test, decoder)
 
 
-def log_predictions(rows: list[tuple[str, str, str]], name: str) -> None:
-    mlflow.log_table({"file_id": [r[0] for r in rows], "target": [r[1] for r in rows],
-                      "prediction": [r[2] for r in rows]}, name)
+def log_predictions(rows: list[dict[str, str]], name: str) -> None:
+    """A split's predictions table (model_decoder.PREDICTION_COLUMNS): per utterance, the text of the decoder the
+    model serves (`prediction`, what the run's dev_/test_ WER and CER score) and of greedy decoding."""
+    mlflow.log_table({k: [row[k] for row in rows] for k in model_decoder.PREDICTION_COLUMNS}, name)
