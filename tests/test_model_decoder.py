@@ -321,6 +321,12 @@ def test_a_run_killed_after_logging_its_model_resumes_to_the_same_decoder(tiny_c
     assert version.tags["decoder"] == "beam+lm(order 2)" and version.run_id == folder.name
     params = client.get_run(folder.name).data.params
     assert (float(params["lm_weight"]), float(params["word_score"])) == (first["lm_weight"], first["word_score"])
+    # the tables logged before the kill are not logged again (MLflow would append: every row twice)
+    grid = mlflow.artifacts.load_dict(f"runs:/{folder.name}/lm_grid.json")
+    assert len(grid["data"]) == 4, grid
+    table = mlflow.artifacts.load_dict(f"runs:/{folder.name}/predictions_dev.json")
+    ids = [row[table["columns"].index("file_id")] for row in table["data"]]
+    assert ids and len(ids) == len(set(ids)), ids
 
 
 @pytest.mark.slow  # mlflow models serve

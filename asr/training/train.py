@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
@@ -309,7 +310,7 @@ def log_decoding(decoding: model_decoder.Decoding) -> None:
         logged = mlflow.active_run().data.params  # a resumed run that finishes again tunes the same values
         mlflow.log_params({k: v for k, v in {"lm_weight": c.lm_weight, "word_score": c.word_score}.items()
                            if k not in logged})
-        mlflow.log_table({k: [p[k] for p in decoding.grid] for k in decoding.grid[0]}, "lm_grid.json")
+        log_table_once({k: [p[k] for p in decoding.grid] for k in decoding.grid[0]}, "lm_grid.json")
 
 
 def score_test(run: Run) -> tuple[dict[str, float], list]:
@@ -347,4 +348,12 @@ def describe(run: Run, dev: dict[str, float], test: dict[str, float], decoder: s
 def log_predictions(rows: list[dict[str, str]], name: str) -> None:
     """A split's predictions table (model_decoder.PREDICTION_COLUMNS): per utterance, the text of the decoder the
     model serves (`prediction`, what the run's dev_/test_ WER and CER score) and of greedy decoding."""
-    mlflow.log_table({k: [row[k] for row in rows] for k in model_decoder.PREDICTION_COLUMNS}, name)
+    log_table_once({k: [row[k] for row in rows] for k in model_decoder.PREDICTION_COLUMNS}, name)
+
+
+def log_table_once(columns: dict[str, list], name: str) -> None:
+    """mlflow.log_table, unless the run has the table already: MLflow appends to an existing table, so a run
+    killed after logging its tables would list every row twice once it resumes and finishes again."""
+    run_id = mlflow.active_run().info.run_id
+    if name not in {f.path for f in MlflowClient().list_artifacts(run_id)}:
+        mlflow.log_table(columns, name)
