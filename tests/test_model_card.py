@@ -13,9 +13,20 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import MODEL_NAME, asr_command, mlflow_store, new_store, run_cli, subprocess_env, tiny_args
+import torch
+from conftest import (
+    MODEL_NAME,
+    asr_command,
+    mlflow_store,
+    new_store,
+    only_run_dir,
+    run_cli,
+    subprocess_env,
+    tiny_args,
+)
 from mlflow import MlflowClient
 
+from asr import checkpoint as ckpt
 from asr.cli import main as cli
 from asr.config import DecodeConfig, FeatureConfig, ModelConfig
 from asr.data.dataset import read_splits
@@ -53,7 +64,8 @@ def test_the_card_renders_every_section_from_the_facts():
     assert "served with beam+lm(order 3) decoding: held-out test WER 0.4213, CER 0.2000." in first
     headings = re.findall(r"^### (.+)$", text, re.M)
     assert headings == ["Model", "Features", "Training data", "Training", "Accuracy", "Decoder", "Use it"]
-    for line in ("- Convolution: 2 residual CNN blocks of 32 channels, time stride 3",
+    for line in ("- Parameters: 3.52 M (3,521,437)",
+                 "- Convolution: 2 residual CNN blocks of 32 channels, time stride 3",
                  "- Recurrence: 3 x 256 GRU (layers x units per direction), bidirectional",
                  "- Output: 29 classes per frame", "- Checkpoint: `model.pt`",
                  "- 13 MFCCs from 80 mel bands of 16000 Hz audio", "- Window 25 ms, hop 10 ms",
@@ -156,13 +168,15 @@ def test_a_run_killed_right_after_registering_sets_its_card_on_resume(tiny_confi
     killed = subprocess.run(args, cwd=tmp_path / "store", env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     client = MlflowClient(uri)
-    assert client.get_model_version(MODEL_NAME, "1").description == ""  # registered, card not yet set
+    assert not client.get_model_version(MODEL_NAME, "1").description  # registered, card not yet set
+    last = only_run_dir(tmp_path / "out") / ckpt.LAST
+    before = torch.load(last, weights_only=True)["progress"]["seconds"]  # the killed part's wall time
     resumed = run_cli(asr_command() + ["train", "--resume", "latest", "--output_dir", str(tmp_path / "out")],
                       cwd=tmp_path / "store", tracking_uri=uri, threads=1)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     versions = client.search_model_versions(f"name='{MODEL_NAME}'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
     text = versions[0].description
     assert text.startswith(f"**{MODEL_NAME} version 1**") and "dev (no test split) WER" in text
     assert "| greedy (served) |" in text and "--model_version 1 " in text
-    assert "- Wall time: " in text
+    assert torch.load(last, weights_only=True)["progress"]["seconds"] > before > 0  # both parts counted

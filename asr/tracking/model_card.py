@@ -93,7 +93,7 @@ def summary(card: ModelCard) -> str:
 def model_section(card: ModelCard) -> str:
     m = card.model
     return bullets("Model", [
-        f"Parameters: {millions(card.parameters)}",
+        f"Parameters: {millions(card.parameters)} ({card.parameters:,})",
         f"Convolution: {counted(m.cnn_layers, 'residual CNN block')} of {m.cnn_channels} channels, time stride "
         f"{m.time_stride}",
         f"Recurrence: {m.rnn_layers} x {m.rnn_dim} GRU (layers x units per direction), bidirectional",
