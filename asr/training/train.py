@@ -326,6 +326,7 @@ def card_facts(run: Run, decoding: model_decoder.Decoding, name: str, version: s
     t, cfg, pos = run.trainer, run.trainer.cfg, run.pos
     used = {**training_splits(run), **({lineage.TEST: run.test_split} if run.test_split else {})}
     names = {lineage.TRAINING: "train", lineage.VALIDATION: "dev", lineage.TEST: "test"}
+    held_out = run.test_split if run.test_split and run.test_split[1] else used[lineage.VALIDATION]  # the example's
     rows = [model_card.SplitRow(names[context], ds.name, ds.digest, **ds.profile)
             for context, split in used.items() for ds in lineage.split_datasets(*split)]
     training = model_card.TrainingFacts(
@@ -335,7 +336,7 @@ def card_facts(run: Run, decoding: model_decoder.Decoding, name: str, version: s
         name, version, sum(p.numel() for p in t.model.parameters()), cfg.model, cfg.features, len(VOCAB),
         ckpt.MODEL, rows, training, decoding.description, decoding.config,
         cfg.decoder.lm_order if cfg.decoder.attached and not cfg.decoder.lm else None, len(decoding.grid),
-        decoding.dev, decoding.test, example(*(run.test_split or used[lineage.VALIDATION])))
+        decoding.dev, decoding.test, example(*held_out))
 
 
 def example(dirs: Sequence[str], utterances: list[Utterance], seconds: list[float]) -> model_card.Example:
