@@ -140,10 +140,14 @@ def counted(n: int, what: str) -> str:
     return f"{n} {what}{'s' * (n != 1)}"
 
 
+def audio_length(seconds: float) -> str:
+    """Audio of a split: `5.4 h`, or `1.6 min` for less than an hour."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def split_summary(split_dirs: Sequence[str | Path], utterances: int, seconds: float) -> str:
     """e.g. `dev-clean (2703 utterances, 5.4 h)`, or `(13 utterances, 1.6 min)` for less than an hour."""
-    length = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-    return f"{'+'.join(Path(d).name for d in split_dirs)} ({counted(utterances, 'utterance')}, {length})"
+    return f"{'+'.join(Path(d).name for d in split_dirs)} ({counted(utterances, 'utterance')}, {audio_length(seconds)})"
 
 
 def scores(scored: dict[str, float]) -> str:

@@ -80,6 +80,17 @@ def register(model_uri: str, name: str, run_id: str, dev_wer: float, dev_digest:
     return retrying(once)
 
 
+def set_version_description(name: str, version: str, text: str) -> None:
+    """Sets version `version` of `name`'s description (the registry UI renders it as Markdown). It replaces the
+    description, so a resumed run that sets it again leaves one. Raises TrackingError when the registry refuses."""
+    client = MlflowClient()
+    try:
+        retrying(lambda: client.update_model_version(name, version, description=text))
+    except MlflowException as e:
+        raise TrackingError(f"cannot set the description of {name} version {version} in the model registry "
+                            f"({redact(mlflow.get_registry_uri())}): {first_line(e)}") from None
+
+
 def not_found(e: MlflowException) -> bool:
     """The registry's answer for a model or alias that does not exist, as opposed to a store that failed."""
     return e.error_code == "RESOURCE_DOES_NOT_EXIST" or (e.error_code == "INVALID_PARAMETER_VALUE"

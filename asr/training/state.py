@@ -37,6 +37,7 @@ class Progress:
     bad_epochs: int = 0          # epochs since the best one (early stopping)
     skipped_steps: int = 0       # steps dropped for a non-finite loss or gradient
     registered: str = ""         # model version, once the run is complete (nothing left to resume)
+    seconds: float = 0.0         # wall time of the run as of this checkpoint, every part of a resumed run summed
 
 
 # Settings a resumed run takes from the command line: they act after training (which name the model is registered

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +20,14 @@ from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
+from asr.bench.report import cpu_name
 from asr.config import check_paths, save, to_params
-from asr.data.dataset import split_digest
+from asr.data.dataset import Utterance, split_digest
 from asr.model import SpeechModel
 from asr.precision import autocast_dtype
 from asr.settings import TrainConfig
 from asr.text import BLANK, VOCAB
-from asr.tracking import lineage, registry, store
+from asr.tracking import lineage, model_card, registry, store
 from asr.tracking.metric_log import MetricLog
 from asr.tracking.packaging import log_model
 from asr.tracking.system_metrics import SystemMetrics
@@ -45,6 +46,9 @@ from asr.training.state import (
     stop_requests,
     training_state,
 )
+
+# A split as a run used it: its folder(s), the utterances it used and their durations in seconds.
+SplitUse = tuple[Sequence[str], list[Utterance], list[float]]
 
 
 @dataclass
@@ -69,15 +73,23 @@ class Run:
     best_state: dict | None = None  # weights of the best epoch so far
     system_metrics: SystemMetrics | None = None  # MLflow's system-metrics monitor (main rank, unless turned off)
     test_summary: str = ""       # the held-out split, as the run's description names it
+    test_split: SplitUse | None = None  # the held-out split, once scored (main rank)
+    started: float = 0.0         # time.monotonic() when this process began setting the run up
+    earlier_seconds: float = 0.0  # wall time of the run's earlier parts (a resumed run), as last checkpointed
 
     def say(self, message: str) -> None:
         if self.trainer.ctx.main:
             print(message)
 
+    def wall_seconds(self) -> float:
+        """Wall time of the whole run so far: this process's and its earlier parts' (a resumed run)."""
+        return self.earlier_seconds + time.monotonic() - self.started
+
     def checkpoint(self) -> Path:
         """Writes the training state to last.pt (main rank) and returns its path. The metrics of the steps it
         passes are sent (or kept on disk) first, so a kill -9 right after it loses none of them."""
         path, t = self.out_dir / ckpt.LAST, self.trainer
+        self.pos.seconds = self.wall_seconds()
         if t.ctx.main:
             self.metrics.send_or_keep()
             ckpt.atomic_save(training_state(t.cfg, t.model, t.optimizer, t.scheduler, t.scaler, self.pos,
@@ -138,6 +150,7 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
 def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume: Resume | None,
            progress: bool) -> Run:
     """Model, data, optimizer (restored when resuming) and the MLflow run: everything before the first step."""
+    started = time.monotonic()
     model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB)).to(ctx.device)
     data = training_data(cfg, model, progress, print if ctx.main else lambda _: None)
     if not data.items:
@@ -155,7 +168,8 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
             else mlflow.start_run(run_name=cfg.tracking.run_name or None, log_system_metrics=False)
         run_id = active.info.run_id
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
-    run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state)
+    run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state,
+              started=started, earlier_seconds=pos.seconds)
     if ctx.main and cfg.tracking.system_metrics:
         run.system_metrics = SystemMetrics(run_id, resumed=resume is not None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -164,7 +178,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
             f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
-            f"{amp and str(amp).removeprefix('torch.') or 'fp32'}, {torch.get_num_threads()} threads; "
+            f"{precision_name(amp)}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
     return run
 
@@ -184,12 +198,8 @@ def log_start(run: Run, resume: Resume | None) -> None:
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tags(lineage.source_tags(mlflow.active_run().data.tags))
-    hop = cfg.features.hop_ms / 1000
-    data = run.data
-    lineage.log_split(lineage.TRAINING, cfg.data.train_data, [data.train_set.utterances[i] for i in data.items],
-                      [data.train_lengths[i] * hop for i in data.items])
-    lineage.log_split(lineage.VALIDATION, cfg.data.dev_data, data.dev_set.utterances,
-                      [n * hop for n in data.dev_lengths])
+    for context, used in training_splits(run).items():
+        lineage.log_split(context, *used)
     mlflow.log_metrics({k: float(v) for k, v in {**run.data.skipped, **run.data.left_out}.items()})
     run.out_dir.mkdir(parents=True, exist_ok=True)
     save(cfg, run.out_dir / "config.json")
@@ -286,9 +296,66 @@ def finish(run: Run) -> TrainResult:
         raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} registers "
                                   "the model") from None
     kill_point("registered")
+    publish_card(run, decoding, name, promotion.version)
     mlflow.set_tags({"registered_model": name, "model_version": promotion.version, "promoted": str(promotion.promoted)})
     print(f"{name} {promotion.describe()}")
     return TrainResult(run.run_id, dev, test, promotion, decoding)
+
+
+def training_splits(run: Run) -> dict[str, SplitUse]:
+    """The training and dev splits as the run uses them, by MLflow dataset context: the training utterances worth
+    training on (not those skipped), every dev utterance."""
+    cfg, data, hop = run.trainer.cfg, run.data, run.trainer.cfg.features.hop_ms / 1000
+    return {lineage.TRAINING: (cfg.data.train_data, [data.train_set.utterances[i] for i in data.items],
+                               [data.train_lengths[i] * hop for i in data.items]),
+            lineage.VALIDATION: (cfg.data.dev_data, data.dev_set.utterances, [n * hop for n in data.dev_lengths])}
+
+
+def publish_card(run: Run, decoding: model_decoder.Decoding, name: str, version: str) -> None:
+    """Sets the model card as the registered version's description, and logs it as the run's model_card.md. Set
+    again (not appended) by a run resumed after registering."""
+    card = model_card.render(card_facts(run, decoding, name, version))
+    try:
+        registry.set_version_description(name, version, card)
+    except store.TrackingError as e:
+        raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} sets it") \
+            from None
+    mlflow.log_text(card, model_card.ARTIFACT)
+
+
+def card_facts(run: Run, decoding: model_decoder.Decoding, name: str, version: str) -> model_card.ModelCard:
+    """What the model card says about the version this run registered, from what the run already holds."""
+    t, cfg, pos = run.trainer, run.trainer.cfg, run.pos
+    used = {**training_splits(run), **({lineage.TEST: run.test_split} if run.test_split else {})}
+    names = {lineage.TRAINING: "train", lineage.VALIDATION: "dev", lineage.TEST: "test"}
+    held_out = run.test_split if run.test_split and run.test_split[1] else used[lineage.VALIDATION]  # the example's
+    rows = [model_card.SplitRow(names[context], ds.name, ds.digest, **ds.profile)
+            for context, split in used.items() for ds in lineage.split_datasets(*split)]
+    training = model_card.TrainingFacts(
+        pos.best_epoch + pos.bad_epochs, cfg.optim.epoch, pos.best_epoch, run.wall_seconds(), t.ctx.device.type,
+        hardware(t.ctx.device), t.ctx.world, precision_name(t.amp), torch.get_num_threads(), run.run_id)
+    return model_card.ModelCard(
+        name, version, sum(p.numel() for p in t.model.parameters()), cfg.model, cfg.features, len(VOCAB),
+        ckpt.MODEL, rows, training, decoding.description, decoding.config,
+        cfg.decoder.lm_order if cfg.decoder.attached and not cfg.decoder.lm else None, len(decoding.grid),
+        decoding.dev, decoding.test, example(*held_out))
+
+
+def example(dirs: Sequence[str], utterances: list[Utterance], seconds: list[float]) -> model_card.Example:
+    """An utterance of the split with audio (an unreadable one has none), and the split folder holding it."""
+    u = next((u for u, s in zip(utterances, seconds, strict=True) if s > 0), utterances[0])
+    home = next((d for d in dirs if u.path.is_relative_to(d)), dirs[0])
+    return model_card.Example(u.file_id, str(home), str(u.path))
+
+
+def hardware(device: torch.device) -> str:
+    """The GPU's name, or the CPU model."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """The autocast precision: bfloat16, float16, or fp32 without autocast."""
+    return amp and str(amp).removeprefix("torch.") or "fp32"
 
 
 def version_tags(decoding: model_decoder.Decoding) -> dict[str, str]:
@@ -324,7 +391,8 @@ def score_test(run: Run) -> tuple[dict[str, float], list]:
         run.say(f"skipping {message}")
     if t.ctx.main:
         hop = cfg.features.hop_ms / 1000
-        lineage.log_split(lineage.TEST, cfg.data.test_data, test_set.utterances, [n * hop for n in lengths])
+        run.test_split = (cfg.data.test_data, test_set.utterances, [n * hop for n in lengths])
+        lineage.log_split(lineage.TEST, *run.test_split)
         run.test_summary = lineage.split_summary(cfg.data.test_data, len(test_set), sum(lengths) * hop)
     return compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx)[0], test_set.utterances
 
