@@ -23,7 +23,7 @@ from asr import checkpoint as ckpt
 from asr.config import check_paths, save, to_params
 from asr.data.dataset import split_digest
 from asr.model import SpeechModel
-from asr.precision import autocast_dtype
+from asr.precision import Decision, asked_dtype, decide
 from asr.settings import TrainConfig
 from asr.text import BLANK, VOCAB
 from asr.tracking import lineage, registry, store
@@ -69,6 +69,7 @@ class Run:
     best_state: dict | None = None  # weights of the best epoch so far
     system_metrics: SystemMetrics | None = None  # MLflow's system-metrics monitor (main rank, unless turned off)
     test_summary: str = ""       # the held-out split, as the run's description names it
+    precision: Decision = Decision(None, "asked")  # the autocast dtype the steps run in, and why
 
     def say(self, message: str) -> None:
         if self.trainer.ctx.main:
@@ -101,13 +102,14 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
     ctx = dist.init()
     torch.manual_seed(cfg.optim.seed)
     random.seed(cfg.optim.seed)
-    amp = autocast_dtype(cfg.optim.precision, ctx.device)
+    if cfg.optim.precision != "auto":
+        asked_dtype(cfg.optim.precision, ctx.device)  # fp16 on a CPU: fail before any store is touched
     if ctx.main:
         store.use_reachable_store(cfg.tracking.offline_ok)  # a server that does not answer: fail (or go local) now
         store.setup(cfg.tracking.experiment)  # fail on a bad tracking store before any compute
         if resume is not None:
             store.check_run(resume.state["run_id"])  # e.g. --offline_ok fell back to a store that lacks it
-    run = set_up(cfg, ctx, amp, resume, progress and ctx.main)
+    run = set_up(cfg, ctx, resume, progress and ctx.main)
     try:
         log_start(run, resume)
         if resume is not None:
@@ -135,8 +137,7 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
         dist.shutdown()         # now, not in some later garbage collection (gloo threads torn down then can abort)
 
 
-def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume: Resume | None,
-           progress: bool) -> Run:
+def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress: bool) -> Run:
     """Model, data, optimizer (restored when resuming) and the MLflow run: everything before the first step."""
     model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB)).to(ctx.device)
     data = training_data(cfg, model, progress, print if ctx.main else lambda _: None)
@@ -144,7 +145,8 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
         raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
     steps = total_steps(cfg, data, ctx.world)
-    trainer = build_trainer(cfg, ctx, model, amp, steps)
+    precision = decide_precision(cfg, ctx)  # with the threads the steps get: the probe times them
+    trainer = build_trainer(cfg, ctx, model, precision.dtype, steps)
     pos, best_state = restore(resume, model, trainer.optimizer, trainer.scheduler, trainer.scaler) if resume \
         else (Progress(), None)
     trainer.distribute()
@@ -155,7 +157,8 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
             else mlflow.start_run(run_name=cfg.tracking.run_name or None, log_system_metrics=False)
         run_id = active.info.run_id
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
-    run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state)
+    run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state,
+              precision=precision)
     if ctx.main and cfg.tracking.system_metrics:
         run.system_metrics = SystemMetrics(run_id, resumed=resume is not None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -164,9 +167,19 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
             f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
-            f"{amp and str(amp).removeprefix('torch.') or 'fp32'}, {torch.get_num_threads()} threads; "
+            f"{precision.describe()}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
     return run
+
+
+def decide_precision(cfg: TrainConfig, ctx: dist.Context) -> Decision:
+    """--precision for this run (see asr.precision.decide). A CPU probe runs on the main rank alone, whose
+    decision every rank takes: ranks sharing a machine would otherwise time each other's load, and could disagree."""
+    if cfg.optim.precision != "auto" or ctx.device.type == "cuda":
+        return decide(cfg.optim.precision, ctx.device, cfg.recognizer(), training=True)
+    decision = decide("auto", ctx.device, cfg.recognizer(), training=True, batch=cfg.optim.batch) if ctx.main \
+        else None
+    return dist.gather(decision, ctx)[0]
 
 
 def log_start(run: Run, resume: Resume | None) -> None:
@@ -180,7 +193,7 @@ def log_start(run: Run, resume: Resume | None) -> None:
         return
     cfg = run.trainer.cfg
     params = {**to_params(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
-              "train_utterances": len(run.data.items)}
+              "train_utterances": len(run.data.items), **run.precision.params()}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tags(lineage.source_tags(mlflow.active_run().data.tags))
