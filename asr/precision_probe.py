@@ -34,7 +34,8 @@ REPEATS = (3, 7)              # fewest and most counted steps per dtype
 DEADLINE_S = 4.0              # counting stops after this, even short of REPEATS[0]
 EMULATED = 3.0                # bf16 this many times slower than fp32 after the warm-up: stop, fp32 it is
 NOT_CACHED = "noisy, not cached"  # the note on such a probe
-NOISY = 0.5                   # steps of one dtype spread over this share of their median: decide, but do not cache
+NOISY = 0.5                   # steps of one dtype spread over this share of their median (or fewer than REPEATS[0]
+                              # of them): decide, but do not cache
 
 
 @dataclass
@@ -125,18 +126,20 @@ def measure(recognizer: RecognizerConfig, training: bool, utterances: int, secon
 
 def _interleaved(step, training: bool) -> Timing:
     """Counted fp32 and bf16 steps in pairs, alternating which runs first: as many pairs as fit in BUDGET_S within
-    REPEATS, fewer once DEADLINE_S has passed (a loaded or slow machine), one when bf16 is EMULATED."""
+    REPEATS, fewer once DEADLINE_S has passed (a loaded or slow machine: then not cached), two when bf16 is
+    EMULATED in both."""
     times: dict[torch.dtype | None, list[float]] = {None: [], torch.bfloat16: []}
     started = time.perf_counter()
     for i in range(REPEATS[1]):
         for dtype in ((None, torch.bfloat16) if i % 2 == 0 else (torch.bfloat16, None)):
             times[dtype].append(_timed(step, dtype))
-        if i == 0 and times[torch.bfloat16][0] > EMULATED * times[None][0]:
-            return _timing(times, training, "bf16 emulated: stopped after one step")
+        if i == 1 and min(times[torch.bfloat16]) > EMULATED * max(times[None]):
+            return _timing(times, training, "bf16 emulated: stopped after two steps")
         spent = time.perf_counter() - started
         if spent > DEADLINE_S or (i + 1 >= REPEATS[0] and spent * (i + 2) / (i + 1) > BUDGET_S):
             break
-    return _timing(times, training, NOT_CACHED if any(map(noisy, times.values())) else "")
+    trusted = len(times[None]) >= REPEATS[0] and not any(map(noisy, times.values()))
+    return _timing(times, training, "" if trusted else NOT_CACHED)
 
 
 def noisy(seconds: list[float]) -> bool:

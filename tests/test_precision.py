@@ -125,6 +125,27 @@ def test_an_entry_of_another_layout_is_measured_again(cache: Path, monkeypatch: 
     assert fake.calls == 1
 
 
+def scripted(monkeypatch: pytest.MonkeyPatch, fp32: list[float], bf16: list[float]) -> pp.Timing:
+    """What the probe makes of step times (seconds, in the order measured) given in place of real ones."""
+    times = {None: list(fp32), torch.bfloat16: list(bf16)}
+    monkeypatch.setattr(pp, "_timed", lambda step, dtype: times[dtype].pop(0))
+    return pp._interleaved(lambda dtype: None, training=True)
+
+
+def test_interleaved_steps_count_the_median_of_each_dtype(monkeypatch: pytest.MonkeyPatch):
+    timing = scripted(monkeypatch, [0.10] * 7, [0.09, 0.08, 0.30, 0.08, 0.08, 0.08, 0.09])
+    assert (timing.fp32_ms, timing.bf16_ms, timing.repeats) == (pytest.approx(100), pytest.approx(80), 7)
+    assert timing.note == pp.NOT_CACHED  # one bf16 step 3.75x the median: another process took the cores
+
+
+def test_bf16_slower_by_far_in_two_steps_stops_the_probe(monkeypatch: pytest.MonkeyPatch):
+    timing = scripted(monkeypatch, [0.10, 0.11], [0.50, 0.40])
+    assert (timing.repeats, timing.note) == (2, "bf16 emulated: stopped after two steps")
+    assert timing.bf16_ms == pytest.approx(450)
+    once = scripted(monkeypatch, [0.10] * 7, [0.50] + [0.10] * 6)  # slow once only: a hiccup, not emulation
+    assert once.repeats == 7
+
+
 def test_noisy_timings_decide_the_run_but_are_not_cached(cache: Path, monkeypatch: pytest.MonkeyPatch):
     assert pp.noisy([0.10, 0.11, 0.30]) and not pp.noisy([0.10, 0.11, 0.12]) and not pp.noisy([5.0])
     fake = FakeMeasure(40.0, 20.0)
