@@ -77,8 +77,9 @@ def decide(precision: str, device: torch.device, recognizer: RecognizerConfig, t
            batch: int = 8) -> Decision:
     """The autocast dtype for --precision on `device`, and why. `auto` on a CPU times the model `recognizer`
     describes (forward+backward when `training`, else forward only, on up to `batch` utterances) in fp32 and in
-    bf16 autocast, and takes bf16 only if it is faster by MARGIN; the times are cached per CPU, threads, torch
-    version and model shape, so later runs decide in milliseconds. Raises UserError for fp16 on a CPU."""
+    bf16 autocast, and takes bf16 only if it is faster by MARGIN in steady times (too noisy: fp32); the times are
+    cached per CPU, threads, torch version and model shape, so later runs decide in milliseconds. Raises UserError
+    for fp16 on a CPU."""
     if precision != "auto":
         return Decision(asked_dtype(precision, device), "asked")
     if device.type == "cuda":
@@ -86,7 +87,8 @@ def decide(precision: str, device: torch.device, recognizer: RecognizerConfig, t
     from asr.precision_probe import probe  # the probe builds a model: asr.model imports the config, not this
 
     timing = probe(recognizer, training, batch)
-    return Decision(torch.bfloat16 if bf16_wins(timing.fp32_ms, timing.bf16_ms) else None, timing.describe())
+    wins = timing.steady and bf16_wins(timing.fp32_ms, timing.bf16_ms)  # noisy times cannot justify leaving fp32
+    return Decision(torch.bfloat16 if wins else None, timing.describe())
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:

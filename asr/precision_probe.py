@@ -45,8 +45,13 @@ class Timing:
     bf16_ms: float
     training: bool
     repeats: int              # counted steps per dtype
-    note: str = ""            # why measuring stopped early, if it did
+    note: str = ""            # why measuring stopped early, or NOT_CACHED
     cached: bool = False
+
+    @property
+    def steady(self) -> bool:
+        """False for times too few or too spread to trust (other processes competing for the cores)."""
+        return self.note != NOT_CACHED
 
     def describe(self) -> str:
         """e.g. `fp32 41.2 ms, bf16 38.7 ms per step (cached)`: the run's precision_probe param."""
@@ -84,7 +89,7 @@ def probe(recognizer: RecognizerConfig, training: bool, batch: int = TRAINING_BA
         except TypeError:
             pass  # an entry of another layout: measure again
     timing = measure(recognizer, training, utterances, seconds)
-    if timing.note.startswith(NOT_CACHED):
+    if not timing.steady:
         return timing  # a loaded machine's times: good for this run's decision at best, not for the next run's
     entries[key] = {k: v for k, v in asdict(timing).items() if k != "cached"}
     try:

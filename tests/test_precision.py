@@ -146,12 +146,12 @@ def test_bf16_slower_by_far_in_two_steps_stops_the_probe(monkeypatch: pytest.Mon
     assert once.repeats == 7
 
 
-def test_noisy_timings_decide_the_run_but_are_not_cached(cache: Path, monkeypatch: pytest.MonkeyPatch):
+def test_noisy_timings_mean_fp32_and_are_not_cached(cache: Path, monkeypatch: pytest.MonkeyPatch):
     assert pp.noisy([0.10, 0.11, 0.30]) and not pp.noisy([0.10, 0.11, 0.12]) and not pp.noisy([5.0])
     fake = FakeMeasure(40.0, 20.0)
     monkeypatch.setattr(pp, "measure", lambda *args: pp.Timing(40.0, 20.0, True, 3, pp.NOT_CACHED))
-    assert decide("auto", CPU, SMALL, training=True) == Decision(torch.bfloat16, "fp32 40.0 ms, bf16 20.0 ms per "
-                                                                                 "step (noisy, not cached)")
+    assert decide("auto", CPU, SMALL, training=True) == Decision(None, "fp32 40.0 ms, bf16 20.0 ms per step "
+                                                                       "(noisy, not cached)")
     assert not cache.exists()
     monkeypatch.setattr(pp, "measure", fake)
     assert "cached" not in decide("auto", CPU, SMALL, training=True).why
