@@ -20,7 +20,7 @@ from asr.config import DecodeConfig, RecognizerConfig
 from asr.decoding import Decoder, decoder_key, make_decoder
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
-from asr.precision import autocast
+from asr.precision import Decision, autocast, decide
 
 
 class Transcriber:
@@ -51,8 +51,21 @@ class Transcriber:
             from asr.export import quantize_dynamic
 
             self.model = quantize_dynamic(self.fp32_model)
+            self.precision = Decision(None, "asked")
         else:
             self.model = self.fp32_model
+            self.precision = decide(decode.precision, self.device, self.cfg, training=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (training scores on its own device)."""
+        return next(self.model.parameters(), torch.empty(0)).device
+
+    def precision_params(self) -> dict[str, str]:
+        """What the acoustic model computes in and why, as params: precision_used (fp32, bf16 or int8) and
+        precision_probe ("asked", or the probe's times for --precision auto)."""
+        used = "int8" if self.decode_cfg.precision == "int8" else self.precision.name
+        return {**self.precision.params(), "precision_used": used}
 
     def decoder_for(self, decode: DecodeConfig) -> Decoder:
         """The decoder for `decode`'s decoder settings: the configured one, a cached one, or a new one (cached, the
@@ -84,8 +97,8 @@ class Transcriber:
         for batch in plan_batches(sizes, range(len(chunks)), max_items=len(chunks),
                                   max_frames=max(1, int(self.batch_seconds * self.sample_rate)), seed=None):
             padded, lengths = pad_features([self.features(chunks[i][1]) for i in batch])
-            device = next(self.model.parameters(), torch.empty(0)).device  # training scores on its own device
-            with autocast(device, torch.bfloat16 if self.decode_cfg.precision == "bf16" else None):
+            device = self.device
+            with autocast(device, self.precision.dtype):
                 log_probs, out_lengths = self.model(padded.to(device), lengths.to(device))
             for row, i in enumerate(batch):
                 out[i] = log_probs[row, : out_lengths[row]].float().cpu()

@@ -65,6 +65,20 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """$XDG_CACHE_HOME in a temporary folder for the whole session, in this process and the ones it starts: what
+    the code caches there (the --precision auto probe's timings) must neither come from nor land in the real
+    ~/.cache of whoever runs the tests."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture(autouse=True)
 def restore_sys_path() -> Iterator[None]:
     """sys.path as it was before each test: mlflow.pyfunc.load_model leaves a model's code/ folder first on it, and

@@ -27,11 +27,13 @@ from conftest import (
     only_run_dir,
     subprocess_env,
     tiny_args,
+    torch_threads,
 )
 from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
+from asr import precision_probe as pp
 from asr.batching import plan_batches
 from asr.config import cli_value, to_dict
 from asr.data.dataset import SpeechDataset, read_split
@@ -187,6 +189,24 @@ def test_early_stopping_keeps_the_best_epoch(tiny_config, isolated_mlflow: str, 
     client = MlflowClient()
     assert len(client.get_metric_history(result.run_id, "wer")) == 2
     assert client.get_run(result.run_id).data.metrics["best_epoch"] == 1
+    params = client.get_run(result.run_id).data.params
+    assert (params["precision_used"], params["precision_probe"]) == ("fp32", "asked")
+
+
+def test_precision_auto_takes_what_the_probe_measured_and_logs_why(tiny_config, isolated_mlflow: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch, capsys):
+    """The probe's cached times for this CPU and model decide: here bf16, twice as fast as fp32 in the cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = tiny_config(precision="auto", threads=1, output_dir=str(tmp_path / "out"))
+    with torch_threads(1):  # the threads the run's steps get, which the probe is keyed by
+        key = pp.probe_key(cfg.recognizer(), True, min(pp.TRAINING_BATCH[0], cfg.optim.batch), pp.TRAINING_BATCH[1])
+    pp.write_cache(pp.cache_file(), {key: {"fp32_ms": 40.0, "bf16_ms": 20.0, "training": True, "repeats": 5,
+                                           "note": ""}})
+    result = train(cfg, progress=False)
+    params = MlflowClient().get_run(result.run_id).data.params
+    why = "fp32 40.0 ms, bf16 20.0 ms per step (cached)"
+    assert (params["precision_used"], params["precision_probe"]) == ("bf16", why)
+    assert f"bf16 (auto: {why})" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- kill and resume

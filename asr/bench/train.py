@@ -101,7 +101,7 @@ def _real_path(cfg: TrainConfig, model, dataset, seconds: float):
     """The training loop's own units, as `asr train` runs them: features computed once up front, length-bucketed
     shuffled epochs, the configured precision and threads. Returns (stats, wall seconds, autocast dtype,
     featurization seconds, a batch for FLOP counting)."""
-    from asr.precision import autocast_dtype
+    from asr.precision import decide
     from asr.training.batches import TrainData, train_loader
     from asr.training.distributed import Context
     from asr.training.loop import EpochStats, build_trainer, train_one_epoch
@@ -113,7 +113,7 @@ def _real_path(cfg: TrainConfig, model, dataset, seconds: float):
     featurize_s = time.perf_counter() - started
     items = list(range(len(dataset)))
     data = TrainData(dataset.features, dataset, dataset, lengths, lengths, items, {}, 0)
-    amp = autocast_dtype(cfg.optim.precision, cpu)
+    amp = decide(cfg.optim.precision, cpu, cfg.recognizer(), training=True, batch=cfg.optim.batch).dtype
     trainer = build_trainer(cfg, Context(0, 1, cpu), model, amp, total_steps=1_000_000)
     probe = next(iter(train_loader(dataset, [items[:cfg.optim.batch]], 0, cpu)))
     clock, total, pos = _Clock(seconds), EpochStats(), Progress(epoch=1)  # from epoch 1 on: shuffled, as most are
@@ -267,7 +267,8 @@ def render(results: list[dict], peaks: dict[str, float], data: str, seconds: flo
     real = by[(results[0]["config"], "real")]
     lines += ["", "*Real*: the training loop's own code and this project's fused CPU GRU kernel (asr/rnn.py); "
               f"features computed once up front (took {real['featurize_s']:.1f} s here) and served from memory, "
-              "length-bucketed batches, bf16 autocast only where the CPU has AMX, intra-op threads set deliberately. "
+              "length-bucketed batches, `--precision auto` (bf16 autocast only where a probe of the model measured it "
+              "faster), intra-op threads set deliberately. "
               "*Naive*: the same model and utterances per batch, fp32, utterances in random order padded to the "
               "longest in their batch, features computed in the main process inside collate, no workers, torch's "
               "default threads, and torch's own `nn.GRU` kernels (same weights, same math: tested equal). "

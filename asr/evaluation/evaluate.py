@@ -164,7 +164,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, given: Collection[str] 
     reading, transcriber = _prepare(cfg, _changed_decoding(cfg) if given is None else given)
     scores = score_split(transcriber, reading.utterances, progress, "evaluate")
     scores.left_out = reading.left_out
-    _log(cfg, scores, transcriber.decode_cfg)
+    _log(cfg, scores, transcriber.decode_cfg, transcriber.precision_params())
     return scores
 
 
@@ -178,10 +178,11 @@ def _decode_config(cfg: DecodeConfig) -> DecodeConfig:
     return DecodeConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodeConfig)})
 
 
-def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig) -> None:
+def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig, precision: dict[str, str]) -> None:
     """The evaluation as a run; its decoder params are the settings it decoded with (the model's own, unless
-    changed), and `decoder_description` says which in a few words."""
-    params = {**to_params(cfg), **to_params(decoded), "decoder_description": describe(decoded)}
+    changed), `decoder_description` says which in a few words, and precision_used / precision_probe what the
+    acoustic model computed in and why."""
+    params = {**to_params(cfg), **to_params(decoded), "decoder_description": describe(decoded), **precision}
     with side_run("evaluate", split_names(cfg.dataset), params):
         mlflow.log_metrics({"wer": scores.wer, "cer": scores.cer, "utterances": scores.utterances,
                             "audio_seconds": scores.audio_seconds,

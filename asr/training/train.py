@@ -24,7 +24,7 @@ from asr.bench.report import cpu_name
 from asr.config import check_paths, save, to_params
 from asr.data.dataset import Utterance, split_digest
 from asr.model import SpeechModel
-from asr.precision import autocast_dtype
+from asr.precision import Decision, asked_dtype, decide
 from asr.settings import TrainConfig
 from asr.text import BLANK, VOCAB
 from asr.tracking import lineage, model_card, registry, store
@@ -76,6 +76,7 @@ class Run:
     test_split: SplitUse | None = None  # the held-out split, once scored (main rank)
     started: float = 0.0         # time.monotonic() when this process began setting the run up
     earlier_seconds: float = 0.0  # wall time of the run's earlier parts (a resumed run), as last checkpointed
+    precision: Decision = Decision(None, "asked")  # the autocast dtype the steps run in, and why
 
     def say(self, message: str) -> None:
         if self.trainer.ctx.main:
@@ -113,13 +114,14 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
     ctx = dist.init()
     torch.manual_seed(cfg.optim.seed)
     random.seed(cfg.optim.seed)
-    amp = autocast_dtype(cfg.optim.precision, ctx.device)
+    if cfg.optim.precision != "auto":
+        asked_dtype(cfg.optim.precision, ctx.device)  # fp16 on a CPU: fail before any store is touched
     if ctx.main:
         store.use_reachable_store(cfg.tracking.offline_ok)  # a server that does not answer: fail (or go local) now
         store.setup(cfg.tracking.experiment)  # fail on a bad tracking store before any compute
         if resume is not None:
             store.check_run(resume.state["run_id"])  # e.g. --offline_ok fell back to a store that lacks it
-    run = set_up(cfg, ctx, amp, resume, progress and ctx.main)
+    run = set_up(cfg, ctx, resume, progress and ctx.main)
     try:
         log_start(run, resume)
         if resume is not None:
@@ -147,8 +149,7 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
         dist.shutdown()         # now, not in some later garbage collection (gloo threads torn down then can abort)
 
 
-def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume: Resume | None,
-           progress: bool) -> Run:
+def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress: bool) -> Run:
     """Model, data, optimizer (restored when resuming) and the MLflow run: everything before the first step."""
     started = time.monotonic()
     model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB)).to(ctx.device)
@@ -157,7 +158,8 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
         raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
     steps = total_steps(cfg, data, ctx.world)
-    trainer = build_trainer(cfg, ctx, model, amp, steps)
+    precision = decide_precision(cfg, ctx)  # with the threads the steps get: the probe times them
+    trainer = build_trainer(cfg, ctx, model, precision.dtype, steps)
     pos, best_state = restore(resume, model, trainer.optimizer, trainer.scheduler, trainer.scaler) if resume \
         else (Progress(), None)
     trainer.distribute()
@@ -169,7 +171,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
         run_id = active.info.run_id
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state,
-              started=started, earlier_seconds=pos.seconds)
+              started=started, earlier_seconds=pos.seconds, precision=precision)
     if ctx.main and cfg.tracking.system_metrics:
         run.system_metrics = SystemMetrics(run_id, resumed=resume is not None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -178,9 +180,19 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, amp: torch.dtype | None, resume:
             f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
-            f"{precision_name(amp)}, {torch.get_num_threads()} threads; "
+            f"{precision.describe()}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
     return run
+
+
+def decide_precision(cfg: TrainConfig, ctx: dist.Context) -> Decision:
+    """--precision for this run (see asr.precision.decide). A CPU probe runs on the main rank alone, whose
+    decision every rank takes: ranks sharing a machine would otherwise time each other's load, and could disagree."""
+    if cfg.optim.precision != "auto" or ctx.device.type == "cuda":
+        return decide(cfg.optim.precision, ctx.device, cfg.recognizer(), training=True)
+    decision = decide("auto", ctx.device, cfg.recognizer(), training=True, batch=cfg.optim.batch) if ctx.main \
+        else None
+    return dist.gather(decision, ctx)[0]
 
 
 def log_start(run: Run, resume: Resume | None) -> None:
@@ -194,7 +206,7 @@ def log_start(run: Run, resume: Resume | None) -> None:
         return
     cfg = run.trainer.cfg
     params = {**to_params(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
-              "train_utterances": len(run.data.items)}
+              "train_utterances": len(run.data.items), **run.precision.params()}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tags(lineage.source_tags(mlflow.active_run().data.tags))
@@ -333,7 +345,7 @@ def card_facts(run: Run, decoding: model_decoder.Decoding, name: str, version: s
             for context, split in used.items() for ds in lineage.split_datasets(*split)]
     training = model_card.TrainingFacts(
         pos.best_epoch + pos.bad_epochs, cfg.optim.epoch, pos.best_epoch, run.wall_seconds(), t.ctx.device.type,
-        hardware(t.ctx.device), t.ctx.world, precision_name(t.amp), torch.get_num_threads(), run.run_id)
+        hardware(t.ctx.device), t.ctx.world, run.precision.name, torch.get_num_threads(), run.run_id)
     return model_card.ModelCard(
         name, version, sum(p.numel() for p in t.model.parameters()), cfg.model, cfg.features, len(VOCAB),
         ckpt.MODEL, rows, training, decoding.description, decoding.config,
@@ -351,11 +363,6 @@ def example(dirs: Sequence[str], utterances: list[Utterance], seconds: list[floa
 def hardware(device: torch.device) -> str:
     """The GPU's name, or the CPU model."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
-def precision_name(amp: torch.dtype | None) -> str:
-    """The autocast precision: bfloat16, float16, or fp32 without autocast."""
-    return amp and str(amp).removeprefix("torch.") or "fp32"
 
 
 def version_tags(decoding: model_decoder.Decoding) -> dict[str, str]:
