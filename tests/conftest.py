@@ -36,6 +36,10 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_I
 
 # No network here: keep MLflow from trying to send usage telemetry, in this process and its children.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# One intra-op thread, in this process and its children (torch reads it when first imported, after this): the
+# tests' models are tiny, so a second thread only adds synchronisation, and on 2 cores shared with the servers and
+# trainings the tests start alongside, torch's spinning threads made in-process model code 5-10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def split_dir(name: str) -> Path:
@@ -311,32 +315,25 @@ def trained_store(trained: TrainedStore) -> Iterator[TrainedStore]:
 
 
 @contextmanager
-def served_model(trained: TrainedStore, uri: str, log_path: Path) -> Iterator[int]:
+def served_model(trained: TrainedStore, uri: str, log_path: Path, env: dict[str, str] | None = None) -> Iterator[int]:
     """`mlflow models serve -m URI --env-manager local` of the trained store's model on a free port (one worker,
-    one thread), answering /ping; yields the port, and stops the server afterwards."""
-    import time
-    import urllib.request
+    one thread), answering /ping; yields the port, and stops the server afterwards. `env` is added to the server's
+    environment (e.g. ASR_SERVE_ALLOWED_ROOTS, which is never inherited from this process: paths are off unless
+    given)."""
+    from asr.pyfunc import ROOTS_ENV
 
     port = free_port()
-    env = subprocess_env(trained.uri)
-    env["OMP_NUM_THREADS"] = "1"
+    server_env = subprocess_env(trained.uri)
+    server_env.pop(ROOTS_ENV, None)
+    server_env["OMP_NUM_THREADS"] = "1"
+    server_env.update(env or {})
     with log_path.open("w") as log:
         proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
                                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=trained.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=trained.root, env=server_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not come up:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+            wait_until_it_answers(proc, port, log_path)
             yield port
         finally:
             os.killpg(proc.pid, 15)
@@ -345,6 +342,25 @@ def served_model(trained: TrainedStore, uri: str, log_path: Path) -> Iterator[in
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
                 proc.wait()
+
+
+def wait_until_it_answers(proc: subprocess.Popen, port: int, log_path: Path, seconds: float = 180) -> None:
+    """Returns once the scoring server on `port` answers /ping with 200; fails the test with the end of its log when
+    it exits first or `seconds` pass."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"server did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -124,9 +125,15 @@ def test_transcribe_errors_are_one_line(trained, tmp_path):
         "bad uri": (["transcribe", "--model-uri", "not-a-model", str(junk)], "not a checkpoint"),
         "missing lm": (["transcribe", "--lm", str(tmp_path / "x.arpa"), str(junk)], "no such file"),
     }
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        return run_cli(asr_command() + cases[name][0], cwd=trained.root, tracking_uri=trained.uri)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # 2 CPU cores; each is mostly start-up and imports
+        results = dict(zip(cases, pool.map(run, cases), strict=True))
     failures = []
-    for name, (args, expected) in cases.items():
-        proc = run_cli(asr_command() + args, cwd=trained.root, tracking_uri=trained.uri)
+    for name, proc in results.items():
+        expected = cases[name][1]
         if problem := one_line_error(proc):
             failures.append(f"{name}: {problem}")
         elif expected not in proc.stderr:

@@ -199,21 +199,25 @@ def test_the_commands_decode_with_the_models_lm_unless_told(trained_lm, tmp_path
     lm_text, greedy = expected_texts(trained_lm)
     root, uri = trained_lm.root, trained_lm.uri
 
-    def cli(*args: str):
+    def cli(*args: str) -> list[str]:
         proc = run_cli(asr_command() + list(args), cwd=root, tracking_uri=uri, threads=1)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.splitlines()
 
-    folder = str(run_dir(trained_lm))
-    assert cli("transcribe", "--model-uri", folder, str(flac())) == [lm_text]  # the output folder: decoder.json
-    assert cli("transcribe", "--model-uri", URI, str(flac())) == [lm_text]
-    assert cli("transcribe", "--model-uri", URI, "--decoder", "greedy", str(flac())) == [greedy]
-    lines = cli("validate", "--file_id", FILE_ID, "--dataset", str(split_dir("test-clean")))
+    folder, test_clean = str(run_dir(trained_lm)), str(split_dir("test-clean"))
+    lanes = [  # two commands at a time (2 CPU cores); the evaluations one after the other, so their runs are in order
+        [("transcribe", "--model-uri", folder, str(flac())),  # the output folder: decoder.json
+         ("transcribe", "--model-uri", URI, str(flac())),
+         ("transcribe", "--model-uri", URI, "--decoder", "greedy", str(flac())),
+         ("validate", "--file_id", FILE_ID, "--dataset", test_clean)],
+        [("evaluate", "--dataset", test_clean), ("evaluate", "--dataset", test_clean, "--decoder", "greedy")],
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outputs = [out for lane in pool.map(lambda lane: [cli(*args) for args in lane], lanes) for out in lane]
+    by_folder, by_uri, forced_greedy, lines, own, forced = outputs
+    assert by_folder == [lm_text] and by_uri == [lm_text]  # the output folder (its decoder.json), the registry
+    assert forced_greedy == [greedy]
     assert f"target:    {TRANSCRIPT.lower()}" in lines and f"predicted: {lm_text}" in lines
-
-    test_clean = str(split_dir("test-clean"))
-    own = cli("evaluate", "--dataset", test_clean)
-    forced = cli("evaluate", "--dataset", test_clean, "--decoder", "greedy")
     assert own[-1].startswith("WER ") and forced[-1].startswith("WER ")
     with _client(trained_lm) as client:
         exp = client.get_experiment_by_name("SpeechRecognition")

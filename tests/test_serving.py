@@ -7,19 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import BIN, FILE_ID, MODEL_NAME, asr_command, free_port, run_cli, split_dir, subprocess_env, torch_threads
+from conftest import FILE_ID, MODEL_NAME, asr_command, run_cli, served_model, split_dir, torch_threads
 
 from asr import UserError
 from asr.lm import write_lexicon
@@ -46,41 +42,8 @@ def post_raw(port: int, data: bytes, content_type: str = "application/json") -> 
         return e.code, json.loads(e.read() or b"{}")
 
 
-@contextmanager
-def serving(trained, log_dir: Path, env_extra: dict[str, str]) -> Iterator[int]:
-    """`mlflow models serve -m models:/SpeechRecognitionModel@production --env-manager local` on a free port, with
-    `env_extra` in its environment; yields the port once it answers /ping."""
-    port = free_port()
-    env = subprocess_env(trained.uri)
-    env.pop(ROOTS_ENV, None)
-    env["OMP_NUM_THREADS"] = "1"
-    env["ASR_MAX_REQUEST_SECONDS"] = "30"  # the test clip is 10.4 s: three fit, four do not
-    env.update(env_extra)
-    log = (log_dir / "server.log").open("w")
-    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", URI, "--env-manager", "local",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=trained.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, 9)
-            pytest.fail(f"server did not come up:\n{(log_dir / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    try:
-        yield port
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+# the test clip is 10.4 s: three fit in one request, four do not
+MAX_REQUEST = {"ASR_MAX_REQUEST_SECONDS": "30"}
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +57,15 @@ def server(trained, allowed_root, tmp_path_factory):
     """The served model with request paths allowed under the test-clean split and `allowed_root`
     (ASR_SERVE_ALLOWED_ROOTS), shared by this module's tests (it takes a while to start); yields its port."""
     roots = os.pathsep.join([str(split_dir("test-clean")), str(allowed_root)])
-    with serving(trained, tmp_path_factory.mktemp("serve"), {ROOTS_ENV: roots}) as port:
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with served_model(trained, URI, log, MAX_REQUEST | {ROOTS_ENV: roots}) as port:
         yield port
 
 
 @pytest.fixture
 def default_server(trained, tmp_path):
     """The served model as `mlflow models serve` starts it with no setting: request paths off."""
-    with serving(trained, tmp_path, {}) as port:
+    with served_model(trained, URI, tmp_path / "server.log", MAX_REQUEST) as port:
         yield port
 
 
