@@ -25,6 +25,7 @@ from asr.config import (
     opt,
     section,
 )
+from asr.data.ids import file_id_problem
 
 # ---------------------------------------------------------------- names the tracking store and registry refuse
 # MLflow's own validators, run when the settings are built: a name the registry refuses would otherwise be found
@@ -233,7 +234,8 @@ class ValidateConfig(Checked):
                            check=stage_problem)
     model_alias: str = opt("", "alias to load, e.g. production ('' = use the stage)", check=alias_problem)
     model_version: str = opt("", "version number to load ('' = use the alias or stage)", check=version_problem)
-    file_id: str = opt("1089-134686-0000", "LibriSpeech-style utterance id: SPEAKER-CHAPTER-UTTERANCE")
+    file_id: str = opt("1089-134686-0000", "LibriSpeech-style utterance id: SPEAKER-CHAPTER-UTTERANCE",
+                       check=file_id_problem)
     dataset: str = opt("", "split folder (or a folder of splits) holding the file id; '' = search data/demo "
                        "and data/LibriSpeech")
     experiment: str = opt("SpeechRecognition", "MLflow experiment the validation run is logged to",

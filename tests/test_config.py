@@ -348,3 +348,33 @@ def test_a_missing_lexicon_is_refused_before_the_model_loads(short_dev, tmp_path
         assert expected in proc.stderr and "NoSuchModel" not in proc.stderr, proc.stderr
         assert proc.stdout == ""
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def settings_classes(cls: type) -> list[type]:
+    """A settings class and the section classes it nests."""
+    found = [cls]
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            found += settings_classes(f.default_factory)
+    return found
+
+
+def test_every_default_passes_its_own_check():
+    """Settings built from defaults skip the checks (so a bad argument is refused without importing MLflow): that
+    is only sound while every default passes its check."""
+    checked = 0
+    for cls in {c for command in COMMANDS.values() for c in settings_classes(command)}:
+        for f in dataclasses.fields(cls):
+            if check := f.metadata.get("check"):
+                assert not check(f.default), (cls.__name__, f.name, f.default)
+                checked += 1
+    assert checked >= 8
+
+
+def test_a_malformed_file_id_is_refused_before_mlflow_or_torch_is_imported():
+    code = ("import sys; from asr.settings import ValidateConfig\n"
+            "try:\n    ValidateConfig(file_id='../x')\nexcept Exception as e:\n    print(e)\n"
+            "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["--file_id '../x': invalid file id: expected SPEAKER-CHAPTER-UTTERANCE digits, "
+                                "e.g. 1089-134686-0000", "[]"], out

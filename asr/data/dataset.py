@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from asr.atomic import atomic_path
 from asr.audio import AudioError, load_audio
 from asr.batching import pad_features
 from asr.data.augment import WaveAugment, item_generator
+from asr.data.ids import FILE_ID, file_id_problem
 from asr.features import FeatureExtractor
 
-FILE_ID = re.compile(r"^\d+-\d+-\d+$")
 # Audio file extensions the reader takes, any case; the first ones win when an id has several files.
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".caf", ".w64")
 # Where `validate` looks for a file id when no dataset is given: the demo corpus and downloads.
@@ -87,9 +86,8 @@ class CorpusReading:
 
 def check_file_id(file_id: str) -> str:
     """Refuses anything but SPEAKER-CHAPTER-UTTERANCE digits, so ids can never reach outside a dataset."""
-    if not FILE_ID.fullmatch(file_id or ""):
-        raise DataError(f"invalid file id {file_id!r}: expected SPEAKER-CHAPTER-UTTERANCE digits, "
-                        "e.g. 1089-134686-0000")
+    if problem := file_id_problem(file_id):
+        raise DataError(f"{file_id!r}: {problem}")
     return file_id
 
 
