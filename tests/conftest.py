@@ -65,6 +65,20 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_store_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The default feature store root ($XDG_CACHE_HOME/asr/features) inside the session's temporary folder, for
+    this process and the CLI processes tests start: tests never write to the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache / "asr" / "features"
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture(autouse=True)
 def restore_sys_path() -> Iterator[None]:
     """sys.path as it was before each test: mlflow.pyfunc.load_model leaves a model's code/ folder first on it, and
