@@ -6,6 +6,7 @@ Real LibriSpeech audio, real MLflow SQLite stores, real subprocesses and signals
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -229,24 +230,32 @@ def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_
 # ---------------------------------------------------------------- data parallel
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(short_dev: Path, tmp_path: Path,
-                                                                         empty_store_db: Path):
+def test_two_gloo_ranks_featurize_disjoint_halves_and_match_one_process(short_dev: Path, tmp_path: Path,
+                                                                        empty_store_db: Path):
+    """Issue 15's two-rank proof: with a fresh feature store cut into one-utterance shards, rank 0 writes shards 0
+    and 2 and rank 1 shards 1 and 3; trained from that store, the two ranks reach the weights of one process that
+    keeps its features in memory, with the same global batches."""
     torchrun = BIN / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not installed next to this Python")
     base = dict(max_utterances=4, batch=4, epoch=2, **EXACT)
     uri = new_store(empty_store_db, tmp_path / "store")
-    single = make_tiny_config(short_dev, output_dir=str(tmp_path / "single"), **base)
-    pair = make_tiny_config(short_dev, output_dir=str(tmp_path / "pair"), **base)
+    single = make_tiny_config(short_dev, output_dir=str(tmp_path / "single"), feature_cache="memory", **base)
+    pair = make_tiny_config(short_dev, output_dir=str(tmp_path / "pair"), feature_cache=str(tmp_path / "features"),
+                            **base)
+    env = subprocess_env(uri) | {"ASR_SHARD_UTTERANCES": "1"}
 
     one = subprocess.run(asr_command() + ["train", *tiny_args(single)], cwd=tmp_path / "store",
-                         env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "asr", "train",
-                          *tiny_args(pair)], cwd=tmp_path / "store", env=subprocess_env(uri), capture_output=True,
+                          *tiny_args(pair)], cwd=tmp_path / "store", env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "cpu x 2" in two.stdout
+    # the training and dev splits are the same 4 utterances: one store, each shard written once, by its rank
+    written = [json.loads(p.read_text()) for p in sorted((tmp_path / "features").glob("*/*/shard-*.json"))]
+    assert {meta["shard"]: meta["part"] for meta in written} == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2"}
     single_dir, pair_dir = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "pair")
     assert_same_training(single_dir / ckpt.LAST, pair_dir / ckpt.LAST)
     # only rank 0 logged: one run per training, each registered once; the loss is the global batch's
