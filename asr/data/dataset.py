@@ -371,8 +371,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         for i, feats in featurized(self.utterances, self.features, missing, workers, progress, desc):
             if isinstance(feats, str):
                 failed[i] = feats
-            else:
-                self._cache[i] = feats
+            else:  # out of the loader's shared memory, which holds an open file per tensor (28k for 100 h)
+                self._cache[i] = feats.clone()
         self._drop(failed)
         return [f.shape[-1] for f in self._cache]
 

@@ -159,6 +159,8 @@ def featurize(utterances: Sequence[Utterance], features: FeatureExtractor, folde
     size = shard_utterances()
     indices = [j for k in todo for j in range(k * size, min((k + 1) * size, len(utterances)))]
     done = Featurized(skipped=len(mine) - len(todo))
+    if not todo:
+        return done  # no loader workers started for nothing
     shard: dict[int, torch.Tensor | str] = {}
     for j, feats in featurized(utterances, features, indices, workers, progress, desc):
         shard[j] = feats
