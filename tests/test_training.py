@@ -23,6 +23,7 @@ from conftest import (
     BIN,
     REPO,
     asr_command,
+    free_port,
     make_tiny_config,
     new_store,
     one_line_error,
@@ -230,6 +231,11 @@ def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_
 # ---------------------------------------------------------------- data parallel
 
 
+def store_parts(root: Path) -> dict[int, str]:
+    """Shard -> the part (i/n) that wrote it, of the one feature store under `root`."""
+    return {meta["shard"]: meta["part"] for meta in (json.loads(p.read_text()) for p in root.glob("*/*/shard-*.json"))}
+
+
 def test_two_gloo_ranks_featurize_disjoint_halves_and_match_one_process(short_dev: Path, tmp_path: Path,
                                                                         empty_store_db: Path):
     """Issue 15's two-rank proof: with a fresh feature store cut into one-utterance shards, rank 0 writes shards 0
@@ -254,8 +260,7 @@ def test_two_gloo_ranks_featurize_disjoint_halves_and_match_one_process(short_de
     assert two.returncode == 0, two.stderr[-3000:]
     assert "cpu x 2" in two.stdout
     # the training and dev splits are the same 4 utterances: one store, each shard written once, by its rank
-    written = [json.loads(p.read_text()) for p in sorted((tmp_path / "features").glob("*/*/shard-*.json"))]
-    assert {meta["shard"]: meta["part"] for meta in written} == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2"}
+    assert store_parts(tmp_path / "features") == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2"}
     single_dir, pair_dir = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "pair")
     assert_same_training(single_dir / ckpt.LAST, pair_dir / ckpt.LAST)
     # only rank 0 logged: one run per training, each registered once; the loss is the global batch's
@@ -265,6 +270,28 @@ def test_two_gloo_ranks_featurize_disjoint_halves_and_match_one_process(short_de
     losses = [[m.value for m in client.get_metric_history(d.name, "loss")] for d in (single_dir, pair_dir)]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert len(client.search_model_versions("name='SpeechRecognitionModel'")) == 2
+
+
+def test_two_machines_with_a_store_each_complete_their_own(short_dev: Path, tmp_path: Path, empty_store_db: Path):
+    """Two machines (two torchrun nodes of one rank each), each with the default store root in its own cache
+    folder: each rank writes its half where it is, then completes its own machine's store with the other half."""
+    torchrun = BIN / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to this Python")
+    uri = new_store(empty_store_db, tmp_path / "store")
+    cfg = make_tiny_config(short_dev, output_dir=str(tmp_path / "out"), max_utterances=4, batch=4, **EXACT)
+    port = free_port()
+    nodes = [subprocess.Popen([str(torchrun), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "asr", "train",
+                               *tiny_args(cfg)], cwd=tmp_path / "store", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=subprocess_env(uri) | {"ASR_SHARD_UTTERANCES": "1",
+                                                                    "XDG_CACHE_HOME": str(tmp_path / f"machine{node}")})
+             for node in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    assert store_parts(tmp_path / "machine0" / "asr" / "features") == {0: "0/2", 1: "0/1", 2: "0/2", 3: "0/1"}
+    assert store_parts(tmp_path / "machine1" / "asr" / "features") == {0: "0/1", 1: "1/2", 2: "0/1", 3: "1/2"}
 
 
 # ---------------------------------------------------------------- resuming with new settings

@@ -75,13 +75,19 @@ def featurize_split(dataset: SpeechDataset, cfg: TrainConfig, ctx: dist.Context,
                     ) -> list[int]:
     """Makes `dataset` read its un-augmented features from its feature store under cfg.data.feature_cache, and
     returns their frame counts. Rank r of w computes the missing shards k with k % w == r, then every rank waits for
-    the others and opens the whole store. With --feature_cache memory, every rank computes every item into RAM."""
+    the others and opens the whole store. Where the store's root is not shared by the machines (the default, in each
+    one's ~/.cache), the ranks of each machine then compute what the other machines wrote elsewhere, split between
+    them alike. With --feature_cache memory, every rank computes every item into RAM."""
     root = store_root(cfg.data.feature_cache)
     if root is None:
         return dataset.precompute(prep_workers(cfg), progress, desc)
     folder = store_folder(root, dataset.features, dataset.utterances)
     featurize(dataset.utterances, dataset.features, folder, (ctx.rank, ctx.world), prep_workers(cfg), progress, desc)
     dist.barrier(ctx)
+    if ctx.world > ctx.local_world:
+        featurize(dataset.utterances, dataset.features, folder, (ctx.local_rank, ctx.local_world), prep_workers(cfg),
+                  progress, desc)
+        dist.barrier(ctx)
     return dataset.use_store(open_store(folder, [u.file_id for u in dataset.utterances]))
 
 
