@@ -39,9 +39,12 @@ def test_the_store_reads_back_the_features_computed_in_memory(short_dev: Path, t
     utts = read_split(short_dev)
     fe = FeatureExtractor(**FEATURES)
     folder = store_folder(tmp_path, fe, utts)
+    rng = torch.get_rng_state()
     assert featurize(utts, fe, folder, workers=1) == feature_store.Featurized(written=2, skipped=0, unreadable=0)
     memory = SpeechDataset(utts, fe)
     lengths = memory.precompute()
+    # a run draws the same dropout masks whether it featurized or found a complete store
+    assert torch.equal(torch.get_rng_state(), rng)
     from_store = SpeechDataset(utts, fe)
     assert from_store.use_store(open_store(folder, [u.file_id for u in utts])) == lengths
     for i in range(len(utts)):

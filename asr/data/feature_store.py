@@ -125,9 +125,11 @@ class Featurizer(torch.utils.data.Dataset):
 def featurized(utterances: Sequence[Utterance], features: FeatureExtractor, indices: Sequence[int], workers: int,
                progress: bool = False, desc: str = "features") -> Iterator[tuple[int, torch.Tensor | str]]:
     """(index, features or unreadable-file message) for `indices`, in their order, computed in `workers`
-    single-threaded processes (0: in this one)."""
+    single-threaded processes (0: in this one). The global random generator is left alone: a run must draw the same
+    dropout masks whether it computed its features or found them in a store."""
     loader = torch.utils.data.DataLoader(Featurizer(utterances, features), sampler=indices, batch_size=None,
-                                         num_workers=workers, worker_init_fn=single_threaded_worker)
+                                         num_workers=workers, worker_init_fn=single_threaded_worker,
+                                         generator=torch.Generator())
     yield from tqdm(zip(indices, loader, strict=True), total=len(indices), desc=desc, unit="utt",
                     disable=not progress, leave=False)
 
