@@ -22,7 +22,7 @@ from asr import UserError, text
 from asr.audio import load_audio
 from asr.batching import pad_features
 from asr.data.augment import WaveAugment, item_generator
-from asr.data.feature_store import FeatureStore, featurized
+from asr.data.feature_store import FeatureStore, computed_features
 from asr.features import FeatureExtractor
 
 FILE_ID = re.compile(r"^\d+-\d+-\d+$")
@@ -340,7 +340,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self._cache: list[torch.Tensor | None] = [None] * len(utterances)
         self._store: FeatureStore | None = None
         self._rows = list(range(len(utterances)))  # each utterance's index in the store
-        self.unreadable: list[str] = []  # why each audio file `precompute` left out could not be used
+        self.unreadable: list[str] = []  # why each audio file left out (`precompute`, `use_store`) could not be used
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -368,7 +368,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         kept in `unreadable`: one corrupt file in a corpus must not stop training."""
         missing = [i for i, f in enumerate(self._cache) if f is None]
         failed: dict[int, str] = {}
-        for i, feats in featurized(self.utterances, self.features, missing, workers, progress, desc):
+        for i, feats in computed_features(self.utterances, self.features, missing, workers, progress, desc):
             if isinstance(feats, str):
                 failed[i] = feats
             else:  # out of the loader's shared memory, which holds an open file per tensor (28k for 100 h)

@@ -122,7 +122,7 @@ class Featurizer(torch.utils.data.Dataset):
         return self.features(wave).to(torch.float16)
 
 
-def featurized(utterances: Sequence[Utterance], features: FeatureExtractor, indices: Sequence[int], workers: int,
+def computed_features(utterances: Sequence[Utterance], features: FeatureExtractor, indices: Sequence[int], workers: int,
                progress: bool = False, desc: str = "features") -> Iterator[tuple[int, torch.Tensor | str]]:
     """(index, features or unreadable-file message) for `indices`, in their order, computed in `workers`
     single-threaded processes (0: in this one). The global random generator is left alone: a run must draw the same
@@ -164,7 +164,7 @@ def featurize(utterances: Sequence[Utterance], features: FeatureExtractor, folde
     if not todo:
         return done  # no loader workers started for nothing
     shard: dict[int, torch.Tensor | str] = {}
-    for j, feats in featurized(utterances, features, indices, workers, progress, desc):
+    for j, feats in computed_features(utterances, features, indices, workers, progress, desc):
         shard[j] = feats
         k = j // size
         if j == min((k + 1) * size, len(utterances)) - 1:  # the shard's last utterance
