@@ -1,4 +1,4 @@
-"""Files that appear complete or not at all: checkpoints, feature caches, LMs, exports.
+"""Files that appear complete or not at all: checkpoints, feature store shards, LMs, exports.
 
 Each is written to a temporary file in the same folder, fsynced, then renamed over its final name (a rename within
 one file system is atomic on POSIX), so a crash, a kill or a full disk never leaves a half-written file where a
@@ -20,7 +20,7 @@ def atomic_path(path: Path, *, shared: bool = True) -> Iterator[Path]:
     """Yields a temporary path beside `path` for the caller to write; when the block ends without an exception the
     file is fsynced and renamed to `path`, else it is removed and the exception propagates.
 
-    shared=True (several processes may write `path` at once, e.g. two runs caching one split's features): every
+    shared=True (several processes may write `path` at once, e.g. two runs featurizing one split into a store): every
     writer gets its own temporary name, and the last rename wins with a complete file. shared=False (one writer,
     e.g. a run's checkpoints): the name is fixed (`.NAME.tmp`, hidden), so what a killed writer left behind is
     overwritten by the next write instead of piling up. The file gets mode 0644 either way.

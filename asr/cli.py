@@ -22,6 +22,7 @@ from asr.settings import (
     DownloadConfig,
     EvaluateConfig,
     ExportConfig,
+    FeaturesConfig,
     LMBuildConfig,
     PromoteConfig,
     ServerConfig,
@@ -356,7 +357,7 @@ def export(**options) -> None:
 
 @main.group()
 def data() -> None:
-    """Build the offline demo corpus or download LibriSpeech."""
+    """Build the offline demo corpus, download LibriSpeech, or featurize splits into the feature store."""
 
 
 @data.command()
@@ -383,6 +384,42 @@ def download(**options) -> None:
 
     cfg = from_dict(DownloadConfig, options)
     click.echo(f"ready: {download_split(cfg.split, Path(cfg.root), cfg.mirror or DEFAULT_MIRROR)}")
+
+
+@data.command()
+@click_options(FeaturesConfig)
+@friendly_errors
+def features(**options) -> None:
+    """Featurize splits into the feature store that `asr train` with the same data and feature options reads.
+
+    Resumable and idempotent: complete shards are kept. Split the work over machines sharing the store's folder
+    with --shard i/n (machine i of n); under torchrun, `asr train` splits it over its ranks itself.
+
+    Example: asr data features --train_data data/LibriSpeech/train-clean-100 --dev_data data/LibriSpeech/dev-clean
+    --test_data data/LibriSpeech/test-clean --feature_cache /data/features --shard 0/4
+    """
+    from asr.data.feature_store import Featurized, featurize, store_folder, store_root
+    from asr.features import FeatureExtractor
+    from asr.settings import parse_part
+    from asr.training.batches import load_dataset
+
+    cfg = settings(FeaturesConfig, options)
+    part, root = parse_part(cfg.shard), store_root(cfg.feature_cache)
+    extractor = FeatureExtractor.from_config(cfg.features)
+    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    total = Featurized()
+    for name, dirs, limit in (("train", cfg.train_data, cfg.max_utterances), ("dev", cfg.dev_data, 0),
+                              ("test", cfg.test_data, 0)):
+        if not dirs:
+            continue
+        dataset = load_dataset(dirs, extractor, limit, cfg.seed)
+        folder = store_folder(root, extractor, dataset.utterances)
+        done = featurize(dataset.utterances, extractor, folder, part, workers, show_progress(), f"features {name}")
+        click.echo(f"{name} ({','.join(dirs)}): {done.written} shards written, {done.skipped} already complete, "
+                   f"{done.unreadable} unreadable files; {folder}")
+        total.add(done)
+    click.echo(f"part {cfg.shard}: {total.written} shards written, {total.skipped} skipped (already complete), "
+               f"{total.unreadable} unreadable files")
 
 
 @main.group()

@@ -37,7 +37,7 @@ class FeatureExtractor(torch.nn.Module):
                    hop_ms=cfg.hop_ms)
 
     def settings(self) -> dict[str, float]:
-        """What the features depend on (keys the on-disk feature cache)."""
+        """What the features depend on (keys the feature store)."""
         return {**self._settings, "version": 1}
 
     def num_frames(self, num_samples: int) -> int:

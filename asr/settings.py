@@ -92,6 +92,33 @@ def model_uri_problem(uri: str) -> str | None:
             or (parsed.alias and alias_problem(parsed.alias)) or None)
 
 
+def parse_part(text: str) -> tuple[int, int]:
+    """(i, n) from 'i/n' (--shard). Raises ValueError with a one-line reason: not two whole numbers, n < 1, i >= n."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError("expected PART/PARTS as two whole numbers, e.g. 0/2 (parts numbered from 0)") from None
+    if n < 1:
+        raise ValueError("PARTS must be at least 1")
+    if not 0 <= i < n:
+        raise ValueError(f"part {i} of {n}: parts are numbered 0 to {n - 1}")
+    return i, n
+
+
+def part_problem(text: str) -> str | None:
+    try:
+        parse_part(text)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+FEATURE_CACHE_HELP = ("feature store root: each split's features are computed once into memory-mapped shards "
+                      "under it, keyed by the feature settings and the audio files, and read lazily ('' = "
+                      "$XDG_CACHE_HOME/asr/features, else ~/.cache/asr/features; 'memory' = no store: every "
+                      "process computes every feature into RAM)")
+
+
 @dataclass
 class DataConfig(Checked):
     train_data: tuple[str, ...] = opt(("data/demo/train",), "LibriSpeech-layout split folder(s) to train on, "
@@ -102,7 +129,7 @@ class DataConfig(Checked):
                                      "('' to skip)", exists="dir")
     max_utterances: int = opt(0, "use at most this many training utterances (0 = all)", min=0)
     max_seconds: float = opt(30.0, "skip (and count) training utterances longer than this many seconds", min=0.1)
-    feature_cache: str = opt("", "folder for an on-disk feature cache keyed by the feature settings ('' = off)")
+    feature_cache: str = opt("", FEATURE_CACHE_HELP)
     workers: int = opt(1, "single-threaded processes computing augmented features during training (up-front "
                        "featurization uses one per core); 0 = everything in the main process", min=0)
 
@@ -337,6 +364,23 @@ class SynthConfig(Checked):
     dev_minutes: float = opt(4.0, "minutes of dev audio", min=0.05)
     test_minutes: float = opt(4.0, "minutes of test audio", min=0.05)
     workers: int = opt(2, "synthesis processes", min=1)
+
+
+@dataclass
+class FeaturesConfig(Checked):
+    """`asr data features`: the stores `asr train` with the same data and feature options reads."""
+    train_data: tuple[str, ...] = opt(("data/demo/train",), "training split folder(s), comma-separated, as "
+                                      "`asr train` takes them ('' = none)", exists="dir")
+    dev_data: tuple[str, ...] = opt(("data/demo/dev",), "dev split folder(s) ('' = none)", exists="dir")
+    test_data: tuple[str, ...] = opt(("data/demo/test",), "test split folder(s) ('' = none)", exists="dir")
+    max_utterances: int = opt(0, "the training sample `asr train --max_utterances` takes (0 = all)", min=0)
+    seed: int = opt(0, "the seed of that sample (`asr train --seed`)", min=0)
+    feature_cache: str = opt("", FEATURE_CACHE_HELP, check=lambda v: "there is nothing to write: give the store's "
+                             "root folder" if v == "memory" else None)
+    shard: str = opt("0/1", "compute only part i of n (i/n, numbered from 0: the shards k with k % n == i), e.g. one "
+                     "part per machine sharing the store's folder", check=part_problem)
+    workers: int = opt(0, "featurization processes (0 = one per core, up to 8)", min=0)
+    features: FeatureConfig = section(FeatureConfig)
 
 
 @dataclass

@@ -72,8 +72,8 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """$XDG_CACHE_HOME in a temporary folder for the whole session, in this process and the ones it starts: what
-    the code caches there (the --precision auto probe's timings) must neither come from nor land in the real
-    ~/.cache of whoever runs the tests."""
+    the code caches there (the --precision auto probe's timings, the default feature store) must neither come from
+    nor land in the real ~/.cache of whoever runs the tests."""
     saved = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     yield Path(os.environ["XDG_CACHE_HOME"])

@@ -8,6 +8,7 @@ real subprocesses against a model trained on that corpus, bad files and all."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from conftest import (
 from mlflow import MlflowClient
 
 from asr.data.dataset import SpeechDataset, read_split
+from asr.data.feature_store import featurize, open_store, store_folder
 from asr.features import FeatureExtractor
 from asr.text import encode, normalize
 from asr.training.train import train
@@ -190,17 +192,23 @@ def test_training_skips_counts_and_names_bad_files(corpus: Corpus, bad_run: BadR
     assert f"left out {corpus.path('no line')} has no transcript: " in bad_run.stdout
 
 
-def test_unreadable_files_are_left_out_of_the_features_and_the_cache_keeps_the_rest(corpus: Corpus, tmp_path: Path):
+def test_unreadable_files_are_left_out_of_the_features_and_recorded_once_in_the_store(corpus: Corpus, tmp_path: Path):
     utts = [u for u in read_split(corpus.split) if u.file_id.startswith(CHAPTER)]
     features = FeatureExtractor(sample_rate=RATE, n_mfcc=13, n_mels=40, win_ms=25, hop_ms=10)
     first = SpeechDataset(utts, features)
-    lengths = first.precompute(cache_dir=str(tmp_path))
+    lengths = first.precompute()
     expected = [u.file_id for u in utts if u.file_id not in {corpus.file_id(c) for c in UNREADABLE}]
     assert [u.file_id for u in first.utterances] == expected and len(lengths) == len(first.labels) == len(expected)
     assert [m.split(": ")[0] for m in first.unreadable] == [str(corpus.path(c)) for c in UNREADABLE]
-    again = SpeechDataset(utts, features)  # from the cache: the good items load, the bad ones are tried again
-    assert again.precompute(cache_dir=str(tmp_path)) == lengths and again.unreadable == first.unreadable
-    assert all(torch.equal(a, b) for a, b in zip(again._cache, first._cache, strict=True))
+    folder = store_folder(tmp_path, features, utts)
+    assert featurize(utts, features, folder).unreadable == len(UNREADABLE)
+    recorded = [f for shard in folder.glob("*.json") for f in json.loads(shard.read_text())["failed"]]
+    assert sorted(f["file_id"] for f in recorded) == sorted(corpus.file_id(c) for c in UNREADABLE)
+    assert featurize(utts, features, folder).written == 0  # the store is complete: not tried again
+    stored = SpeechDataset(utts, features)  # the same items left out, with the same messages, as in memory
+    assert stored.use_store(open_store(folder, [u.file_id for u in utts])) == lengths
+    assert stored.unreadable == first.unreadable and stored.utterances == first.utterances
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(stored, first, strict=True))
 
 
 def test_lines_without_audio_and_audio_without_lines_are_not_utterances(corpus: Corpus):

@@ -134,6 +134,7 @@ COMMANDS = {("train",): TrainConfig, ("validate",): ValidateConfig, ("server",):
             ("lm", "build"): settings.LMBuildConfig, ("lm", "tune"): TuneConfig, ("export",): settings.ExportConfig,
             ("promote",): settings.PromoteConfig,
             ("data", "synth"): settings.SynthConfig, ("data", "download"): settings.DownloadConfig,
+            ("data", "features"): settings.FeaturesConfig,
             ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig,
             ("bench", "lm"): settings.BenchLMConfig}
 

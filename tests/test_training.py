@@ -1,10 +1,12 @@
-"""The training path: duration batching, skipping, the non-finite guard, accumulation, early stopping, the
-feature cache, and the two promises of issue 3: a killed run resumes to the same weights as an uninterrupted
-one, and two data-parallel processes reach the same weights as one process with the same global batches.
+"""The training path: duration batching, skipping, the non-finite guard, accumulation, early stopping, and the
+two promises of issue 3: a killed run resumes to the same weights as an uninterrupted one, and two data-parallel
+processes reach the same weights as one process with the same global batches (issue 15: each rank featurizing a
+disjoint half of the feature store).
 Real LibriSpeech audio, real MLflow SQLite stores, real subprocesses and signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -21,6 +23,7 @@ from conftest import (
     BIN,
     REPO,
     asr_command,
+    free_port,
     make_tiny_config,
     new_store,
     one_line_error,
@@ -99,21 +102,6 @@ def test_ctc_min_frames_counts_a_blank_between_repeats():
     assert ctc_min_frames([1, 2, 3]) == 3
     assert ctc_min_frames([5, 5, 5]) == 5
     assert ctc_min_frames([]) == 0
-
-
-def test_feature_cache_is_keyed_by_feature_settings(short_dev: Path, tmp_path: Path):
-    utts = read_split(short_dev)
-    fe = FeatureExtractor(sample_rate=16000, n_mfcc=13, n_mels=40, win_ms=25, hop_ms=10)
-    first = SpeechDataset(utts, fe)
-    lengths = first.precompute(cache_dir=str(tmp_path))
-    files = list(tmp_path.rglob("*.pt"))
-    assert len(files) == 1
-    again = SpeechDataset(utts, fe)
-    assert again.precompute(cache_dir=str(tmp_path)) == lengths
-    assert all(torch.equal(again[i][0], first[i][0]) for i in range(len(utts)))
-    other = FeatureExtractor(sample_rate=16000, n_mfcc=20, n_mels=40, win_ms=25, hop_ms=10)
-    assert SpeechDataset(utts, other).precompute(cache_dir=str(tmp_path))  # a new key, not a stale hit
-    assert len(list(tmp_path.rglob("*.pt"))) == 2
 
 
 # ---------------------------------------------------------------- in-process training behaviour
@@ -263,24 +251,36 @@ def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_
 # ---------------------------------------------------------------- data parallel
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(short_dev: Path, tmp_path: Path,
-                                                                         empty_store_db: Path):
+def store_parts(root: Path) -> dict[int, str]:
+    """Shard -> the part (i/n) that wrote it, of the one feature store under `root`."""
+    return {meta["shard"]: meta["part"] for meta in (json.loads(p.read_text()) for p in root.glob("*/*/shard-*.json"))}
+
+
+def test_two_gloo_ranks_featurize_disjoint_halves_and_match_one_process(short_dev: Path, tmp_path: Path,
+                                                                        empty_store_db: Path):
+    """Issue 15's two-rank proof: with a fresh feature store cut into one-utterance shards, rank 0 writes shards 0
+    and 2 and rank 1 shards 1 and 3; trained from that store, the two ranks reach the weights of one process that
+    keeps its features in memory, with the same global batches."""
     torchrun = BIN / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not installed next to this Python")
     base = dict(max_utterances=4, batch=4, epoch=2, **EXACT)
     uri = new_store(empty_store_db, tmp_path / "store")
-    single = make_tiny_config(short_dev, output_dir=str(tmp_path / "single"), **base)
-    pair = make_tiny_config(short_dev, output_dir=str(tmp_path / "pair"), **base)
+    single = make_tiny_config(short_dev, output_dir=str(tmp_path / "single"), feature_cache="memory", **base)
+    pair = make_tiny_config(short_dev, output_dir=str(tmp_path / "pair"), feature_cache=str(tmp_path / "features"),
+                            **base)
+    env = subprocess_env(uri) | {"ASR_SHARD_UTTERANCES": "1"}
 
     one = subprocess.run(asr_command() + ["train", *tiny_args(single)], cwd=tmp_path / "store",
-                         env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "asr", "train",
-                          *tiny_args(pair)], cwd=tmp_path / "store", env=subprocess_env(uri), capture_output=True,
+                          *tiny_args(pair)], cwd=tmp_path / "store", env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "cpu x 2" in two.stdout
+    # the training and dev splits are the same 4 utterances: one store, each shard written once, by its rank
+    assert store_parts(tmp_path / "features") == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2"}
     single_dir, pair_dir = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "pair")
     assert_same_training(single_dir / ckpt.LAST, pair_dir / ckpt.LAST)
     # only rank 0 logged: one run per training, each registered once; the loss is the global batch's
@@ -290,6 +290,28 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(short_d
     losses = [[m.value for m in client.get_metric_history(d.name, "loss")] for d in (single_dir, pair_dir)]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert len(client.search_model_versions("name='SpeechRecognitionModel'")) == 2
+
+
+def test_two_machines_with_a_store_each_complete_their_own(short_dev: Path, tmp_path: Path, empty_store_db: Path):
+    """Two machines (two torchrun nodes of one rank each), each with the default store root in its own cache
+    folder: each rank writes its half where it is, then completes its own machine's store with the other half."""
+    torchrun = BIN / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to this Python")
+    uri = new_store(empty_store_db, tmp_path / "store")
+    cfg = make_tiny_config(short_dev, output_dir=str(tmp_path / "out"), max_utterances=4, batch=4, **EXACT)
+    port = free_port()
+    nodes = [subprocess.Popen([str(torchrun), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "asr", "train",
+                               *tiny_args(cfg)], cwd=tmp_path / "store", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=subprocess_env(uri) | {"ASR_SHARD_UTTERANCES": "1",
+                                                                    "XDG_CACHE_HOME": str(tmp_path / f"machine{node}")})
+             for node in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    assert store_parts(tmp_path / "machine0" / "asr" / "features") == {0: "0/2", 1: "0/1", 2: "0/2", 3: "0/1"}
+    assert store_parts(tmp_path / "machine1" / "asr" / "features") == {0: "0/1", 1: "1/2", 2: "0/1", 3: "1/2"}
 
 
 # ---------------------------------------------------------------- resuming with new settings
@@ -361,6 +383,7 @@ def test_resume_refuses_a_changed_training_setting_in_one_line(short_dev: Path, 
                           timeout=300)
     assert (problem := one_line_error(proc)) is None, problem
     assert "--epoch 3 (the run's: 1)" in proc.stderr and "--batch" not in proc.stderr, proc.stderr
-    assert "only --registered_model, --promote, --offline_ok, --system_metrics may change" in proc.stderr
+    assert "only --registered_model, --promote, --offline_ok, --system_metrics, --feature_cache may change" \
+        in proc.stderr
     assert proc.stdout == "" and (run_dir / ckpt.LAST).read_bytes() == before
     assert MlflowClient().search_model_versions("name='teamasr'") == []

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from asr import UserError, text
-from asr.atomic import atomic_path
-from asr.audio import AudioError, load_audio
+from asr.audio import load_audio
 from asr.batching import pad_features
 from asr.data.augment import WaveAugment, item_generator
+from asr.data.feature_store import FeatureStore, computed_features
 from asr.data.ids import FILE_ID, file_id_problem
 from asr.features import FeatureExtractor
 
@@ -322,8 +320,9 @@ def find_utterance(file_id: str, dataset: str | Path | None = None) -> Utterance
 class SpeechDataset(torch.utils.data.Dataset):
     """(features, labels) pairs.
 
-    Without waveform augmentation, features are computed once (`precompute`) and kept in memory as fp16,
-    since every epoch revisits every item. With it, each item is augmented afresh from a generator seeded by
+    Without waveform augmentation, every item's features are computed once, since every epoch revisits every item:
+    read from a feature store (`use_store`: memory-mapped shards on disk, nothing held in RAM but the frame counts)
+    or kept in memory as fp16 (`precompute`). With it, each item is augmented afresh from a generator seeded by
     (seed, epoch, index), so DataLoader workers and resumed runs reproduce exactly the same batches.
     """
 
@@ -337,7 +336,9 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.epoch = 0  # set by the training loop before each epoch's DataLoader is created
         self.labels = [text.encode(text.normalized(u.transcript)) for u in utterances]
         self._cache: list[torch.Tensor | None] = [None] * len(utterances)
-        self.unreadable: list[str] = []  # why each audio file `precompute` left out could not be used
+        self._store: FeatureStore | None = None
+        self._rows = list(range(len(utterances)))  # each utterance's index in the store
+        self.unreadable: list[str] = []  # why each audio file left out (`precompute`, `use_store`) could not be used
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -353,37 +354,35 @@ class SpeechDataset(torch.utils.data.Dataset):
         return feats, torch.tensor(self.labels[i], dtype=torch.long)
 
     def _cached(self, i: int) -> torch.Tensor:
+        if self._store is not None:
+            return self._store[self._rows[i]]
         if self._cache[i] is None:
             self._cache[i] = self.compute(i, augment=False).to(torch.float16)
         return self._cache[i]
 
-    def precompute(self, workers: int = 0, cache_dir: str = "", progress: bool = False, desc: str = "features"
-                   ) -> list[int]:
-        """Computes every item's un-augmented features (in `workers` processes, or from the on-disk cache)
-        and returns their frame counts, which batching needs. Items whose audio cannot be used are left out of
-        the dataset, their messages kept in `unreadable`: one corrupt file in a corpus must not stop training."""
-        cache = _cache_file(cache_dir, self) if cache_dir else None
-        if cache is not None and cache.is_file():
-            self._cache = torch.load(cache, weights_only=True)["features"]
+    def precompute(self, workers: int = 0, progress: bool = False, desc: str = "features") -> list[int]:
+        """Computes every item's un-augmented features into memory (in `workers` processes) and returns their frame
+        counts, which batching needs. Items whose audio cannot be used are left out of the dataset, their messages
+        kept in `unreadable`: one corrupt file in a corpus must not stop training."""
         missing = [i for i, f in enumerate(self._cache) if f is None]
-        if missing:
-            loader = torch.utils.data.DataLoader(_Featurize(self), sampler=missing, batch_size=None,
-                                                 num_workers=workers, worker_init_fn=single_threaded_worker)
-            failed: dict[int, str] = {}
-            for i, feats in tqdm(zip(missing, loader, strict=True), total=len(missing), desc=desc, unit="utt",
-                                 disable=not progress, leave=False):
-                if isinstance(feats, str):
-                    failed[i] = feats
-                else:
-                    self._cache[i] = feats
-            if cache is not None:
-                with atomic_path(cache) as tmp:  # two runs may cache the same split at once
-                    torch.save({"file_ids": [u.file_id for u in self.utterances], "features": self._cache}, tmp)
-            self._drop(failed)
+        failed: dict[int, str] = {}
+        for i, feats in computed_features(self.utterances, self.features, missing, workers, progress, desc):
+            if isinstance(feats, str):
+                failed[i] = feats
+            else:  # out of the loader's shared memory, which holds an open file per tensor (28k for 100 h)
+                self._cache[i] = feats.clone()
+        self._drop(failed)
         return [f.shape[-1] for f in self._cache]
 
+    def use_store(self, store: FeatureStore) -> list[int]:
+        """Reads features from `store` (this dataset's, complete: see asr.data.feature_store) from now on, leaves out
+        the items whose audio could not be used as `precompute` does, and returns the frame counts."""
+        self._store = store
+        self._drop(store.failed)
+        return [int(store.lengths[r]) for r in self._rows]
+
     def _drop(self, failed: dict[int, str]) -> None:
-        """Leaves the `failed` items out (after the cache is saved: its key covers the full list of files)."""
+        """Leaves the `failed` items out."""
         if not failed:
             return
         if len(failed) == len(self.utterances):
@@ -393,40 +392,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.utterances = [self.utterances[i] for i in keep]
         self.labels = [self.labels[i] for i in keep]
         self._cache = [self._cache[i] for i in keep]
-
-
-class _Featurize(torch.utils.data.Dataset):
-    def __init__(self, dataset: SpeechDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> torch.Tensor | str:
-        """Features, or the message of the file's AudioError: a skip for `precompute`, not a crash in a worker."""
-        try:
-            return self.dataset._cached(i)
-        except AudioError as e:
-            return str(e)
-
-
-def single_threaded_worker(_: int) -> None:
-    """Workers share the cores with the training step's intra-op threads: one thread each avoids
-    oversubscription. Each worker gets its own process group, so Ctrl-C in a terminal or a signal to the training's
-    process group reaches only the main process, which finishes its step and checkpoints before the workers stop."""
-    torch.set_num_threads(1)
-    os.setpgrp()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _cache_file(cache_dir: str, dataset: SpeechDataset) -> Path:
-    """One file per (feature settings, list of audio files with their sizes and times): any change misses."""
-    settings = hashlib.sha256(repr(dataset.features.settings()).encode()).hexdigest()[:16]
-    files = hashlib.sha256()
-    for u in dataset.utterances:
-        st = u.path.stat()
-        files.update(f"{u.file_id}\0{u.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return Path(cache_dir) / settings / f"{files.hexdigest()[:24]}.pt"
+        self._rows = [self._rows[i] for i in keep]
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -13,10 +13,12 @@ import torch
 
 from asr.batching import plan_batches
 from asr.data.augment import WaveAugment
-from asr.data.dataset import CorpusReading, SpeechDataset, collate, left_out_lines, read_corpus, single_threaded_worker
+from asr.data.dataset import CorpusReading, SpeechDataset, collate, left_out_lines, read_corpus
+from asr.data.feature_store import featurize, open_store, single_threaded_worker, store_folder, store_root
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 from asr.settings import TrainConfig
+from asr.training import distributed as dist
 
 
 @dataclass
@@ -50,24 +52,43 @@ def wave_augment(cfg: TrainConfig) -> WaveAugment:
                        speed=a.speed_perturb, sample_rate=cfg.features.sample_rate)
 
 
-def training_data(cfg: TrainConfig, model: SpeechModel, progress: bool, say=print) -> TrainData:
-    """Reads and featurizes the training and dev splits (features cached when cfg.data.feature_cache is set) and picks
-    the training utterances `model` can learn from; says which files it could not read and what the corpus reader
-    left out."""
+def training_data(cfg: TrainConfig, model: SpeechModel, ctx: dist.Context, progress: bool, say=print) -> TrainData:
+    """Reads and featurizes the training and dev splits (see `featurize_split`) and picks the training utterances
+    `model` can learn from; says which files it could not read and what the corpus reader left out."""
     features = FeatureExtractor.from_config(cfg.features)
     augment = wave_augment(cfg)
     train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment)
     dev_set = load_dataset(cfg.data.dev_data, features)
     for line in left_out_lines(dict.fromkeys(train_set.left_out + dev_set.left_out)):  # once each, before featurizing
         say(line)
-    train_lengths = train_set.precompute(prep_workers(cfg), cfg.data.feature_cache, progress, "features train")
-    dev_lengths = dev_set.precompute(prep_workers(cfg), cfg.data.feature_cache, progress, "features dev")
+    train_lengths = featurize_split(train_set, cfg, ctx, progress, "features train")
+    dev_lengths = featurize_split(dev_set, cfg, ctx, progress, "features dev")
     for message in dict.fromkeys(train_set.unreadable + dev_set.unreadable):  # once per file, in order
         say(f"skipping {message}")
     items, skipped = trainable_items(train_set, train_lengths, model, cfg)
-    loader_workers = cfg.data.workers if augment.enabled else 0  # cached features need no workers
+    loader_workers = cfg.data.workers if augment.enabled else 0  # features from the store or RAM need no workers
     return TrainData(features, train_set, dev_set, train_lengths, dev_lengths, items, skipped, loader_workers,
                      CorpusReading([], train_set.left_out).counts())
+
+
+def featurize_split(dataset: SpeechDataset, cfg: TrainConfig, ctx: dist.Context, progress: bool, desc: str
+                    ) -> list[int]:
+    """Makes `dataset` read its un-augmented features from its feature store under cfg.data.feature_cache, and
+    returns their frame counts. Rank r of w computes the missing shards k with k % w == r, then every rank waits for
+    the others and opens the whole store. Where the store's root is not shared by the machines (the default, in each
+    one's ~/.cache), the ranks of each machine then compute what the other machines wrote elsewhere, split between
+    them alike. With --feature_cache memory, every rank computes every item into RAM."""
+    root = store_root(cfg.data.feature_cache)
+    if root is None:
+        return dataset.precompute(prep_workers(cfg), progress, desc)
+    folder = store_folder(root, dataset.features, dataset.utterances)
+    featurize(dataset.utterances, dataset.features, folder, (ctx.rank, ctx.world), prep_workers(cfg), progress, desc)
+    dist.barrier(ctx)
+    if ctx.world > ctx.local_world:
+        featurize(dataset.utterances, dataset.features, folder, (ctx.local_rank, ctx.local_world), prep_workers(cfg),
+                  progress, desc)
+        dist.barrier(ctx)
+    return dataset.use_store(open_store(folder, [u.file_id for u in dataset.utterances]))
 
 
 def ctc_min_frames(labels: list[int]) -> int:

@@ -20,6 +20,8 @@ class Context:
     rank: int
     world: int
     device: torch.device
+    local_rank: int = 0          # this process among the ranks of its machine
+    local_world: int = 1         # ranks on this machine
 
     @property
     def main(self) -> bool:
@@ -36,7 +38,8 @@ def init() -> Context:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
-    return Context(int(os.environ.get("RANK", "0")), world, device)
+    return Context(int(os.environ.get("RANK", "0")), world, device, local_rank,
+                   int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
 def barrier(ctx: Context) -> None:

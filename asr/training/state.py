@@ -41,8 +41,9 @@ class Progress:
 
 
 # Settings a resumed run takes from the command line: they act after training (which name the model is registered
-# under, whether it is promoted) or on what and where the run logs, never on the weights.
-CHANGEABLE_ON_RESUME = ("registered_model", "promote", "offline_ok", "system_metrics")
+# under, whether it is promoted), on what and where the run logs, or on where its features are kept (the same
+# features either way), never on the weights.
+CHANGEABLE_ON_RESUME = ("registered_model", "promote", "offline_ok", "system_metrics", "feature_cache")
 # Settings that say which run to resume, not how it trains (--resume latest looks in --output_dir).
 LOCATING = ("resume", "output_dir")
 

@@ -33,7 +33,14 @@ from asr.tracking.packaging import log_model
 from asr.tracking.system_metrics import SystemMetrics
 from asr.training import decoder as model_decoder
 from asr.training import distributed as dist
-from asr.training.batches import TrainData, intra_op_threads, load_dataset, prep_workers, total_steps, training_data
+from asr.training.batches import (
+    TrainData,
+    featurize_split,
+    intra_op_threads,
+    load_dataset,
+    total_steps,
+    training_data,
+)
 from asr.training.loop import EpochStats, Trainer, build_trainer, compute_validation, train_one_epoch
 from asr.training.state import (
     Progress,
@@ -153,7 +160,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
     """Model, data, optimizer (restored when resuming) and the MLflow run: everything before the first step."""
     started = time.monotonic()
     model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB)).to(ctx.device)
-    data = training_data(cfg, model, progress, print if ctx.main else lambda _: None)
+    data = training_data(cfg, model, ctx, progress, print if ctx.main else lambda _: None)
     if not data.items:
         raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
@@ -276,7 +283,7 @@ def finish(run: Run) -> TrainResult:
     t, cfg, ctx = run.trainer, run.trainer.cfg, run.trainer.ctx
     if run.best_state is not None:
         t.model.load_state_dict(run.best_state)
-    dev, _ = compute_validation(t.model, run.data.dev_set, run.data.dev_set.precompute(), cfg, t.amp, ctx)
+    dev, _ = compute_validation(t.model, run.data.dev_set, run.data.dev_lengths, cfg, t.amp, ctx)
     test, test_utts = score_test(run)
     if not ctx.main:
         return TrainResult(run.run_id, dev, test, None)
@@ -393,7 +400,7 @@ def score_test(run: Run) -> tuple[dict[str, float], list]:
     if not cfg.data.test_data:
         return {}, []
     test_set = load_dataset(cfg.data.test_data, run.data.features)
-    lengths = test_set.precompute(prep_workers(cfg), cfg.data.feature_cache, run.progress, "features test")
+    lengths = featurize_split(test_set, cfg, t.ctx, run.progress, "features test")
     for message in test_set.unreadable:
         run.say(f"skipping {message}")
     if t.ctx.main:
