@@ -7,6 +7,7 @@ from torch import nn
 
 from asr.config import RecognizerConfig
 from asr.rnn import bigru_scan
+from asr.text import BLANK
 
 
 class FeatureLayerNorm(nn.Module):
@@ -139,3 +140,13 @@ class SpeechModel(nn.Module):
         for rnn in self.rnns:
             x = rnn(x, out_lengths)
         return self.classifier(x).float().log_softmax(dim=-1), out_lengths
+
+
+def ctc_loss_sum(log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: dict[str, torch.Tensor],
+                 device: torch.device) -> torch.Tensor:
+    """Sum over the batch of each utterance's CTC loss per target label, in fp32. Dividing the sum by the
+    *global* batch size (not this rank's share) makes data-parallel gradients equal single-process ones."""
+    losses = nn.functional.ctc_loss(log_probs.float().transpose(0, 1), batch["labels"].to(device), out_lengths,
+                                    batch["label_lengths"].to(device), blank=BLANK, reduction="none",
+                                    zero_infinity=True)
+    return (losses / batch["label_lengths"].to(device).clamp(min=1)).sum()

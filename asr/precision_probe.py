@@ -69,7 +69,7 @@ def cache_file() -> Path:
 
 def probe_key(recognizer: RecognizerConfig, training: bool, utterances: int, seconds: float) -> str:
     """What the timing depends on, as one string."""
-    from asr.bench.report import cpu_name
+    from asr.hardware import cpu_name
 
     shape = json.dumps(to_dict(recognizer), sort_keys=True)
     return (f"v{VERSION} | {cpu_name()} | {os.cpu_count()} CPUs, {torch.get_num_threads()} threads | torch "
@@ -165,10 +165,9 @@ def _timed(step, dtype: torch.dtype | None) -> float:
 
 def _step(recognizer: RecognizerConfig, training: bool, utterances: int, seconds: float):
     """A function running one step of a new model on one random batch in a given autocast dtype (None = fp32)."""
-    from asr.model import SpeechModel
+    from asr.model import SpeechModel, ctc_loss_sum
     from asr.precision import autocast
     from asr.text import VOCAB
-    from asr.training.loop import ctc_loss_sum
 
     cpu = torch.device("cpu")
     model = SpeechModel.from_config(recognizer, len(VOCAB)).train(training)

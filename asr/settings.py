@@ -6,6 +6,7 @@ synth/download, bench train/infer), declared with asr.config's fields: `asr --he
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,6 @@ from asr.config import (
     opt,
     section,
 )
-from asr.data.ids import file_id_problem
 
 # ---------------------------------------------------------------- names the tracking store and registry refuse
 # MLflow's own validators, run when the settings are built: a name the registry refuses would otherwise be found
@@ -68,6 +68,17 @@ def stage_problem(stage: str) -> str | None:
     from mlflow.entities.model_registry.model_version_stages import get_canonical_stage
 
     return _mlflow_refuses(get_canonical_stage, stage)
+
+
+# LibriSpeech utterance ids, SPEAKER-CHAPTER-UTTERANCE: digits only, so an id can never reach outside a dataset
+FILE_ID = re.compile(r"^\d+-\d+-\d+$")
+
+
+def file_id_problem(file_id: str) -> str | None:
+    """Why `file_id` is not an utterance id (checked before a command loads a model or touches a store)."""
+    if FILE_ID.fullmatch(file_id or ""):
+        return None
+    return "invalid file id: expected SPEAKER-CHAPTER-UTTERANCE digits, e.g. 1089-134686-0000"
 
 
 def version_problem(version: str) -> str | None:

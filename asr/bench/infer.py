@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from asr import UserError
-from asr.bench.report import cpu_name, in_fresh_process, write_section
+from asr.bench.report import in_fresh_process, write_section
+from asr.hardware import cpu_name
 
 SECTION = "infer"
 CLIP_SECONDS = 10.0

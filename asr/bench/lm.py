@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from asr import UserError
-from asr.bench.report import cpu_name, in_fresh_process, write_section
+from asr.bench.report import in_fresh_process, write_section
+from asr.hardware import cpu_name
 
 SECTION = "lm"
 UTTERANCE_SECONDS = 10.0

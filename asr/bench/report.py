@@ -5,21 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import platform
 import re
 from pathlib import Path
 
 from asr.atomic import atomic_path
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def in_fresh_process(fn, *args):

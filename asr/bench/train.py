@@ -21,8 +21,9 @@ import soundfile as sf
 import torch
 
 from asr import UserError
-from asr.bench.report import cpu_name, in_fresh_process, write_section
+from asr.bench.report import in_fresh_process, write_section
 from asr.config import from_dict
+from asr.hardware import cpu_name
 from asr.settings import TrainConfig
 
 # The spine's first default: the classic DeepSpeech2-tutorial proportions at ~3.5 M parameters.

@@ -22,8 +22,8 @@ from asr.audio import load_audio
 from asr.batching import pad_features
 from asr.data.augment import WaveAugment, item_generator
 from asr.data.feature_store import FeatureStore, computed_features
-from asr.data.ids import FILE_ID, file_id_problem
 from asr.features import FeatureExtractor
+from asr.settings import FILE_ID, file_id_problem
 
 # Audio file extensions the reader takes, any case; the first ones win when an id has several files.
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".caf", ".w64")

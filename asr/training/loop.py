@@ -22,10 +22,10 @@ from asr.batching import plan_batches
 from asr.data.dataset import SpeechDataset, collate
 from asr.decoding import greedy_decode
 from asr.metrics import cer, wer
-from asr.model import SpeechModel
+from asr.model import SpeechModel, ctc_loss_sum
 from asr.precision import autocast
 from asr.settings import TrainConfig
-from asr.text import BLANK, normalized
+from asr.text import normalized
 from asr.training import distributed as dist
 from asr.training.batches import TrainData, epoch_batches, max_batch_frames, train_loader
 from asr.training.state import Progress
@@ -74,16 +74,6 @@ def build_trainer(cfg: TrainConfig, ctx: dist.Context, model: SpeechModel, amp: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
     return Trainer(cfg, ctx, model, model, optimizer, one_cycle(optimizer, cfg.optim.learning_rate, total_steps),
                    torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16), spec_augment(cfg), amp)
-
-
-def ctc_loss_sum(log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: dict[str, torch.Tensor],
-                 device: torch.device) -> torch.Tensor:
-    """Sum over the batch of each utterance's CTC loss per target label, in fp32. Dividing the sum by the
-    *global* batch size (not this rank's share) makes data-parallel gradients equal single-process ones."""
-    losses = nn.functional.ctc_loss(log_probs.float().transpose(0, 1), batch["labels"].to(device), out_lengths,
-                                    batch["label_lengths"].to(device), blank=BLANK, reduction="none",
-                                    zero_infinity=True)
-    return (losses / batch["label_lengths"].to(device).clamp(min=1)).sum()
 
 
 def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor], amp: torch.dtype | None, device: torch.device

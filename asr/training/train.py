@@ -20,9 +20,9 @@ from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.bench.report import cpu_name
 from asr.config import check_paths, save, to_params
 from asr.data.dataset import Utterance, split_digest
+from asr.hardware import cpu_name
 from asr.model import SpeechModel
 from asr.precision import Decision, asked_dtype, decide
 from asr.settings import TrainConfig
