@@ -150,7 +150,7 @@ def measure(split: Path, hours: float, work_dir: Path, seconds: float, say=print
         store = work_dir / "stores" / f"{hours:g}h-{workers}p"
         f = in_fresh_process(_featurize, str(split), str(store), workers)
         r[f"featurize_{workers}p_s"], r["store_bytes"] = f["seconds"], f["bytes"]
-    say(f"  {r['utterances']} utterances indexed in {r['index_s']:.2f} s; featurized in "
+    say(f"  {r['utterances']} utterances indexed in {r['index_s']:.3g} s; featurized in "
         f"{r['featurize_1p_s']:.1f} s (1 process), {r['featurize_2p_s']:.1f} s (2)")
     r["store"] = in_fresh_process(_train, str(split), str(store), seconds)
     r["memory"] = in_fresh_process(_train, str(split), "", seconds) if fits_in_memory(r["store_bytes"]) else None
@@ -187,7 +187,7 @@ def table(results: list[dict]) -> list[str]:
     for r in results:
         s, m = r["store"], r["memory"]
         mem = f"{m['audio_s_per_s']:.1f} | {m['peak_mb']:.0f} | {m['anon_mb']:.0f}" if m else "- (does not fit) | - | -"
-        lines.append(f"| {r['hours']:.2f} | {r['utterances']} | {r['index_s']:.2f} | {r['featurize_1p_s']:.1f} "
+        lines.append(f"| {r['hours']:.2f} | {r['utterances']} | {r['index_s']:.3g} | {r['featurize_1p_s']:.1f} "
                      f"| {r['featurize_2p_s']:.1f} | {r['store_bytes'] / 1e6:.1f} | {s['audio_s_per_s']:.1f} "
                      f"| {s['peak_mb']:.0f} | {s['anon_mb']:.0f} | {mem} |")
     return lines
