@@ -17,8 +17,8 @@ from click.core import ParameterSource
 from asr import UserError
 from asr.config import DecodeConfig, check_paths, click_options, from_dict, load_settings
 from asr.settings import (
-    BenchInferConfig,
     BenchDataConfig,
+    BenchInferConfig,
     BenchLMConfig,
     BenchTrainConfig,
     DownloadConfig,

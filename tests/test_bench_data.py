@@ -30,10 +30,12 @@ def test_extrapolation_is_flat_per_rank_within_ten_percent_and_linear_beyond():
                 "store_bytes": 9.4e6 * hours, "store": {"peak_mb": peak}}
 
     flat = "\n".join(extrapolation([row(10, 1000), row(100, 1050)]))
-    assert "flat, 1050 MB per rank at 960 h, x 8 ranks = 8.2 GB" in flat
+    assert "the largest peak, 1050 MB per rank at 960 h, x 8 ranks = 8.2 GB" in flat
     assert "960 h x 60 s/h / 8 processes = 120 min" in flat and "9.4 MB/h x 960 h = 9.0 GB" in flat
     growing = "\n".join(extrapolation([row(10, 1000), row(100, 1900)]))
     assert "1900 + 10.0 x (960 - 100.00) = 10500 MB" in growing
+    noisy = "\n".join(extrapolation([row(10, 1200), row(30, 930), row(100, 1000)]))  # never a negative slope
+    assert "1000 + 0.0 x (960 - 100.00) = 1000 MB" in noisy
 
 
 @pytest.mark.slow  # the benchmark CLI end to end: a dozen fresh processes that import torch (minutes here)

@@ -157,7 +157,8 @@ def measure(split: Path, hours: float, work_dir: Path, seconds: float, say=print
     for mode in ("store", "memory"):
         if r[mode]:
             m = r[mode]
-            say(f"  training from {mode}: {m['audio_s_per_s']:.1f} audio-s/s, peak RSS {m['peak_mb']:.0f} MB, "
+            say(f"  training from {mode}: {m['audio_s_per_s']:.1f} audio-s/s ({m['steps']} steps), "
+                f"peak RSS {m['peak_mb']:.0f} MB, "
                 f"RssAnon {m['anon_mb']:.0f} MB")
     return r
 
@@ -199,11 +200,13 @@ def extrapolation(results: list[dict]) -> list[str]:
     h, peak = r["hours"], r["store"]["peak_mb"]
     per_hour_1p, per_hour_2p = r["featurize_1p_s"] / h, r["featurize_2p_s"] / h
     disk_mb = r["store_bytes"] / 1e6 / h
-    first = results[0]["store"]["peak_mb"]
-    growth = (peak - first) / (h - results[0]["hours"]) if h > results[0]["hours"] else 0.0
+    peaks = [x["store"]["peak_mb"] for x in results]
+    first, top = peaks[0], max(peaks)
+    growth = max(0.0, (peak - first) / (h - results[0]["hours"])) if h > results[0]["hours"] else 0.0
     # within 10% from the smallest to the largest size is flat: a slope fitted to that noise would not extrapolate
-    per_rank = peak if abs(peak - first) <= 0.1 * first else peak + growth * (FULL_HOURS - h)
-    rule = (f"within 10% of the smallest size's {first:.0f} MB: flat, {peak:.0f} MB" if per_rank == peak else
+    flat = top <= 1.1 * min(peaks)
+    per_rank = top if flat else peak + growth * (FULL_HOURS - h)
+    rule = (f"flat (all sizes within 10% of {min(peaks):.0f} MB): the largest peak, {top:.0f} MB" if flat else
             f"growing {growth:+.1f} MB/h from the smallest size: {peak:.0f} + {growth:.1f} x ({FULL_HOURS} - {h:.2f})"
             f" = {per_rank:.0f} MB")
     return [
