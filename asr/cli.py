@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from click.core import ParameterSource
 from asr import UserError
 from asr.config import DecodeConfig, check_paths, click_options, from_dict, load_settings
 from asr.settings import (
+    BenchDataConfig,
     BenchInferConfig,
     BenchLMConfig,
     BenchTrainConfig,
@@ -463,6 +465,22 @@ def bench_lm(**options) -> None:
 
     c = settings(BenchLMConfig, options)
     run(c.size_mb, c.seed, c.work_dir, c.beam_size, Path(c.out), say=click.echo)
+
+
+@bench.command("data")
+@click_options(BenchDataConfig)
+@friendly_errors
+def bench_data(**options) -> None:
+    """How the data path grows with the corpus: time to index and to featurize (1 and 2 processes), peak memory of
+    a training process and its throughput from the feature store vs. from RAM, on prefixes of one synthetic corpus,
+    with an extrapolation to 960 hours on 8 ranks."""
+    from asr.bench.data import run
+
+    c = settings(BenchDataConfig, options)
+    if not c.hours or min(c.hours) <= 0:
+        raise UserError(f"--hours {','.join(f'{h:g}' for h in c.hours)}: give positive sizes, e.g. 10,30,100")
+    work_dir = c.work_dir or str(Path(tempfile.gettempdir()) / "asr-bench-data")
+    run(list(c.hours), work_dir, c.seconds, c.seed, Path(c.out), say=click.echo)
 
 
 if __name__ == "__main__":

@@ -433,6 +433,17 @@ class BenchLMConfig(Checked):
     out: str = opt("BENCHMARKS.md", "Markdown file whose `lm` section is replaced")
 
 
+@dataclass
+class BenchDataConfig(Checked):
+    hours: tuple[float, ...] = opt((10.0, 30.0, 100.0), "corpus sizes in hours of training audio, comma-separated: "
+                                   "one corpus of the largest is generated, the others are its prefixes")
+    work_dir: str = opt("", "folder the corpus, its prefixes and the feature stores are written to and reused from "
+                        "('' = asr-bench-data in the system's temporary folder)")
+    seconds: float = opt(30.0, "timed training per throughput measurement", min=0.1)
+    seed: int = opt(0, "seed of the synthetic corpus (same seed and largest size, same corpus)", min=0)
+    out: str = opt("BENCHMARKS.md", "Markdown file whose `data` section is replaced")
+
+
 # MLproject parameter types, by dataclass field type
 _MLPROJECT_TYPES = {"int": "float", "float": "float", "str": "string", "bool": "string", "tuple[str, ...]": "string",
                     "tuple[float, ...]": "string"}

@@ -136,7 +136,7 @@ COMMANDS = {("train",): TrainConfig, ("validate",): ValidateConfig, ("server",):
             ("data", "synth"): settings.SynthConfig, ("data", "download"): settings.DownloadConfig,
             ("data", "features"): settings.FeaturesConfig,
             ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig,
-            ("bench", "lm"): settings.BenchLMConfig}
+            ("bench", "lm"): settings.BenchLMConfig, ("bench", "data"): settings.BenchDataConfig}
 
 
 def test_every_command_takes_its_options_from_a_settings_class():

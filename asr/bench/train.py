@@ -98,8 +98,9 @@ class _Clock:
         return self.done
 
 
-def _real_path(cfg: TrainConfig, model, dataset, seconds: float):
-    """The training loop's own units, as `asr train` runs them: features computed once up front, length-bucketed
+def _real_path(cfg: TrainConfig, model, dataset, seconds: float, prepare=None):
+    """The training loop's own units, as `asr train` runs them: features computed once up front (or whatever
+    `prepare(dataset)` does, returning the frame counts: e.g. opening a feature store), length-bucketed
     shuffled epochs, the configured precision and threads. Returns (stats, wall seconds, autocast dtype,
     featurization seconds, a batch for FLOP counting)."""
     from asr.precision import decide
@@ -110,7 +111,7 @@ def _real_path(cfg: TrainConfig, model, dataset, seconds: float):
 
     cpu = torch.device("cpu")
     started = time.perf_counter()
-    lengths = dataset.precompute(cfg.data.workers)
+    lengths = prepare(dataset) if prepare else dataset.precompute(cfg.data.workers)
     featurize_s = time.perf_counter() - started
     items = list(range(len(dataset)))
     data = TrainData(dataset.features, dataset, dataset, lengths, lengths, items, {}, 0)
