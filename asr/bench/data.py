@@ -23,7 +23,8 @@ import torch
 
 from asr import UserError
 from asr.bench.lm import peak_rss_mb
-from asr.bench.report import cpu_name, in_fresh_process, write_section
+from asr.bench.report import in_fresh_process, write_section
+from asr.hardware import cpu_name
 
 SECTION = "data"
 FULL_HOURS, RANKS = 960, 8
