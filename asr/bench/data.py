@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from asr import UserError
-from asr.bench.lm import peak_rss_mb
-from asr.bench.report import in_fresh_process, write_section
+from asr.bench.report import in_fresh_process, peak_rss_mb, rss_anon_mb, write_section
 from asr.hardware import cpu_name
 
 SECTION = "data"
@@ -100,17 +99,6 @@ def _featurize(split: str, folder: str, workers: int) -> dict:
     return {"seconds": seconds, "bytes": sum(p.stat().st_size for p in Path(folder).iterdir())}
 
 
-def _rss_anon_mb() -> float:
-    """This process's anonymous resident memory now, MB (Linux RssAnon: the heap, not mapped files; 0 elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _train(split: str, store: str, seconds: float) -> dict:
     """In a fresh process: the training loop's own units on the split for `seconds`, reading features from the
     store folder (or, with store '', from RAM, computed up front). Steady-state audio-s/s, peak and anonymous
@@ -135,7 +123,7 @@ def _train(split: str, store: str, seconds: float) -> dict:
 
     stats, wall, *_ = _real_path(cfg, model, dataset, seconds, from_store if store else None)
     return {"audio_s_per_s": stats.audio_frames * cfg.features.hop_ms / 1000 / wall, "steps": stats.steps,
-            "peak_mb": peak_rss_mb(), "anon_mb": _rss_anon_mb()}
+            "peak_mb": peak_rss_mb(), "anon_mb": rss_anon_mb()}
 
 
 def fits_in_memory(store_bytes: int) -> bool:

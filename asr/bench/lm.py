@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 
 from asr import UserError
-from asr.bench.report import in_fresh_process, write_section
+from asr.bench.report import in_fresh_process, peak_rss_mb, write_section
 from asr.hardware import cpu_name
 
 SECTION = "lm"
@@ -117,19 +115,6 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     return result, time.perf_counter() - wall, time.process_time() - cpu
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory, MB: Linux's VmHWM, which starts afresh when a program starts, where
-    ru_maxrss also counts the memory of the parent that forked it (so a spawned measurement of a big parent would
-    report the parent's size); ru_maxrss where there is no /proc."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def run(size_mb: float, seed: int, work_dir: str, beam_size: int, out: Path, say=print) -> dict:

@@ -6,9 +6,38 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import re
+import resource
+import sys
 from pathlib import Path
 
 from asr.atomic import atomic_path
+
+
+def _status_mb(field: str) -> float | None:
+    """A memory figure of this process from Linux's /proc/self/status (e.g. VmHWM, RssAnon), in MB; None where
+    there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: Linux's VmHWM, which starts afresh when a program starts, where
+    ru_maxrss also counts the memory of the parent that forked it (so a spawned measurement of a big parent would
+    report the parent's size); ru_maxrss where there is no /proc."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def rss_anon_mb() -> float:
+    """This process's anonymous resident memory now, MB (Linux RssAnon: the heap, not mapped files; 0 elsewhere)."""
+    return _status_mb("RssAnon") or 0.0
 
 
 def in_fresh_process(fn, *args):
