@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 
 from asr import checkpoint as ckpt
 from asr.tracking import registry
-from asr.tracking.store import TrackingError
+from asr.tracking.store import TrackingError, create_experiment
 
 pytestmark = pytest.mark.slow  # real training processes killed and resumed, full disks
 
@@ -202,6 +202,14 @@ def test_two_trainings_at_once_share_a_sqlite_store(short_dev: Path, tmp_path: P
     assert_one_production(client)
     locked = sum(r.stderr().count("database is locked") for r in runs)
     print(f"'database is locked' in the trainings' stderr: {locked} times")
+
+
+def test_creating_an_experiment_another_process_just_created_returns_its_id(isolated_mlflow: str):
+    """The path the loser of two trainings started together takes: both found no experiment, the other one's
+    insert came first (CI saw it as 'UNIQUE constraint failed: experiments.name' and a failed training)."""
+    first = MlflowClient(isolated_mlflow).create_experiment("SpeechRecognition")
+    assert create_experiment("SpeechRecognition", None) == first
+    assert create_experiment("Another", None) != first
 
 
 # ---------------------------------------------------------------- concurrent promotions

@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from asr import UserError, first_line, redact
 from asr.loading import tracking_reference
@@ -64,11 +65,25 @@ def setup(experiment: str) -> str:
             exp_id = found.experiment_id
         else:
             location = Path("mlruns").resolve().as_uri() if uri.startswith("sqlite:") else None
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+            exp_id = create_experiment(experiment, location)
     except MlflowException as e:
         raise TrackingError(f"cannot use MLflow tracking store {redact(uri)}: {e.message.splitlines()[0]}") from None
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def create_experiment(name: str, artifact_location: str | None) -> str:
+    """Creates experiment `name` and returns its id; when another process created it first (two trainings started
+    together on a new store both find no experiment, and one insert loses), returns the id of that one."""
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as e:
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def unreachable(uri: str, timeout: float = PROBE_TIMEOUT) -> str | None:
