@@ -124,7 +124,7 @@ def part_problem(text: str) -> str | None:
     return None
 
 
-FEATURE_CACHE_HELP = ("feature store root: each split's features are computed once into memory-mapped shards "
+FEATURE_CACHE_HELP = ("feature store root: each split's features are computed once into shards of numpy arrays "
                       "under it, keyed by the feature settings and the audio files, and read lazily ('' = "
                       "$XDG_CACHE_HOME/asr/features, else ~/.cache/asr/features; 'memory' = no store: every "
                       "process computes every feature into RAM)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import asr_command, one_line_error, run_cli
 
-from asr.bench.data import corpus, extrapolation, prefix_split
+from asr.bench.data import REPEAT_SPEAKER_STEP, corpus, extrapolation, prefix_split
 from asr.data.dataset import read_corpus, read_split
 
 
@@ -22,6 +22,14 @@ def test_prefixes_are_nested_split_folders_of_the_asked_hours(tmp_path: Path):
     assert 0 < len(a) < len(b) < len(full) and [u.file_id for u in b[:len(a)]] == [u.file_id for u in a]
     assert [(u.file_id, u.transcript) for u in b] == [(u.file_id, u.transcript) for u in full[:len(b)]]
     assert all(u.path.resolve().parent.parent.parent == train for u in b)  # links to the corpus's audio
+    longer, longer_h = prefix_split(train, 0.025, tmp_path / "p3" / "train")  # past the end: the corpus again
+    c = sorted(read_corpus([longer]).utterances, key=lambda u: (len(u.file_id), u.file_id))
+    assert longer_h >= 0.025 and len(c) > 2 * len(full) and len({u.file_id for u in c}) == len(c)
+    again = {u.file_id: u for u in c}
+    for u in full:  # pass 1: same audio and transcript, speaker id + REPEAT_SPEAKER_STEP
+        speaker, rest = u.file_id.split("-", 1)
+        twin = again[f"{int(speaker) + REPEAT_SPEAKER_STEP}-{rest}"]
+        assert twin.path.resolve() == u.path.resolve() and twin.transcript == u.transcript
 
 
 def test_extrapolation_is_flat_per_rank_within_ten_percent_and_linear_beyond():

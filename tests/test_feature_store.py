@@ -128,3 +128,23 @@ def test_a_bad_shard_is_refused_in_one_line_before_any_audio_is_read(shard: str,
     assert (problem := one_line_error(proc)) is None, problem
     assert f"--shard '{shard}': {why}" in proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_a_store_of_more_shards_than_the_open_file_limit_reads_every_utterance(tmp_path: Path, monkeypatch):
+    """Each mapped shard holds a file descriptor: 960 hours are 550 shards, near the common soft limit of 1024."""
+    import os
+    import resource
+
+    monkeypatch.setenv("ASR_SHARD_UTTERANCES", "1")
+    shards = 200
+    written = {f"1-1-{k:04d}": torch.full((13, 5 + k % 7), float(k), dtype=torch.float16) for k in range(shards)}
+    for k, (file_id, feats) in enumerate(written.items()):
+        feature_store.write_shard(tmp_path, k, [(file_id, feats)], "0/1")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 50, hard))
+    try:
+        store = open_store(tmp_path, list(written))
+        assert all(torch.equal(store[k], feats) for k, feats in enumerate(written.values()))
+    finally:
+        store = None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

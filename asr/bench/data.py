@@ -1,8 +1,11 @@
 """`asr bench data`: how the data path grows with the corpus, written to BENCHMARKS.md.
 
-One synthetic corpus of the largest asked size is generated in the LibriSpeech layout (asr.data.synth) in
---work_dir, and reused from there; each smaller size is a prefix of its training split (utterances in file id
-order, linked into a split folder of their own), so every size is a real split folder that `asr train` could read.
+One synthetic corpus of the smallest asked size is generated in the LibriSpeech layout (asr.data.synth) in
+--work_dir, and reused from there. Every size is a prefix of the corpus that repeats its training split without
+end, each pass under new speaker ids (links to the same audio, so new file ids), linked into a split folder of its
+own that `asr train` could read. Repeating keeps corpus generation (~10 s per hour here) out of the benchmark's
+time: indexing, decoding and featurizing a linked file costs what a fresh one does, and none of the measured
+quantities depends on what is said.
 For each size, each measurement in a fresh process: the time to index the split (read_corpus), the time to
 featurize it into a fresh feature store with 1 and with 2 processes, and a training process that opens the store
 and trains for --seconds (its peak RSS, VmHWM, and its anonymous resident memory, RssAnon, at the end; its
@@ -48,29 +51,36 @@ def corpus(work_dir: Path, hours: float, seed: int, say=print) -> Path:
     return root / "train"
 
 
+REPEAT_SPEAKER_STEP = 100_000  # pass r of the repeated corpus: speaker ids + r x this (synthetic ids are 9001 up)
+
+
 def prefix_split(train: Path, hours: float, folder: Path) -> tuple[Path, float]:
-    """A split folder of the first utterances of `train` (file id order) that add up to `hours` of audio: chapter
-    folders of links to its audio files with their transcript lines. Returns it and its hours."""
+    """A split folder of the first `hours` of audio of `train` repeated without end: its utterances in file id order,
+    and in pass r (from 0) every speaker id raised by r x REPEAT_SPEAKER_STEP. Chapter folders of links to the
+    audio files, with their transcript lines. Returns the folder and its hours."""
     import soundfile as sf
 
     from asr.data.dataset import read_split
 
-    kept: dict[Path, list] = {}
-    seconds = 0.0
-    for u in sorted(read_split(train), key=lambda u: u.file_id):
-        if seconds >= hours * 3600:
-            break
-        info = sf.info(str(u.path))
-        seconds += info.frames / info.samplerate
-        kept.setdefault(u.path.parent.relative_to(train), []).append(u)
+    distinct = sorted(read_split(train), key=lambda u: u.file_id)
+    durations = [sf.info(str(u.path)).duration for u in distinct]
+    kept: dict[Path, list[tuple[str, Path, str]]] = {}
+    seconds, n = 0.0, 0
+    while seconds < hours * 3600:
+        u, r = distinct[n % len(distinct)], n // len(distinct)
+        speaker, chapter, utt = u.file_id.split("-")
+        speaker = str(int(speaker) + r * REPEAT_SPEAKER_STEP)
+        kept.setdefault(Path(speaker) / chapter, []).append((f"{speaker}-{chapter}-{utt}", u.path, u.transcript))
+        seconds += durations[n % len(distinct)]
+        n += 1
     shutil.rmtree(folder, ignore_errors=True)
     for chapter, utts in kept.items():
         out = folder / chapter
         out.mkdir(parents=True)
-        for u in utts:
-            (out / u.path.name).symlink_to(u.path.resolve())
+        for file_id, audio, _ in utts:
+            (out / f"{file_id}{audio.suffix}").symlink_to(audio.resolve())
         (out / f"{chapter.parent.name}-{chapter.name}.trans.txt").write_text(
-            "".join(f"{u.file_id} {u.transcript}\n" for u in utts))
+            "".join(f"{file_id} {transcript}\n" for file_id, _, transcript in utts))
     return folder, seconds / 3600
 
 
@@ -99,10 +109,11 @@ def _featurize(split: str, folder: str, workers: int) -> dict:
     return {"seconds": seconds, "bytes": sum(p.stat().st_size for p in Path(folder).iterdir())}
 
 
-def _train(split: str, store: str, seconds: float) -> dict:
+def _train(split: str, store: str, seconds: float, in_memory: bool) -> dict:
     """In a fresh process: the training loop's own units on the split for `seconds`, reading features from the
-    store folder (or, with store '', from RAM, computed up front). Steady-state audio-s/s, peak and anonymous
-    resident memory, MB."""
+    store folder (read per utterance), or `in_memory`, copied from it into RAM first, as `--feature_cache memory` holds
+    them. The largest batch goes first, so that every size's peak includes the same worst batch. Steady-state
+    audio-s/s, peak and anonymous resident memory, MB."""
     from asr.bench.train import _real_path
     from asr.data.dataset import SpeechDataset, read_split
     from asr.data.feature_store import open_store
@@ -119,9 +130,12 @@ def _train(split: str, store: str, seconds: float) -> dict:
     dataset = SpeechDataset(read_split(split), FeatureExtractor.from_config(cfg.features))
 
     def from_store(d: SpeechDataset) -> list[int]:
-        return d.use_store(open_store(Path(store), [u.file_id for u in d.utterances]))
+        lengths = d.use_store(open_store(Path(store), [u.file_id for u in d.utterances]))
+        if in_memory:
+            d.hold_in_memory()
+        return lengths
 
-    stats, wall, *_ = _real_path(cfg, model, dataset, seconds, from_store if store else None)
+    stats, wall, *_ = _real_path(cfg, model, dataset, seconds, from_store, worst_batch_first=True)
     return {"audio_s_per_s": stats.audio_frames * cfg.features.hop_ms / 1000 / wall, "steps": stats.steps,
             "peak_mb": peak_rss_mb(), "anon_mb": rss_anon_mb()}
 
@@ -141,8 +155,9 @@ def measure(split: Path, hours: float, work_dir: Path, seconds: float, say=print
         r[f"featurize_{workers}p_s"], r["store_bytes"] = f["seconds"], f["bytes"]
     say(f"  {r['utterances']} utterances indexed in {r['index_s']:.3g} s; featurized in "
         f"{r['featurize_1p_s']:.1f} s (1 process), {r['featurize_2p_s']:.1f} s (2)")
-    r["store"] = in_fresh_process(_train, str(split), str(store), seconds)
-    r["memory"] = in_fresh_process(_train, str(split), "", seconds) if fits_in_memory(r["store_bytes"]) else None
+    r["store"] = in_fresh_process(_train, str(split), str(store), seconds, False)
+    r["memory"] = (in_fresh_process(_train, str(split), str(store), seconds, True) if fits_in_memory(r["store_bytes"])
+                   else None)
     for mode in ("store", "memory"):
         if r[mode]:
             m = r[mode]
@@ -157,7 +172,7 @@ def run(hours: list[float], work_dir: str, seconds: float, seed: int, out: Path,
     `out`. Returns the measurements, smallest size first."""
     folder = Path(work_dir).expanduser()
     hours = sorted(hours)
-    train = corpus(folder, hours[-1], seed, say)
+    train = corpus(folder, hours[0], seed, say)
     results = []
     for h in hours:
         split, actual = prefix_split(train, h, folder / "prefixes" / f"{h:g}h" / "train")
@@ -214,17 +229,19 @@ def extrapolation(results: list[dict]) -> list[str]:
 
 
 def render(results: list[dict], seconds: float, seed: int) -> str:
-    hours = ",".join(f"{r['hours']:.2f}" for r in results)
+    hours = ", ".join(f"{r['hours']:.2f}" for r in results)
     return "\n".join([
         "## Growth of the data path with the corpus (`asr bench data`)",
         "",
         f"{date.today()}, {cpu_name()}, {multiprocessing.cpu_count()} CPUs, torch {torch.__version__}. One "
-        f"synthetic corpus (seed {seed}) in the LibriSpeech layout, prefixes of its training split of {hours} "
-        "hours. Each number from a fresh process: index = reading the split's utterance list; featurize = "
-        "computing an empty feature store with 1 and 2 loader processes; training = the default model, the "
-        f"training loop's own units, {seconds:g} s of steady state after 2 warm-up steps, features from the store "
-        "(memory-mapped) or from RAM (`--feature_cache memory`, only where they fit). Peak RSS is VmHWM; RssAnon is "
-        "the process's anonymous (non-file) resident memory at the end: mapped store pages are not in it.",
+        f"synthetic corpus of {results[0]['hours']:.2f} hours (seed {seed}) in the LibriSpeech layout, repeated "
+        f"under new speaker ids for the larger sizes; the sizes ({hours} hours) are prefixes of that one sequence. "
+        "Each number from a fresh process: index = reading the split's utterance list; featurize = computing an "
+        "empty feature store with 1 and 2 loader processes; training = the default model, the training loop's own "
+        f"units, the batch with the most padded frames first (untimed), then {seconds:g} s of steady state after 2 "
+        "warm-up steps, features read from the store per utterance or copied from it into RAM first (as "
+        "`--feature_cache memory` holds them; only where they fit). Peak RSS is VmHWM; RssAnon is the process's "
+        "anonymous (non-file) resident memory at the end.",
         "",
         *table(results),
         "",

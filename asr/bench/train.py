@@ -98,15 +98,17 @@ class _Clock:
         return self.done
 
 
-def _real_path(cfg: TrainConfig, model, dataset, seconds: float, prepare=None):
+def _real_path(cfg: TrainConfig, model, dataset, seconds: float, prepare=None, worst_batch_first: bool = False):
     """The training loop's own units, as `asr train` runs them: features computed once up front (or whatever
     `prepare(dataset)` does, returning the frame counts: e.g. opening a feature store), length-bucketed
-    shuffled epochs, the configured precision and threads. Returns (stats, wall seconds, autocast dtype,
+    shuffled epochs, the configured precision and threads. With `worst_batch_first`, one untimed forward and
+    backward pass of the batch with the most padded frames comes first (no optimizer step), so the peak memory
+    does not depend on which batches the timed seconds draw. Returns (stats, wall seconds, autocast dtype,
     featurization seconds, a batch for FLOP counting)."""
     from asr.precision import decide
-    from asr.training.batches import TrainData, train_loader
+    from asr.training.batches import TrainData, epoch_batches, train_loader
     from asr.training.distributed import Context
-    from asr.training.loop import EpochStats, build_trainer, train_one_epoch
+    from asr.training.loop import EpochStats, build_trainer, forward_backward, train_one_epoch
     from asr.training.state import Progress
 
     cpu = torch.device("cpu")
@@ -118,6 +120,11 @@ def _real_path(cfg: TrainConfig, model, dataset, seconds: float, prepare=None):
     amp = decide(cfg.optim.precision, cpu, cfg.recognizer(), training=True, batch=cfg.optim.batch).dtype
     trainer = build_trainer(cfg, Context(0, 1, cpu), model, amp, total_steps=1_000_000)
     probe = next(iter(train_loader(dataset, [items[:cfg.optim.batch]], 0, cpu)))
+    if worst_batch_first:
+        worst = max(epoch_batches(cfg, lengths, items, 0, 1), key=lambda b: len(b) * max(lengths[i] for i in b))
+        batch = next(iter(train_loader(dataset, [worst], 0, cpu)))
+        forward_backward(model, batch, trainer.specaug, amp, cpu, trainer.scaler, 1.0 / len(worst))
+        model.zero_grad(set_to_none=True)
     clock, total, pos = _Clock(seconds), EpochStats(), Progress(epoch=1)  # from epoch 1 on: shuffled, as most are
     while not clock.done:
         total.add(train_one_epoch(trainer, data, pos, lambda _, stats: clock.after_step(stats, total)))

@@ -9,6 +9,7 @@ unseen.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -321,7 +322,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     """(features, labels) pairs.
 
     Without waveform augmentation, every item's features are computed once, since every epoch revisits every item:
-    read from a feature store (`use_store`: memory-mapped shards on disk, nothing held in RAM but the frame counts)
+    read from a feature store (`use_store`: shards on disk read per utterance, nothing held in RAM but the frame counts)
     or kept in memory as fp16 (`precompute`). With it, each item is augmented afresh from a generator seeded by
     (seed, epoch, index), so DataLoader workers and resumed runs reproduce exactly the same batches.
     """
@@ -334,7 +335,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
         self.epoch = 0  # set by the training loop before each epoch's DataLoader is created
-        self.labels = [text.encode(text.normalized(u.transcript)) for u in utterances]
+        # label ids as 2-byte arrays: a third of a list of ints, for every utterance of the corpus in every rank
+        self.labels = [array.array("H", text.encode(text.normalized(u.transcript))) for u in utterances]
         self._cache: list[torch.Tensor | None] = [None] * len(utterances)
         self._store: FeatureStore | None = None
         self._rows = list(range(len(utterances)))  # each utterance's index in the store
@@ -380,6 +382,13 @@ class SpeechDataset(torch.utils.data.Dataset):
         self._store = store
         self._drop(store.failed)
         return [int(store.lengths[r]) for r in self._rows]
+
+    def hold_in_memory(self) -> None:
+        """Copies every item's features out of its store into RAM and reads them from there from now on, as
+        `precompute` would hold them, without computing them again (the in-memory baseline of `asr bench data`)."""
+        if self._store is not None:
+            self._cache = [self._store[r].clone() for r in self._rows]
+            self._store = None
 
     def _drop(self, failed: dict[int, str]) -> None:
         """Leaves the `failed` items out."""

@@ -82,11 +82,12 @@ def featurize_split(dataset: SpeechDataset, cfg: TrainConfig, ctx: dist.Context,
     if root is None:
         return dataset.precompute(prep_workers(cfg), progress, desc)
     folder = store_folder(root, dataset.features, dataset.utterances)
-    featurize(dataset.utterances, dataset.features, folder, (ctx.rank, ctx.world), prep_workers(cfg), progress, desc)
+    workers = prep_workers(cfg, ctx.local_world)
+    featurize(dataset.utterances, dataset.features, folder, (ctx.rank, ctx.world), workers, progress, desc)
     dist.barrier(ctx)
     if ctx.world > ctx.local_world:
-        featurize(dataset.utterances, dataset.features, folder, (ctx.local_rank, ctx.local_world), prep_workers(cfg),
-                  progress, desc)
+        featurize(dataset.utterances, dataset.features, folder, (ctx.local_rank, ctx.local_world), workers, progress,
+                  desc)
         dist.barrier(ctx)
     return dataset.use_store(open_store(folder, [u.file_id for u in dataset.utterances]))
 
@@ -148,9 +149,13 @@ def train_loader(dataset: SpeechDataset, batches: list[list[int]], workers: int,
         generator=torch.Generator())  # its own generator: creating the loader must not advance the global RNG
 
 
-def prep_workers(cfg: TrainConfig) -> int:
-    """Up-front featurization has the machine to itself: one single-threaded process per core (up to 8)."""
-    return 0 if cfg.data.workers == 0 else max(cfg.data.workers, min(8, os.cpu_count() or 1))
+def prep_workers(cfg: TrainConfig, ranks_here: int = 1) -> int:
+    """Up-front featurization has the machine to itself: one single-threaded process per core (up to 8), shared
+    by the `ranks_here` ranks that featurize on this machine at once (8 ranks with 8 processes each would put 64
+    processes on 8 cores)."""
+    if cfg.data.workers == 0:
+        return 0
+    return max(1, max(cfg.data.workers, min(8, os.cpu_count() or 1)) // ranks_here)
 
 
 def intra_op_threads(cfg: TrainConfig, loader_workers: int) -> int:
