@@ -148,3 +148,18 @@ def test_a_store_of_more_shards_than_the_open_file_limit_reads_every_utterance(t
     finally:
         store = None
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_ranks_of_a_machine_share_its_featurizing_processes(monkeypatch: pytest.MonkeyPatch):
+    """8 ranks on 8 cores start 1 process each, not 8 each (64 processes on 8 cores)."""
+    import dataclasses
+    import os
+
+    from asr.settings import TrainConfig
+    from asr.training.batches import prep_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cfg = TrainConfig()
+    assert [prep_workers(cfg, ranks) for ranks in (1, 2, 8, 16)] == [8, 4, 1, 1]
+    in_process = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=0))
+    assert prep_workers(in_process, 8) == 0
