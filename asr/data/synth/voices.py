@@ -42,8 +42,7 @@ FIRST_SPEAKER = 9001  # English's; each language has its own (Language.first_spe
 def voice_roster(code: str = "en") -> dict[str, tuple[Voice, ...]]:
     """Fixed voices per split for a language (independent of the seed so speaker ids stay stable)."""
     lang = language(code)
-    held_out = HELD_OUT if code == "en" else _held_out(lang)
-    kept = {v.name.split("+")[1] for vs in held_out.values() for v in vs} if code != "en" else set()
+    held_out, variants = (HELD_OUT, TRAIN_VARIANTS) if code == "en" else _held_out(lang)
     rng = np.random.default_rng(20240601)
     train = tuple(
         Voice(
@@ -52,7 +51,7 @@ def voice_roster(code: str = "en") -> dict[str, tuple[Voice, ...]]:
             int(rng.integers(25, 86)),
             int(rng.integers(145, 196)),
         )
-        for i, variant in enumerate(v for v in TRAIN_VARIANTS if v not in kept)
+        for i, variant in enumerate(variants)
     )
     roster = {"train": train, **held_out}
     names = [v.name for voices in roster.values() for v in voices]
@@ -60,9 +59,12 @@ def voice_roster(code: str = "en") -> dict[str, tuple[Voice, ...]]:
     return roster
 
 
-def _held_out(lang: Language) -> dict[str, tuple[Voice, ...]]:
-    """English's held-out variants and prosody, spread over the language's accents."""
+def _held_out(lang: Language) -> tuple[dict[str, tuple[Voice, ...]], tuple[str, ...]]:
+    """English's held-out variants and prosody spread over the language's accents, and the training variants
+    (all but those)."""
     voices = [v for split in ("dev", "test") for v in HELD_OUT[split]]
-    renamed = [Voice(f"{lang.accents[k % len(lang.accents)]}+{v.name.split('+')[1]}", v.pitch, v.range, v.rate)
+    variants = [v.name.split("+")[1] for v in voices]
+    renamed = [Voice(f"{lang.accents[k % len(lang.accents)]}+{variants[k]}", v.pitch, v.range, v.rate)
                for k, v in enumerate(voices)]
-    return {"dev": tuple(renamed[:2]), "test": tuple(renamed[2:])}
+    train = tuple(v for v in TRAIN_VARIANTS if v not in variants)
+    return {"dev": tuple(renamed[:2]), "test": tuple(renamed[2:])}, train
