@@ -31,7 +31,7 @@ class Language:
     one_letter_words: tuple[str, ...]  # spoken as words, not letter names
     apostrophe: bool  # words may have one inner apostrophe (don't, aujourd'hui)
     first_speaker: int  # speaker ids start here, so corpora of different languages never share a file id
-    seconds_per_word: float  # at 175 words/min, measured: plans how many sentences fill the minutes asked
+    seconds_per_word: float  # at 175 words/min, fitted on a 10-minute corpus: plans how many sentences fill the minutes
     upper_case: bool = False  # transcripts upper case, as LibriSpeech's (English only: upper-casing loses letters)
     blocked_words: tuple[str, ...] = ()
     blocked_stems: tuple[str, ...] = ()
@@ -70,17 +70,17 @@ LANGUAGES: dict[str, Language] = {
                        "cvffrq", "qnza", "frkl", "gvgf", "obbof"),
         blocked_stems=("shpx", "fuvg", "ovgpu", "avtt", "phag", "jube", "fyhg", "cbea", "ergneq")),
     "es": Language(
-        "es", "Spanish", ("es", "es-419"), "áéíóúüñ", "aeiouyáéíóúü", ("a", "e", "o", "u", "y"), False, 9101, 0.35,
+        "es", "Spanish", ("es", "es-419"), "áéíóúüñ", "aeiouyáéíóúü", ("a", "e", "o", "u", "y"), False, 9101, 0.41,
         blocked_words=("chgn", "chgnf", "chgb", "chgbf", "wbqre", "pbñb", "phyb", "cbyyn", "iretn", "mbeen",
                        "sbyyne", "pnoeóa", "cbeab"),
         blocked_stems=("zvreq", "craqrw", "puvatn", "znevp", "tvyvcbyy")),
     "de": Language(
-        "de", "German", ("de",), "äöüß", "aeiouyäöü", (), False, 9201, 0.35,
+        "de", "German", ("de",), "äöüß", "aeiouyäöü", (), False, 9201, 0.37,
         blocked_words=("nefpu", "uher", "uhera", "fpuynzcr", "gvggra", "cbeab", "artre", "xnpxr"),
         blocked_stems=("fpurvff", "fpurvß", "svpx", "sbgm", "jvpuf", "fpujhpugry", "uherafbua")),
     "fr": Language(
         "fr", "French", ("fr", "fr-BE", "fr-CH"), "àâæçéèêëîïôœùûüÿ", "aeiouyàâæéèêëîïôœùûüÿ", ("a", "à", "y"), True,
-        9301, 0.35,
+        9301, 0.30,
         blocked_words=("chgr", "chgrf", "pba", "pbaf", "pbaar", "ovgr", "pbhvyyr", "pbhvyyrf", "avdhr", "avdhre",
                        "puvre", "cbeab", "céqé", "aèter"),
         blocked_stems=("zreq", "chgnva", "raphy", "pbaaneq", "pbaanff", "fnybc")),
