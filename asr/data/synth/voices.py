@@ -36,7 +36,6 @@ HELD_OUT = {
     "dev": (Voice("en-gb-x-rp+f2", 55, 55, 165), Voice("en-us+m7", 45, 50, 175)),
     "test": (Voice("en-gb-scotland+f1", 58, 60, 170), Voice("en-us-nyc+m3", 42, 45, 160)),
 }
-FIRST_SPEAKER = 9001  # English's; each language has its own (Language.first_speaker)
 
 
 def voice_roster(code: str = "en") -> dict[str, tuple[Voice, ...]]:
