@@ -367,14 +367,26 @@ class ExportConfig(Checked):
     quantize: bool = opt(False, "dynamic int8 quantization of the GRU and linear layers (CPU)", flag=True)
 
 
+SYNTH_LANGUAGES = ("en", "es", "de", "fr")  # asr.data.synth.languages describes each
+
+
 @dataclass
 class SynthConfig(Checked):
-    root: str = opt("data/demo", "folder the corpus is written to (splits train, dev, test)")
+    root: str = opt("", "folder the corpus is written to (splits train, dev, test); '' = data/demo for English, "
+                    "data/demo-LANGUAGE (e.g. data/demo-es) for the others")
     seed: int = opt(0, "same seed, same corpus: byte-identical transcripts and audio", min=0)
     train_minutes: float = opt(150.0, "minutes of training audio", min=0.05)
     dev_minutes: float = opt(4.0, "minutes of dev audio", min=0.05)
     test_minutes: float = opt(4.0, "minutes of test audio", min=0.05)
     workers: int = opt(2, "synthesis processes", min=1)
+    language: str = opt("en", "language spoken and written: eSpeak NG voices of that language and its wordfreq "
+                        "words; transcripts keep its letters (lower case, NFC; English stays upper case)",
+                        SYNTH_LANGUAGES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not str(self.root):
+            self.root = "data/demo" if self.language == "en" else f"data/demo-{self.language}"
 
 
 @dataclass

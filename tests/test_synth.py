@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -18,6 +19,10 @@ from asr.data.synth.voices import voice_roster
 
 TINY = {"train_minutes": 1.5, "dev_minutes": 0.5, "test_minutes": 0.5}
 TRANSCRIPT = re.compile(r"^[A-Z']+( [A-Z']+)*$")
+# The English corpus of TINY with seed 0 as written before the corpus had other languages (sha256 of every
+# trans.txt, and of every FLAC's samples, with their paths): English output must not change.
+ENGLISH_TRANSCRIPTS_SHA256 = "4ebcdc7ad5f21ed7e3985a9af072bc7933b6762af90663bcadc1429ce39f7cc7"
+ENGLISH_AUDIO_SHA256 = "cb4c1d74f35cfd536d676463f54a6fc28c7b45e2b2443175f26a93508b0bb6c5"
 
 
 def _transcripts(root: Path) -> dict[str, str]:
@@ -52,6 +57,25 @@ def test_layout_and_ids(corpus: tuple[Path, dict]) -> None:
     assert meta["summary"] == summary
     assert "wordfreq" in (root / "README.md").read_text()
     assert not (root / ".synth-in-progress").exists()
+
+
+def corpus_digests(root: Path) -> tuple[str, str]:
+    """sha256 of the transcripts (bytes) and of the audio (decoded samples, so a FLAC encoder's framing does not
+    count), each file with its path."""
+    text, audio = hashlib.sha256(), hashlib.sha256()
+    for path in sorted(root.rglob("*.trans.txt")):
+        text.update(path.relative_to(root).as_posix().encode() + b"\n" + path.read_bytes())
+    for path in sorted(root.rglob("*.flac")):
+        audio.update(path.relative_to(root).as_posix().encode() + sf.read(path, dtype="int16")[0].tobytes())
+    return text.hexdigest(), audio.hexdigest()
+
+
+def test_english_corpus_is_unchanged_by_other_languages(corpus: tuple[Path, dict]) -> None:
+    root, _ = corpus
+    assert corpus_digests(root) == (ENGLISH_TRANSCRIPTS_SHA256, ENGLISH_AUDIO_SHA256)
+    meta = json.loads((root / "corpus.json").read_text())
+    assert "language" not in meta["config"] and meta["language"]["code"] == "en"  # earlier corpora stay valid
+    assert min(min(meta["summary"][s]["speakers"]) for s in SPLITS) >= 9001
 
 
 def test_transcripts_are_librispeech_style(corpus: tuple[Path, dict]) -> None:

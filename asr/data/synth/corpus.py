@@ -19,8 +19,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asr.data.synth.espeak import Espeak, SynthError, speak
+from asr.data.synth.languages import Language, language
 from asr.data.synth.sentences import VOCAB_SOURCE_SIZE, sample_sentence
-from asr.data.synth.voices import FIRST_SPEAKER, Voice, voice_roster
+from asr.data.synth.voices import Voice, voice_roster
 from asr.settings import SynthConfig
 
 SAMPLE_RATE = 16_000
@@ -70,7 +71,6 @@ def finish_audio(x: np.ndarray, rate_in: int, rng: np.random.Generator) -> np.nd
 
 CHAPTER_SIZE = 25  # utterances per chapter
 CHAPTERS_PER_SPEAKER = 1000  # chapter ids: speaker k (0-based) gets k*1000+1, ... so ids never depend on sizes
-_SECONDS_PER_WORD_AT_175 = 0.35  # measured; used only to plan how many sentences fill the budget
 _OVERHEAD_S = 0.48  # 0.3 s padding plus sentence-final lengthening
 
 
@@ -86,7 +86,8 @@ class _Utterance:
     seed: int
 
 
-def _plan_split(split: str, minutes: float, voices: tuple[Voice, ...], seed: int) -> list[_Utterance]:
+def _plan_split(split: str, minutes: float, voices: tuple[Voice, ...], seed: int, lang: Language
+                ) -> list[_Utterance]:
     """Deterministic utterances for a split; its own RNG so splits do not shift each other."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     order = rng.permutation(len(voices))
@@ -94,24 +95,25 @@ def _plan_split(split: str, minutes: float, voices: tuple[Voice, ...], seed: int
     budget = minutes * 60
     while budget > 0:
         k = int(order[len(plan) % len(voices)])
-        voice, words = voices[k], sample_sentence(rng)
+        voice, words = voices[k], sample_sentence(rng, lang.code)
         rate = round(voice.rate * rng.uniform(0.85, 1.15))
         pitch = int(np.clip(voice.pitch + rng.integers(-8, 9), 0, 100))
         pitch_range = int(np.clip(voice.range + rng.integers(-10, 11), 0, 100))
         plan.append(_Utterance(voice, " ".join(words), rate, pitch, pitch_range, int(rng.integers(2**31))))
-        budget -= len(words) * _SECONDS_PER_WORD_AT_175 * 175 / rate + _OVERHEAD_S
+        budget -= len(words) * lang.seconds_per_word * 175 / rate + _OVERHEAD_S
     return plan
 
 
 def _identity(cfg: SynthConfig) -> dict:
-    """What determines the output (root and workers do not)."""
+    """What determines the output (root and workers do not). English leaves the language out, so corpora written
+    before there were other languages stay valid."""
     return {
         "format": FORMAT_VERSION,
         "seed": cfg.seed,
         "train_minutes": cfg.train_minutes,
         "dev_minutes": cfg.dev_minutes,
         "test_minutes": cfg.test_minutes,
-    }
+    } | ({} if cfg.language == "en" else {"language": cfg.language})
 
 
 def _prepare_root(root: Path) -> None:
@@ -138,59 +140,66 @@ def synthesize_corpus(cfg: SynthConfig, progress: bool = True) -> dict:
     root = Path(cfg.root)
     meta_path = root / "corpus.json"
     if meta_path.exists():
-        stored = json.loads(meta_path.read_text())
+        stored = json.loads(meta_path.read_text(encoding="utf-8"))
         if stored.get("config") == _identity(cfg):
             return stored["summary"]
 
+    lang = language(cfg.language)
     with Espeak() as tts:  # fail fast with an actionable SynthError
         engine_version = tts.version
-    roster = voice_roster()
-    speaker_of = {v.name: FIRST_SPEAKER + i for i, v in enumerate(v for vs in roster.values() for v in vs)}
+        for accent in lang.accents:
+            tts.set_voice(accent)
+    roster = voice_roster(lang.code)
+    speaker_of = {v.name: lang.first_speaker + i for i, v in enumerate(v for vs in roster.values() for v in vs)}
+    plans = {split: _plan_split(split, getattr(cfg, f"{split}_minutes"), roster[split], cfg.seed, lang)
+             for split in SPLITS}  # before anything is written: the word list can fail
     _prepare_root(root)
-    jobs, transcripts, used = _plan_corpus(cfg, root, roster, speaker_of)
+    jobs, transcripts, used = _plan_corpus(plans, root, roster, speaker_of, lang)
     samples = _render_all(jobs, cfg.workers, progress)
     for path, lines in transcripts.items():
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = _summary(root, jobs, samples, used, speaker_of)
     sources = {
         "engine": f"espeak-ng {engine_version} via espeakng-loader {_version('espeakng-loader')}",
-        "text": f"wordfreq {_version('wordfreq')} top {VOCAB_SOURCE_SIZE} English words",
+        "text": f"wordfreq {_version('wordfreq')} top {VOCAB_SOURCE_SIZE} {lang.name} words",
     }
     speakers = {
         speaker_of[v.name]: {"split": split, "voice": v.name, "pitch": v.pitch, "range": v.range, "rate": v.rate}
         for split, vs in roster.items()
         for v in vs
     }
-    (root / "README.md").write_text(_readme(summary, sources))
-    meta = {"config": _identity(cfg), "summary": summary, "sources": sources, "speakers": speakers}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence means "complete"
+    (root / "README.md").write_text(_readme(summary, sources, lang), encoding="utf-8")
+    meta = {"config": _identity(cfg), "language": _language_meta(lang), "summary": summary, "sources": sources,
+            "speakers": speakers}
+    # last: its presence means "complete"
+    meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (root / ".synth-in-progress").unlink()
     return summary
 
 
-def _plan_corpus(cfg: SynthConfig, root: Path, roster: dict[str, tuple[Voice, ...]], speaker_of: dict[str, int]
+def _plan_corpus(plans: dict[str, list[_Utterance]], root: Path, roster: dict[str, tuple[Voice, ...]],
+                 speaker_of: dict[str, int], lang: Language
                  ) -> tuple[list[tuple[Path, _Utterance]], dict[Path, list[str]], dict[str, list[Voice]]]:
     """Everything up front (cheap): (flac path, utterance) jobs, transcript lines per trans.txt, and the voices
     each split uses. Creates the chapter folders."""
     jobs: list[tuple[Path, _Utterance]] = []
     transcripts: dict[Path, list[str]] = {}
     used: dict[str, list[Voice]] = {}
-    for split in SPLITS:
-        plan = _plan_split(split, getattr(cfg, f"{split}_minutes"), roster[split], cfg.seed)
+    for split, plan in plans.items():
         used[split] = [v for v in roster[split] if any(u.voice == v for u in plan)]
         for voice in used[split]:
             speaker = speaker_of[voice.name]
             mine = [u for u in plan if u.voice == voice]
             assert len(mine) <= CHAPTER_SIZE * CHAPTERS_PER_SPEAKER, "corpus too large for the chapter id scheme"
             for k, start in enumerate(range(0, len(mine), CHAPTER_SIZE)):
-                chapter = (speaker - FIRST_SPEAKER) * CHAPTERS_PER_SPEAKER + k + 1
+                chapter = (speaker - lang.first_speaker) * CHAPTERS_PER_SPEAKER + k + 1
                 folder = root / split / str(speaker) / str(chapter)
                 folder.mkdir(parents=True, exist_ok=True)
                 lines = transcripts[folder / f"{speaker}-{chapter}.trans.txt"] = []
                 for i, u in enumerate(mine[start : start + CHAPTER_SIZE]):
                     utt_id = f"{speaker}-{chapter}-{i:04d}"
                     jobs.append((folder / f"{utt_id}.flac", u))
-                    lines.append(f"{utt_id} {u.text.upper()}")
+                    lines.append(f"{utt_id} {lang.transcript(u.text)}")
     return jobs, transcripts, used
 
 
@@ -249,17 +258,28 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _readme(summary: dict, sources: dict[str, str]) -> str:
+def _language_meta(lang: Language) -> dict:
+    """What corpus.json says about the language: its code, name, accents and the characters transcripts use."""
+    case = "upper" if lang.upper_case else "lower"
+    return {"code": lang.code, "name": lang.name, "accents": list(lang.accents),
+            "alphabet": lang.transcript(lang.alphabet), "case": case, "unicode": "NFC"}
+
+
+def _readme(summary: dict, sources: dict[str, str], lang: Language) -> str:
     rows = "\n".join(
         f"| {s} | {summary[s]['utterances']} | {summary[s]['minutes']:.1f} | {len(summary[s]['voices'])} |"
         for s in SPLITS
     )
-    return f"""# Synthetic English demo corpus
+    meta = _language_meta(lang)
+    return f"""# Synthetic {lang.name} demo corpus
 
 Written by `asr.data.synth` so the toolkit can train and validate with no download.
 Layout and transcript format follow LibriSpeech: `<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`
 (16 kHz mono FLAC) plus one `<speaker>-<chapter>.trans.txt` per chapter. Each speaker is one synthetic
 voice; dev and test voices never occur in train. Voice details are in `corpus.json`.
+
+Language: {lang.name} (`{lang.code}`), spoken by eSpeak NG's {", ".join(f"`{a}`" for a in lang.accents)} voices.
+Transcripts are {meta["case"]} case, Unicode NFC, and use the space and these characters: `{meta["alphabet"]}`.
 
 | split | utterances | minutes | voices |
 |---|---|---|---|
