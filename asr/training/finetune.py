@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asr import UserError, first_line
+from asr import UserError
 from asr import checkpoint as ckpt
 from asr.config import ConfigError, RecognizerConfig, cli_value, from_dict, given_settings, to_dict
 from asr.loading import fetch_checkpoint
@@ -108,17 +108,14 @@ def start_from(model: SpeechModel, parent: Parent, vocab: Sequence[str], say: Ca
     are another vocabulary than `vocab` (this run's): that layer keeps its fresh initialization, said in one line.
     Returns whether it did. Raises CheckpointError when any other weight does not fit."""
     out, own = output_layer(model), model.state_dict()
+    misfits = sorted(k for k in own.keys() - out if k not in parent.weights or parent.weights[k].shape != own[k].shape)
+    misfits += sorted(parent.weights.keys() - own.keys())
+    if misfits:
+        raise ckpt.CheckpointError(f"--init_from {parent.reference}: its weights do not fit this model ("
+                                   f"{', '.join(misfits[:5])}{', ...' if len(misfits) > 5 else ''})")
     shapes = {k: tuple(parent.weights[k].shape) if k in parent.weights else None for k in sorted(out)}
     reinit = tuple(parent.vocab) != tuple(vocab) or any(shapes[k] != tuple(own[k].shape) for k in out)
-    try:
-        missing, unexpected = model.load_state_dict(
-            {k: v for k, v in parent.weights.items() if not (reinit and k in out)}, strict=False)
-    except RuntimeError as e:  # a shape that differs
-        raise ckpt.CheckpointError(f"--init_from {parent.reference}: its weights do not fit this model: "
-                                   f"{first_line(e)}") from None
-    if unexpected or set(missing) - (out if reinit else set()):
-        raise ckpt.CheckpointError(f"--init_from {parent.reference}: its weights do not fit this model (missing: "
-                                   f"{', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})")
+    model.load_state_dict({k: v for k, v in parent.weights.items() if not (reinit and k in out)}, strict=not reinit)
     if reinit:
         classes = next((s[0] for s in shapes.values() if s), 0)
         why = f"the parent's {classes} output classes are other symbols than this run's" if classes == len(vocab) \
