@@ -154,6 +154,16 @@ def test_a_bad_init_from_is_one_line_before_any_data_is_read(init_from: str, mes
     assert proc.stdout == "" and not (tmp_path / "out").exists()  # no data read, no run folder
 
 
+def test_a_parent_checkpoint_that_would_run_code_is_refused_unopened(tmp_path: Path):
+    from test_security import Payload
+
+    marker, evil = tmp_path / "code-ran", tmp_path / "evil.pt"
+    torch.save({"model": Payload(marker), "config": {}}, evil)
+    with pytest.raises(ConfigError, match=f"^--init_from {evil} refused: it holds Python objects"):
+        finetune.find_parent(str(evil))
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------- frozen blocks, through a resume
 
 
