@@ -139,6 +139,7 @@ def test_the_same_classes_take_every_weight_and_other_symbols_reinitialize_the_o
 # ---------------------------------------------------------------- bad references, one line before any data
 
 
+@pytest.mark.slow  # a CLI process each
 @pytest.mark.parametrize("init_from, message", [
     ("missing.pt", "--init_from missing.pt: not a checkpoint, a model folder, a run id, or a runs:/ or models:/ URI"),
     (f"models:/{MODEL_NAME}/1", f"--init_from models:/{MODEL_NAME}/1: cannot load models:/{MODEL_NAME}/1 from "),
@@ -167,6 +168,7 @@ def test_a_parent_checkpoint_that_would_run_code_is_refused_unopened(tmp_path: P
 # ---------------------------------------------------------------- frozen blocks, through a resume
 
 
+@pytest.mark.slow  # trains
 def test_frozen_cnn_stays_bit_identical_through_an_interrupted_and_resumed_fine_tuning(
         short_dev: Path, tmp_path: Path, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch, capsys):
     """--freeze cnn from a checkpoint file: SIGTERM at step 3, then --resume: the CNN blocks end bit-identical to
@@ -226,6 +228,7 @@ FINE_TUNE = dict(max_utterances=4, batch=1, rnn_dim=64, learning_rate=0.01, drop
                  threads=1)
 
 
+@pytest.mark.slow  # trains twice, on real LibriSpeech
 def test_fine_tuning_a_registered_model_on_a_second_split_lowers_its_cer_there(short_dev: Path, tmp_path: Path,
                                                                               isolated_mlflow: str):
     """Version 1 trains on the 4 shortest dev-clean utterances; `--init_from models:/NAME/1` fine-tunes it on the 4
