@@ -243,6 +243,10 @@ def test_fine_tuning_a_registered_model_on_a_second_split_lowers_its_cer_there(s
     client = MlflowClient()
     assert client.get_model_version(MODEL_NAME, "2").tags[PARENT_TAG] == f"{MODEL_NAME}/1"
     assert client.get_run(child.run_id).data.tags[PARENT_TAG] == f"{MODEL_NAME}/1"
+    # an alias is pinned to its version, a run's model named by its URI; the sha256 is of the very checkpoint
+    by_alias, by_run = finetune.find_parent(f"models:/{MODEL_NAME}@production"), finetune.find_parent(child.run_id)
+    assert by_alias.name == f"{MODEL_NAME}/1" and by_run.name == f"runs:/{child.run_id}/model"
+    assert client.get_model_version(MODEL_NAME, "2").tags[PARENT_SHA256_TAG] == by_alias.sha256
     utterances = utterances_of([str(second)])
     before, after = (score_split(asr.load(f"models:/{MODEL_NAME}/{v}"), utterances).cer for v in ("1", "2"))
     print(f"CER on {second.name} (4 utterances): version 1 {before:.3f}, fine-tuned version 2 {after:.3f}")
