@@ -226,6 +226,9 @@ def load_settings(cls: type, path: str | Path) -> dict[str, Any]:
         kind = _TYPES.get(names[k].type, tuple)
         if kind is tuple and not isinstance(v, str | list):
             raise ConfigError(f"{path}: {k} must be a list or a comma-separated string, got {v!r}")
+        if kind is tuple:  # kept as given: building the config splits a string at its commas and checks the items
+            settings[k] = v
+            continue
         try:
             settings[k] = kind(v) if kind is not bool or isinstance(v, bool) else _no_bool(k, v, path)
         except (TypeError, ValueError):

@@ -262,5 +262,7 @@ def test_the_two_stage_recipe_fine_tunes_stage_ones_registered_model_with_noise(
     assert first.tracking.promote == "always" and not first.finetune.init_from
     assert second.finetune.init_from == f"models:/{first.tracking.registered_model}@production"
     assert second.tracking.registered_model != first.tracking.registered_model
-    assert second.data.train_data != first.data.train_data and second.augment.noise_snr_db > 0
+    assert (first.data.train_data, second.data.train_data) == (("data/demo/train",),
+                                                                ("../shared/data/LibriSpeech/train-clean-5",))
+    assert second.augment.noise_snr_db > 0
     assert not set(to_dict(RecognizerConfig())) & set(two)
