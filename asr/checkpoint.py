@@ -81,7 +81,10 @@ def save_checkpoint(path: Path, cfg: RecognizerConfig, model: SpeechModel) -> Pa
     return atomic_save(model_state(cfg, model), path)
 
 
-def _load(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents (config, vocab, model weights, and a training state's extras), whatever its
+    vocabulary: what a fine-tuning run starts from. Raises CheckpointError for a missing, unsafe or unreadable
+    file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -91,6 +94,13 @@ def _load(path: str | Path) -> dict[str, Any]:
                               "loading those could run code (only weights_only checkpoints are loaded)") from None
     except Exception as e:  # truncated or foreign files raise a variety of pickle/zip errors
         raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
+    if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
+        raise CheckpointError(f"{path} is not a model checkpoint of this package (no config and weights in it)")
+    return state
+
+
+def _load(path: str | Path) -> dict[str, Any]:
+    state = read_checkpoint(path)
     if tuple(state.get("vocab", ())) != VOCAB:
         raise CheckpointError(f"{path}: checkpoint vocabulary differs from this version's; it cannot be decoded")
     return state

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,10 @@ class ModelConfig(Checked):
     dropout: float = opt(0.05, "dropout probability in CNN, GRU and classifier layers", min=0, below=1)
 
 
+# The model's blocks, input to output, by their attribute names in asr.model.SpeechModel (--freeze takes them)
+MODEL_BLOCKS = ("stem", "cnn", "proj", "rnns", "classifier")
+
+
 @dataclass
 class RecognizerConfig:
     """What inference needs besides the weights and the vocabulary: all a model checkpoint carries."""
@@ -185,6 +189,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def given_settings(cfg: Any, given: Collection[str] | None) -> set[str]:
+    """The settings of `cfg` the user asked for: `given`, or with None (callers that pass every setting, as the
+    MLproject command does) those that differ from the defaults of its class."""
+    if given is not None:
+        return set(given)
+    defaults = to_dict(type(cfg)())
+    return {k for k, v in to_dict(cfg).items() if v != defaults[k]}
+
+
 def from_dict(cls: type, values: dict[str, Any], *, strict: bool = False) -> Any:
     """Builds a config from flat settings, ignoring names the class does not know (e.g. other commands' options)
     unless `strict`. Raises ConfigError for a value out of range or, with `strict`, an unknown name."""
@@ -213,6 +226,9 @@ def load_settings(cls: type, path: str | Path) -> dict[str, Any]:
         kind = _TYPES.get(names[k].type, tuple)
         if kind is tuple and not isinstance(v, str | list):
             raise ConfigError(f"{path}: {k} must be a list or a comma-separated string, got {v!r}")
+        if kind is tuple:  # kept as given: building the config splits a string at its commas and checks the items
+            settings[k] = v
+            continue
         try:
             settings[k] = kind(v) if kind is not bool or isinstance(v, bool) else _no_bool(k, v, path)
         except (TypeError, ValueError):

@@ -93,6 +93,39 @@ def load_acoustic_model(ref: str) -> tuple[RecognizerConfig, SpeechModel, Decode
         return (*load_checkpoint(checkpoint), read_model_decoder(decoder) if decoder else DecodeConfig())
 
 
+def fetch_checkpoint(ref: str, dest: Path) -> tuple[Path, str]:
+    """The checkpoint file of the model `ref` names (see the module docstring for the forms; from the tracking
+    store, downloaded into `dest`), and the name a fine-tuned model's lineage gives it: NAME/VERSION for a
+    registered model (a stage or alias pinned to the version it points to now, which is the one fetched), the
+    runs:/ URI for a run's model, the absolute path for a local file or folder. Raises as load_transcriber does."""
+    path = _checkpoint(ref)
+    if path is not None:
+        return path, str(path.resolve())
+    uri = _mlflow_uri(ref)
+    if Path(ref).is_dir():
+        return _pyfunc_files(uri, dest)[0], str(Path(ref).resolve())
+    uri, name = _pinned(uri)
+    return _pyfunc_files(uri, dest)[0], name
+
+
+def _pinned(uri: str) -> tuple[str, str]:
+    """A models:/NAME/STAGE or models:/NAME@ALIAS URI as models:/NAME/VERSION, with its name NAME/VERSION; other
+    URIs as they are, named by themselves. Raises ModelNotFound when the registry has no such model, stage or
+    alias."""
+    if not uri.startswith("models:/"):
+        return uri, uri
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    try:
+        found = get_model_name_and_version(mlflow.MlflowClient(), uri)
+    except MlflowException as e:
+        raise _not_found(uri, e) from None
+    if len(found) == 1:  # models:/m-<id>, a logged model by its id
+        return uri, uri
+    name, version = found
+    return f"models:/{name}/{version}", f"{name}/{version}"
+
+
 def _pyfunc_files(uri: str, dest: Path) -> tuple[Path, Path | None]:
     """The checkpoint and decoder.json (None for a model without one) of the pyfunc model at `uri`, downloaded
     into `dest` (the model's other artifacts are not)."""

@@ -14,6 +14,7 @@ from typing import Any
 from asr import first_line
 from asr.config import (
     DEFAULT_MODEL_URI,
+    MODEL_BLOCKS,
     REGISTERED_MODEL,
     Checked,
     ConfigError,
@@ -199,6 +200,27 @@ class CheckpointConfig(Checked):
                       "saved settings are used)")
 
 
+@dataclass
+class FineTuneConfig(Checked):
+    """Starting from a trained model's weights instead of random ones (a new run: fresh optimizer and schedule)."""
+    init_from: str = opt("", "start from this model's weights: models:/NAME/VERSION, models:/NAME/STAGE, "
+                         "models:/NAME@ALIAS, runs:/RUN_ID/model, a run id, or a checkpoint (.pt) or its "
+                         "OUTPUT_DIR/RUN_ID folder; its feature and model shape settings are taken (giving another "
+                         "value is refused; --dropout may change), and its output layer is re-initialized when its "
+                         "classes differ from this run's ('' = random weights)", check=model_uri_problem)
+    freeze: tuple[str, ...] = opt((), "blocks whose --init_from weights stay fixed, comma-separated: stem (first "
+                                  "convolution), cnn (residual CNN blocks), proj, rnns (GRU layers), classifier",
+                                  MODEL_BLOCKS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze and not self.init_from:
+            raise ConfigError(f"--freeze {','.join(self.freeze)} needs --init_from: frozen random weights would "
+                              "never learn")
+        if set(self.freeze) == set(MODEL_BLOCKS):
+            raise ConfigError(f"--freeze {','.join(self.freeze)} names every block: nothing would train")
+
+
 # The grid `asr lm tune` searches and training tunes the attached LM's decoder on.
 LM_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 WORD_SCORES = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -258,6 +280,7 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig)
     tracking: TrackingConfig = section(TrackingConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig)
+    finetune: FineTuneConfig = section(FineTuneConfig)
     decoder: DecoderSection = section(DecoderSection)
 
     def recognizer(self) -> RecognizerConfig:

@@ -102,6 +102,15 @@ def test_a_greedy_model_without_a_test_split_says_so():
     assert "x 1, bfloat16, 1 thread\n" in text
 
 
+def test_the_lineage_names_the_parent_its_checkpoint_and_the_frozen_blocks():
+    assert "\n- Lineage: trained from random weights\n" in render(card())
+    tuned = replace(card().training, parent="SpeechRecognitionModel/1", parent_sha256="0123456789abcdef" * 4)
+    text = render(card(training=replace(tuned, frozen=("stem", "cnn"))))
+    assert ("\n- Lineage: fine-tuned from `SpeechRecognitionModel/1` (checkpoint sha256 `0123456789ab`), frozen "
+            "blocks: stem, cnn\n") in text
+    assert ", every block trained\n" in render(card(training=tuned))
+
+
 def test_the_cards_commands_parse_and_its_curl_sends_the_files_base64(tmp_path: Path):
     """The validate and transcribe lines are the CLI's own options (click parses them); the curl line, run by a real
     shell, sends JSON whose audio is the example file's bytes base64, even from a folder with a space in its name."""

@@ -34,6 +34,9 @@ TRAINING, VALIDATION, TEST = "training", "validation", "test"
 # One row per utterance: what a split holds, though only its folder is logged (the audio stays where it is)
 SPLIT_SCHEMA = Schema([ColSpec(DataType.string, "file_id"), ColSpec(DataType.string, "transcript"),
                        ColSpec(DataType.double, "seconds")])
+# Run and registered-version tags of a fine-tuned model (--init_from): the model it started from (NAME/VERSION,
+# runs:/RUN_ID/model, or a checkpoint's absolute path) and the sha256 of that checkpoint file, the exact weights
+PARENT_TAG, PARENT_SHA256_TAG = "parent", "parent_sha256"
 GIT_TIMEOUT = 10.0  # seconds a git command may take before the tags it would give are left out
 VERSION_TAGS = ("torch_version", "torchaudio_version", "mlflow_version")
 
@@ -133,6 +136,13 @@ def source_tags(existing: dict[str, str], package_dir: Path | None = None) -> di
     if existing.get(MLFLOW_GIT_COMMIT, git.get(MLFLOW_GIT_COMMIT)) != git.get(MLFLOW_GIT_COMMIT):
         git = {}
     return {**{k: v for k, v in git.items() if k not in existing}, **version_tags()}
+
+
+def parent_tags(run_id: str) -> dict[str, str]:
+    """The parent tags run `run_id` carries ({} for a run trained from random weights): read from the run, so a
+    resumed run's registered version gets them as the first part of the run set them."""
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    return {k: tags[k] for k in (PARENT_TAG, PARENT_SHA256_TAG) if k in tags}
 
 
 def counted(n: int, what: str) -> str:

@@ -43,6 +43,9 @@ class TrainingFacts:
     precision: str               # autocast precision: fp32, bf16, fp16
     threads: int                 # torch intra-op threads per process
     run_id: str
+    parent: str = ""             # the model it was fine-tuned from (lineage.PARENT_TAG); '' = random weights
+    parent_sha256: str = ""      # of the parent's checkpoint file
+    frozen: tuple[str, ...] = () # blocks kept as the parent had them (--freeze)
 
 
 @dataclass
@@ -122,7 +125,17 @@ def training_section(t: TrainingFacts) -> str:
         f"Epochs: {t.epochs} of {t.max_epochs} (best: epoch {t.best_epoch}{stop})",
         f"Wall time: {elapsed(t.seconds)} (set-up to registration; a resumed run's parts summed)",
         f"Hardware: {t.device} ({t.hardware}) x {t.world}, {t.precision}, {counted(t.threads, 'thread')}",
-        f"Run: `{t.run_id}`"])
+        f"Run: `{t.run_id}`",
+        f"Lineage: {lineage(t)}"])
+
+
+def lineage(t: TrainingFacts) -> str:
+    """e.g. `fine-tuned from SpeechRecognitionModel/1 (checkpoint sha256 0123abcd4567), frozen blocks: cnn`."""
+    if not t.parent:
+        return "trained from random weights"
+    digest = f" (checkpoint sha256 `{t.parent_sha256[:12]}`)" if t.parent_sha256 else ""
+    frozen = f", frozen blocks: {', '.join(t.frozen)}" if t.frozen else ", every block trained"
+    return f"fine-tuned from `{t.parent}`{digest}{frozen}"
 
 
 def accuracy_section(card: ModelCard) -> str:

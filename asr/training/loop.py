@@ -69,9 +69,11 @@ def one_cycle(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int
 
 def build_trainer(cfg: TrainConfig, ctx: dist.Context, model: SpeechModel, amp: torch.dtype | None,
                   total_steps: int) -> Trainer:
-    """AdamW with a one-cycle schedule over `total_steps`, a loss scaler (active for fp16 only) and SpecAugment;
-    `Trainer.distribute()` then wraps the model for several ranks."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
+    """AdamW over the parameters that require a gradient (not those --freeze fixes) with a one-cycle schedule over
+    `total_steps`, a loss scaler (active for fp16 only) and SpecAugment; `Trainer.distribute()` then wraps the model
+    for several ranks."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.learning_rate,
+                                  weight_decay=cfg.optim.weight_decay)
     return Trainer(cfg, ctx, model, model, optimizer, one_cycle(optimizer, cfg.optim.learning_rate, total_steps),
                    torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16), spec_augment(cfg), amp)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.config import ConfigError, cli_value, from_dict, to_dict
+from asr.config import ConfigError, cli_value, from_dict, given_settings, to_dict
 from asr.settings import TrainConfig
 
 
@@ -77,8 +77,7 @@ def resume_point(cfg: TrainConfig, given: Collection[str] | None = None) -> tupl
     saved = state.get("train_config", state["config"])
     asked = to_dict(cfg)
     defaults = to_dict(TrainConfig())
-    if given is None:
-        given = {k for k, v in asked.items() if v != defaults[k]}
+    given = given_settings(cfg, given)
     differ = {k: (saved.get(k, defaults[k]), asked[k]) for k in sorted(set(given) & set(asked) - set(LOCATING))
               if _as_given(saved.get(k, defaults[k])) != _as_given(asked[k])}
     refused = {k: v for k, v in differ.items() if k not in CHANGEABLE_ON_RESUME}

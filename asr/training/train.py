@@ -11,7 +11,7 @@ import copy
 import random
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -33,6 +33,7 @@ from asr.tracking.packaging import log_model
 from asr.tracking.system_metrics import SystemMetrics
 from asr.training import decoder as model_decoder
 from asr.training import distributed as dist
+from asr.training import finetune
 from asr.training.batches import (
     TrainData,
     featurize_split,
@@ -84,6 +85,7 @@ class Run:
     started: float = 0.0         # time.monotonic() when this process began setting the run up
     earlier_seconds: float = 0.0  # wall time of the run's earlier parts (a resumed run), as last checkpointed
     precision: Decision = Decision(None, "asked")  # the autocast dtype the steps run in, and why
+    parent: dict[str, str] = field(default_factory=dict)  # lineage tags of the model it was fine-tuned from (main)
 
     def say(self, message: str) -> None:
         if self.trainer.ctx.main:
@@ -128,7 +130,10 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
         store.setup(cfg.tracking.experiment)  # fail on a bad tracking store before any compute
         if resume is not None:
             store.check_run(resume.state["run_id"])  # e.g. --offline_ok fell back to a store that lacks it
-    run = set_up(cfg, ctx, resume, progress and ctx.main)
+    elif cfg.finetune.init_from:
+        store.setup_uri()  # every rank reads the parent: its shape is the model's on every rank
+    cfg, parent = finetune.resolve(cfg, given, resume is not None)  # before any data is read
+    run = set_up(cfg, ctx, resume, progress and ctx.main, parent)
     try:
         log_start(run, resume)
         if resume is not None:
@@ -156,11 +161,16 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
         dist.shutdown()         # now, not in some later garbage collection (gloo threads torn down then can abort)
 
 
-def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress: bool) -> Run:
-    """Model, data, optimizer (restored when resuming) and the MLflow run: everything before the first step."""
+def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress: bool,
+           parent: finetune.Parent | None = None) -> Run:
+    """Model (from `parent`'s weights when fine-tuning), data, optimizer (restored when resuming) and the MLflow
+    run: everything before the first step."""
     started = time.monotonic()
-    model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB)).to(ctx.device)
-    data = training_data(cfg, model, ctx, progress, print if ctx.main else lambda _: None)
+    say = print if ctx.main else lambda _: None
+    model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB))
+    finetune.prepare(model, cfg, parent, VOCAB, say)
+    model = model.to(ctx.device)
+    data = training_data(cfg, model, ctx, progress, say)
     if not data.items:
         raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
@@ -179,14 +189,18 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state,
               started=started, earlier_seconds=pos.seconds, precision=precision)
+    if ctx.main:  # a resumed run's parent is the one its first part recorded
+        run.parent = lineage.parent_tags(run_id) if resume else parent.tags() if parent else {}
     if ctx.main and cfg.tracking.system_metrics:
         run.system_metrics = SystemMetrics(run_id, resumed=resume is not None)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params, n_trainable = sum(p.numel() for p in model.parameters()), finetune.trainable(model)
+    frozen = f" ({n_trainable / 1e6:.2f} M trained, {','.join(cfg.finetune.freeze)} frozen)" if cfg.finetune.freeze \
+        else ""
     run.say(f"train: {len(data.items)} utterances from {','.join(cfg.data.train_data)} "
             f"({sum(data.skipped.values())} skipped: {data.skipped}; {sum(data.left_out.values())} left out by the "
             f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
-    run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
+    run.say(f"model: {n_params / 1e6:.2f} M parameters{frozen}; {ctx.device.type} x {ctx.world}, "
             f"{precision.describe()}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
     return run
@@ -213,10 +227,11 @@ def log_start(run: Run, resume: Resume | None) -> None:
         return
     cfg = run.trainer.cfg
     params = {**to_params(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
-              "train_utterances": len(run.data.items), **run.precision.params()}
+              "trainable_parameters": finetune.trainable(run.trainer.model), "train_utterances": len(run.data.items),
+              **run.precision.params()}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-    mlflow.set_tags(lineage.source_tags(mlflow.active_run().data.tags))
+    mlflow.set_tags({**lineage.source_tags(mlflow.active_run().data.tags), **run.parent})
     for context, used in training_splits(run).items():
         lineage.log_split(context, *used)
     mlflow.log_metrics({k: float(v) for k, v in {**run.data.skipped, **run.data.left_out}.items()})
@@ -310,7 +325,7 @@ def finish(run: Run) -> TrainResult:
     try:
         promotion = registry.register_and_promote(uri, name, run.run_id, decoding.dev["wer"],
                                                   split_digest(run.data.dev_set.utterances), cfg.tracking.promote,
-                                                  tags=version_tags(decoding))
+                                                  tags={**version_tags(decoding), **run.parent})
     except store.TrackingError as e:
         raise store.TrackingError(f"{e}; once the registry answers, asr train --resume {run.out_dir} registers "
                                   "the model") from None
@@ -352,7 +367,8 @@ def card_facts(run: Run, decoding: model_decoder.Decoding, name: str, version: s
             for context, split in used.items() for ds in lineage.split_datasets(*split)]
     training = model_card.TrainingFacts(
         pos.best_epoch + pos.bad_epochs, cfg.optim.epoch, pos.best_epoch, run.wall_seconds(), t.ctx.device.type,
-        hardware(t.ctx.device), t.ctx.world, run.precision.name, torch.get_num_threads(), run.run_id)
+        hardware(t.ctx.device), t.ctx.world, run.precision.name, torch.get_num_threads(), run.run_id,
+        run.parent.get(lineage.PARENT_TAG, ""), run.parent.get(lineage.PARENT_SHA256_TAG, ""), cfg.finetune.freeze)
     return model_card.ModelCard(
         name, version, sum(p.numel() for p in t.model.parameters()), cfg.model, cfg.features, len(VOCAB),
         ckpt.MODEL, rows, training, decoding.description, decoding.config,
