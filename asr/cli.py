@@ -344,9 +344,9 @@ def export(**options) -> None:
 
     cfg = settings(ExportConfig, options)
     setup_uri(cfg.model_uri)
-    recognizer, model, own = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
+    recognizer, model, own, text = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
     n_mfcc, fmt = recognizer.features.n_mfcc, cfg.format
-    path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize)
+    path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize, text=text)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
     diff = max_abs_diff(model, path, fmt, feats, lengths)
