@@ -285,16 +285,22 @@ def lm_build(**options) -> None:
     """
     from asr.evaluation.evaluate import utterances_of
     from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
-    from asr.text import normalized
+    from asr.loading import load_acoustic_model
+    from asr.text import ENGLISH_TEXT
+    from asr.tracking.store import setup_uri
 
     cfg = settings(LMBuildConfig, options)
-    sentences = (read_sentences(cfg.text) if cfg.text
-                 else (normalized(u.transcript) for u in utterances_of(cfg.from_dataset)))
+    text = ENGLISH_TEXT
+    if cfg.model_uri:  # its vocabulary and language: the LM then speaks the model's alphabet
+        setup_uri(cfg.model_uri)
+        text = load_acoustic_model(cfg.model_uri)[3]
+    sentences = (read_sentences(cfg.text, text) if cfg.text
+                 else (text.normalized(u.transcript) for u in utterances_of(cfg.from_dataset)))
     summary = build_arpa(sentences, cfg.order, cfg.out)
     click.echo(f"{cfg.out}: order {summary['order']}, {summary['vocab']} words, {summary['sentences']} sentences, "
                f"n-grams {summary['ngrams']}")
     if cfg.lexicon:
-        click.echo(f"{cfg.lexicon}: {write_lexicon(arpa_words(cfg.out), cfg.lexicon)} words")
+        click.echo(f"{cfg.lexicon}: {write_lexicon(arpa_words(cfg.out), cfg.lexicon, text)} words")
 
 
 @lm.command("tune")

@@ -37,7 +37,6 @@ DECODER_SETTINGS = ("decoder", "beam_size", "beam_threshold", "lm", "lexicon", "
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]
 
 
-
 def tokens(vocabulary: Vocabulary) -> list[str]:
     """flashlight's token names for a vocabulary, index for index: the blank is -, the word boundary (space) |,
     every other symbol itself."""

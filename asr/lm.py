@@ -276,6 +276,8 @@ def write_lexicon(words: Iterable[str], out: str | Path, text: TextNormalizer = 
     with _atomic_write(out) as f:
         for word in words:
             given += 1
+            if any(ch.isdigit() for ch in word):  # spelled out, a number is several words (and num2words, which
+                continue                          # a served model does not ship, is not needed)
             spelling, dropped = text.normalize(word)
             if word in seen or not spelling or dropped or not set(spelling) <= letters:
                 continue

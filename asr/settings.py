@@ -377,6 +377,8 @@ class LMBuildConfig(Checked):
     order: int = opt(3, "n-gram order (2 or more: the decoder's KenLM cannot load a unigram LM)", min=2, below=10)
     out: str = opt("lm.arpa", "ARPA file to write")
     lexicon: str = opt("", "also write a lexicon of the LM's words here")
+    model_uri: str = opt("", f"the model the LM is for: its vocabulary and language normalize the text and spell the "
+                         f"lexicon ({MODEL_URI_HELP}; '' = the English default)", check=model_uri_problem)
 
     def __post_init__(self) -> None:
         if self.order == 1:

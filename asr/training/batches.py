@@ -77,7 +77,11 @@ def fixed_vocabulary(cfg: TextConfig) -> Vocabulary | None:
     VocabularyError in one line for a file that cannot be used: called before any data is read."""
     if cfg.vocab == "auto":
         return None
-    return ENGLISH if cfg.vocab == "english" else read_vocabulary(cfg.vocab)
+    vocabulary = ENGLISH if cfg.vocab == "english" else read_vocabulary(cfg.vocab)
+    if not cfg.lowercase and all(ch == ch.lower() for ch in vocabulary.characters):
+        raise VocabularyError(f"--lowercase false keeps capitals, which --vocab {cfg.vocab} has none of: give "
+                              "--vocab auto or a vocabulary FILE with them")
+    return vocabulary
 
 
 def run_text(cfg: TrainConfig, resume_state: dict | None = None) -> RunText:
@@ -89,8 +93,6 @@ def run_text(cfg: TrainConfig, resume_state: dict | None = None) -> RunText:
     t = cfg.text
     vocabulary = fixed_vocabulary(t)
     if vocabulary is not None:
-        if not t.lowercase and vocabulary.characters == {c.lower() for c in vocabulary.characters}:
-            raise VocabularyError(f"--lowercase false keeps capitals, which --vocab {t.vocab} has none of")
         return RunText(TextNormalizer(vocabulary, t.language, t.lowercase), source=t.vocab)
     utterances = sampled(read_corpus(cfg.data.train_data).utterances, cfg.data.max_utterances, cfg.optim.seed)
     text, rare = TextNormalizer.from_transcripts((u.transcript for u in utterances), t.vocab_min_count,
