@@ -30,6 +30,7 @@ DEFAULT_LANGUAGE = "en"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _SPACES = re.compile(r"\s+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_DIGIT = re.compile(r"\d")
 # Ordinal suffixes num2words can spell (to="ordinal"), by language; German's "1." reads like a sentence's end.
 ORDINAL_SUFFIXES = {"en": r"st|nd|rd|th", "es": r"º|ª|°", "it": r"º|ª|°", "pt": r"º|ª|°",
                     "fr": r"ères?|ers?|res?|èmes?|e"}
@@ -154,24 +155,27 @@ class TextNormalizer:
     def _folds(self) -> _Folds:
         return _Folds(self.vocabulary, self.lowercase)
 
+    @cached_property
+    def _numbers(self) -> re.Pattern:
+        """A run of digits with its separators (group 1) and an ordinal suffix of the language (group 2)."""
+        suffix = ORDINAL_SUFFIXES.get(self.language.split("_")[0])
+        ordinal = rf"(?:({suffix})(?![^\W\d_]))?" if suffix else "()"
+        return re.compile(rf"({_NUMBER.pattern}){ordinal}", re.IGNORECASE)
+
     def _spell_numbers(self, text: str, counts: TextCounts | None) -> str:
         """Every run of digits (with its separators, and an ordinal suffix of the language) spelled out."""
-        if not any(ch.isdigit() for ch in text):
+        if not _DIGIT.search(text):
             return text
-        suffix = ORDINAL_SUFFIXES.get(self.language.split("_")[0])
-        pattern = re.compile(rf"({_NUMBER.pattern})(?:({suffix})(?![^\W\d_]))?" if suffix else
-                             rf"({_NUMBER.pattern})", re.IGNORECASE)
 
         def spell(m: re.Match) -> str:
-            ordinal = suffix is not None and m.group(2) is not None
-            spelled = spell_number(m.group(1), self.language, ordinal)
+            spelled = spell_number(m.group(1), self.language, ordinal=bool(m.group(2)))
             if counts is not None:
                 counts.numbers_spelled += 1
                 if len(counts.examples) < EXAMPLES_KEPT:
                     counts.examples.setdefault(m.group(0), spelled)
             return f" {spelled} "
 
-        return pattern.sub(spell, text)
+        return self._numbers.sub(spell, text)
 
 
 class _Folds(dict):

@@ -179,8 +179,6 @@ def test_text_settings_that_cannot_work_are_refused_before_any_data_is_read(tmp_
 
 def test_a_vocab_file_fixes_the_vocabulary(short_dev: Path, tmp_path: Path, isolated_mlflow: str):
     """--vocab FILE: a run's vocab.json (or one character per line) fixes the vocabulary whatever the data holds."""
-    import json
-
     split = relabelled_split(tmp_path / "es", short_dev, SPANISH[:2])
     chars = tmp_path / "chars.txt"
     chars.write_text("\n".join("abcdefghijklmnopqrstuvwxyzñáéíóú") + "\n", encoding="utf-8")
@@ -188,4 +186,4 @@ def test_a_vocab_file_fixes_the_vocabulary(short_dev: Path, tmp_path: Path, isol
                    progress=False)
     _, _, text = load_recognizer(tmp_path / "out" / result.run_id / "model.pt")
     assert text.vocabulary.symbols == ("<blank>", " ", *"abcdefghijklmnopqrstuvwxyzñáéíóú")
-    assert json.dumps(artifact(result.run_id, "vocab.json")) == json.dumps(text.vocabulary.to_json())
+    assert artifact(result.run_id, "vocab.json") == text.vocabulary.to_json()
