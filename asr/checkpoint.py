@@ -1,9 +1,8 @@
 """Checkpoints, loadable without unpickling arbitrary objects (`torch.load(..., weights_only=True)`).
 
-Two kinds: a model checkpoint (config + text normalization (vocabulary, language, case) + weights: what is logged
-and served; one without a stored vocabulary is English, as every checkpoint was before vocabularies were
-stored) and a training
-state (`last.pt`: that plus optimizer, scheduler, scaler, position in the epoch, RNG states and the MLflow
+Two kinds: a model checkpoint (config + vocabulary with its language and case rule + weights: what is logged and
+served; one that stores no vocabulary is English, as every checkpoint was before vocabularies were stored) and a
+training state (`last.pt`: that plus optimizer, scheduler, scaler, position in the epoch, RNG states and the MLflow
 run id: everything needed to continue exactly where training stopped). Both are written atomically.
 """
 

@@ -102,6 +102,13 @@ def test_a_greedy_model_without_a_test_split_says_so():
     assert "x 1, bfloat16, 1 thread\n" in text
 
 
+def test_a_model_of_another_language_says_so():
+    text = render(card(language="es", vocabulary=36))
+    assert "-parameter DeepSpeech2-style CTC model of es text (36 classes), served with" in text
+    assert "- Output: 36 classes per frame (letters, space and the CTC blank)" in text
+    assert "model of English letters" in render(card()) and "space, apostrophe and" in render(card())
+
+
 def test_the_cards_commands_parse_and_its_curl_sends_the_files_base64(tmp_path: Path):
     """The validate and transcribe lines are the CLI's own options (click parses them); the curl line, run by a real
     shell, sends JSON whose audio is the example file's bytes base64, even from a folder with a space in its name."""
