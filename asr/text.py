@@ -21,7 +21,6 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
-from asr import UserError
 from asr.vocabulary import ENGLISH, Vocabulary
 
 VOCAB: tuple[str, ...] = ENGLISH.symbols
@@ -37,10 +36,6 @@ ORDINAL_SUFFIXES = {"en": r"st|nd|rd|th", "es": r"º|ª|°", "it": r"º|ª|°", 
 # Languages writing 3.5 for three and a half (and 1,000 for a thousand); the others write 3,5 and 1.000.
 DECIMAL_POINT = frozenset({"en", "ja", "ko", "th", "he", "kn", "te", "bn", "am"})
 EXAMPLES_KEPT = 5  # numbers spelled, kept as examples per split
-
-
-class TextError(UserError):
-    """A text setting that cannot work (a language num2words cannot spell numbers in)."""
 
 
 def num2words_languages() -> list[str]:
@@ -136,7 +131,7 @@ class TextNormalizer:
         """The normalizer whose vocabulary is learned from `texts` (after numbers are spelled, NFC and, with
         `lowercase`, lower-casing): letters, marks and the apostrophe seen at least `min_count` times (see
         Vocabulary.from_counts). Also returns the characters seen fewer times with their counts: reported, not
-        learned (they are dropped as the transcripts are normalized)."""
+        learned (normalization folds them into the vocabulary where it can, ü -> u, else drops them)."""
         seen: Counter[str] = Counter()
         raw = cls(ENGLISH, language, lowercase)
         for text in texts:

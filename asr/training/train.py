@@ -192,6 +192,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
             f"({sum(data.skipped.values())} skipped: {data.skipped}; {sum(data.left_out.values())} left out by the "
             f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
+    run.say(f"transcripts (train): {data.train_set.text_counts.summary()}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters; {ctx.device.type} x {ctx.world}, "
             f"{precision.describe()}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
