@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import make_tiny_config, mlflow_store, new_store
+from conftest import asr_command, make_tiny_config, mlflow_store, new_store, one_line_error, run_cli
 from mlflow import MlflowClient
 
 from asr.checkpoint import CheckpointError, load_recognizer, model_state, save_checkpoint
@@ -187,3 +187,14 @@ def test_a_vocab_file_fixes_the_vocabulary(short_dev: Path, tmp_path: Path, isol
     _, _, text = load_recognizer(tmp_path / "out" / result.run_id / "model.pt")
     assert text.vocabulary.symbols == ("<blank>", " ", *"abcdefghijklmnopqrstuvwxyzñáéíóú")
     assert artifact(result.run_id, "vocab.json") == text.vocabulary.to_json()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--language", "xx"], "Error: --language 'xx': num2words cannot spell numbers in it; it knows am, ar,"),
+    (["--vocab", "nope.txt"], "Error: --vocab nope.txt: no such file (give english, auto, or a file of characters)"),
+])
+def test_bad_text_options_are_one_line_on_the_command_line(tmp_path: Path, short_dev: Path, args, message):
+    proc = run_cli(asr_command() + ["train", "--train_data", str(short_dev), "--dev_data", str(short_dev),
+                                    "--test_data", "", *args], cwd=tmp_path)
+    assert one_line_error(proc) is None, proc.stderr
+    assert proc.stderr.startswith(message) and not (tmp_path / "mlflow.db").exists()
