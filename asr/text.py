@@ -21,6 +21,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
+from asr.vocabulary import BLANK as BLANK  # the blank's index, for the modules that import it from here
 from asr.vocabulary import ENGLISH, Vocabulary
 
 VOCAB: tuple[str, ...] = ENGLISH.symbols
