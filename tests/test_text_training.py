@@ -22,6 +22,7 @@ from asr.loading import load_acoustic_model, load_pyfunc, load_transcriber
 from asr.model import SpeechModel
 from asr.settings import TrainConfig
 from asr.text import ENGLISH_TEXT, TextNormalizer
+from asr.training.batches import run_text
 from asr.training.train import train
 from asr.vocabulary import ENGLISH, VocabularyError
 
@@ -156,6 +157,15 @@ def test_a_checkpoint_without_a_stored_vocabulary_loads_as_english(tmp_path: Pat
     save_checkpoint(tmp_path / "mismatch.pt", cfg, SpeechModel.from_config(cfg, len(ENGLISH)), spanish)
     with pytest.raises(CheckpointError, match="do not fit its settings and .*-symbol vocabulary"):
         load_recognizer(tmp_path / "mismatch.pt")
+
+
+def test_a_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(tmp_path: Path):
+    spanish, _ = TextNormalizer.from_transcripts(SPANISH, min_count=1, language="es")
+    cfg = make_tiny_config(tmp_path)  # --vocab english, --language en
+    state = model_state(cfg.recognizer(), SpeechModel.from_config(cfg.recognizer(), len(spanish.vocabulary)), spanish)
+    resumed = run_text(cfg, state)
+    assert resumed.normalizer == spanish and resumed.source == "resumed run"
+    assert run_text(cfg).normalizer == ENGLISH_TEXT
 
 
 def test_text_settings_that_cannot_work_are_refused_before_any_data_is_read(tmp_path: Path, isolated_mlflow: str):
