@@ -1,7 +1,8 @@
 """Checkpoints, loadable without unpickling arbitrary objects (`torch.load(..., weights_only=True)`).
 
-Two kinds: a model checkpoint (config + vocabulary + weights: what is logged and served) and a training
-state (`last.pt`: that plus optimizer, scheduler, scaler, position in the epoch, RNG states and the MLflow
+Two kinds: a model checkpoint (config + vocabulary with its language and case rule + weights: what is logged and
+served; one that stores no vocabulary is English, as every checkpoint was before vocabularies were stored) and a
+training state (`last.pt`: that plus optimizer, scheduler, scaler, position in the epoch, RNG states and the MLflow
 run id: everything needed to continue exactly where training stopped). Both are written atomically.
 """
 
@@ -18,7 +19,8 @@ from asr import UserError, first_line
 from asr.atomic import atomic_path
 from asr.config import RecognizerConfig, from_dict, to_dict
 from asr.model import SpeechModel
-from asr.text import VOCAB
+from asr.text import ENGLISH_TEXT, TextNormalizer
+from asr.vocabulary import VocabularyError
 
 LAST = "last.pt"   # training state, rewritten every few steps and at every epoch end
 BEST = "best.pt"   # model checkpoint of the best epoch so far
@@ -71,14 +73,29 @@ def write_failure(path: Path, error: OSError) -> str:
     return f"could not write checkpoint {path}: {error.strerror or error}; the previous one is intact{resume}"
 
 
-def model_state(cfg: RecognizerConfig, model: SpeechModel) -> dict[str, Any]:
-    """What inference needs, and nothing else: the feature and model settings (flat), vocabulary and weights."""
-    return {"config": to_dict(RecognizerConfig(cfg.features, cfg.model)), "vocab": list(VOCAB),
+def model_state(cfg: RecognizerConfig, model: SpeechModel, text: TextNormalizer = ENGLISH_TEXT) -> dict[str, Any]:
+    """What inference needs, and nothing else: the feature and model settings (flat), the vocabulary ("vocab") with
+    the language and case rule of its normalization ("text") and the weights."""
+    text_json = text.to_json()
+    return {"config": to_dict(RecognizerConfig(cfg.features, cfg.model)), "vocab": text_json.pop("vocab"),
+            "text": {"language": text_json["language"], "lowercase": text_json["lowercase"]},
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 
-def save_checkpoint(path: Path, cfg: RecognizerConfig, model: SpeechModel) -> Path:
-    return atomic_save(model_state(cfg, model), path)
+def save_checkpoint(path: Path, cfg: RecognizerConfig, model: SpeechModel, text: TextNormalizer = ENGLISH_TEXT
+                    ) -> Path:
+    return atomic_save(model_state(cfg, model, text), path)
+
+
+def checkpoint_text(state: dict[str, Any], path: str | Path = "checkpoint") -> TextNormalizer:
+    """The text normalization a loaded checkpoint stores; English when it stores no vocabulary (written before
+    vocabularies were stored). Raises CheckpointError for a stored vocabulary that cannot be used."""
+    if "vocab" not in state:
+        return ENGLISH_TEXT
+    try:
+        return TextNormalizer.from_json({"vocab": state["vocab"], **state.get("text", {})}, f"{path}: vocabulary")
+    except VocabularyError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -101,19 +118,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _load(path: str | Path) -> dict[str, Any]:
     state = read_checkpoint(path)
-    if tuple(state.get("vocab", ())) != VOCAB:
-        raise CheckpointError(f"{path}: checkpoint vocabulary differs from this version's; it cannot be decoded")
     return state
 
 
 def load_checkpoint(path: str | Path) -> tuple[RecognizerConfig, SpeechModel]:
-    """The settings and model (eval mode) of a model or training checkpoint. Checkpoints written before the
-    settings had sections hold every training setting, flat: the feature and model ones are picked out."""
+    """The settings and model (eval mode) of a model or training checkpoint (see load_recognizer)."""
+    cfg, model, _ = load_recognizer(path)
+    return cfg, model
+
+
+def load_recognizer(path: str | Path) -> tuple[RecognizerConfig, SpeechModel, TextNormalizer]:
+    """The settings, model (eval mode, one output per vocabulary symbol) and text normalization of a model or
+    training checkpoint. Checkpoints written before the settings had sections hold every training setting, flat:
+    the feature and model ones are picked out. Raises CheckpointError for a file that is no checkpoint, or whose
+    weights do not fit its vocabulary."""
     state = _load(path)
     cfg = from_dict(RecognizerConfig, state["config"])
-    model = SpeechModel.from_config(cfg, len(VOCAB))
-    model.load_state_dict(state["model"])
-    return cfg, model.eval()
+    text = checkpoint_text(state, path)
+    model = SpeechModel.from_config(cfg, len(text.vocabulary))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # shapes that do not fit: e.g. an output layer of another size than the vocabulary
+        raise CheckpointError(f"{path}: its weights do not fit its settings and {len(text.vocabulary)}-symbol "
+                              f"vocabulary: {first_line(e)}") from None
+    return cfg, model.eval(), text
 
 
 def rng_states() -> dict[str, Any]:

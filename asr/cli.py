@@ -285,16 +285,22 @@ def lm_build(**options) -> None:
     """
     from asr.evaluation.evaluate import utterances_of
     from asr.lm import arpa_words, build_arpa, read_sentences, write_lexicon
-    from asr.text import normalized
+    from asr.loading import load_acoustic_model
+    from asr.text import ENGLISH_TEXT
+    from asr.tracking.store import setup_uri
 
     cfg = settings(LMBuildConfig, options)
-    sentences = (read_sentences(cfg.text) if cfg.text
-                 else (normalized(u.transcript) for u in utterances_of(cfg.from_dataset)))
+    text = ENGLISH_TEXT
+    if cfg.model_uri:  # its vocabulary and language: the LM then speaks the model's alphabet
+        setup_uri(cfg.model_uri)
+        text = load_acoustic_model(cfg.model_uri)[3]
+    sentences = (read_sentences(cfg.text, text) if cfg.text
+                 else (text.normalized(u.transcript) for u in utterances_of(cfg.from_dataset)))
     summary = build_arpa(sentences, cfg.order, cfg.out)
     click.echo(f"{cfg.out}: order {summary['order']}, {summary['vocab']} words, {summary['sentences']} sentences, "
                f"n-grams {summary['ngrams']}")
     if cfg.lexicon:
-        click.echo(f"{cfg.lexicon}: {write_lexicon(arpa_words(cfg.out), cfg.lexicon)} words")
+        click.echo(f"{cfg.lexicon}: {write_lexicon(arpa_words(cfg.out), cfg.lexicon, text)} words")
 
 
 @lm.command("tune")
@@ -344,9 +350,9 @@ def export(**options) -> None:
 
     cfg = settings(ExportConfig, options)
     setup_uri(cfg.model_uri)
-    recognizer, model, own = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
+    recognizer, model, own, text = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
     n_mfcc, fmt = recognizer.features.n_mfcc, cfg.format
-    path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize)
+    path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize, text=text)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
     diff = max_abs_diff(model, path, fmt, feats, lengths)

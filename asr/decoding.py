@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,8 @@ import torch
 
 from asr import UserError, first_line
 from asr.config import DecodeConfig, from_dict
-from asr.text import BLANK, VOCAB, decode
+from asr.text import BLANK, ENGLISH_TEXT, TextNormalizer
+from asr.vocabulary import ENGLISH, SPACE, Vocabulary
 
 DECODER_FILE = "decoder.json"  # a model's own decoder settings, next to its checkpoint and LM
 # The settings that make a decoder (the other DecodeConfig settings say how audio reaches the model).
@@ -34,21 +36,27 @@ DECODER_SETTINGS = ("decoder", "beam_size", "beam_threshold", "lm", "lexicon", "
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]
 
-# flashlight's token names for our vocabulary, index for index: blank, word boundary, apostrophe, letters.
-TOKENS = ["-", "|", *VOCAB[2:]]
+
+def tokens(vocabulary: Vocabulary) -> list[str]:
+    """flashlight's token names for a vocabulary, index for index: the blank is -, the word boundary (space) |,
+    every other symbol itself."""
+    return ["-" if i == BLANK else "|" if ch == SPACE else ch for i, ch in enumerate(vocabulary.symbols)]
+
+
+TOKENS = tokens(ENGLISH)  # the English default's: blank, word boundary, apostrophe, letters
 
 
 class DecoderError(UserError):
     """A decoder setting that cannot work (missing LM or lexicon file, unreadable LM)."""
 
 
-def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """Best path: argmax per frame, merge repeats, drop blanks. log_probs is (B, T, C)."""
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, vocabulary: Vocabulary = ENGLISH) -> list[str]:
+    """Best path: argmax per frame, merge repeats, drop blanks. log_probs is (B, T, C), C = len(vocabulary)."""
     best = log_probs.argmax(dim=-1).cpu()
     texts = []
     for seq, n in zip(best, lengths.tolist(), strict=True):
         seq = torch.unique_consecutive(seq[:n]).tolist()
-        texts.append(" ".join(decode([i for i in seq if i != BLANK]).split()))
+        texts.append(" ".join(vocabulary.decode(seq).split()))
     return texts
 
 
@@ -56,16 +64,18 @@ class BeamSearchDecoder:
     """CTC prefix beam search (flashlight-text), with an optional lexicon and KenLM LM (see LoadedLM for what is
     refused, in one line, before the decoder is built)."""
 
-    def __init__(self, cfg: DecodeConfig):
+    def __init__(self, cfg: DecodeConfig, text: TextNormalizer = ENGLISH_TEXT):
         from torchaudio.models.decoder import ctc_decoder
 
-        loaded = loaded_lm(cfg)  # shared by every decoder of this LM and lexicon: loaded once per process
+        loaded = loaded_lm(cfg, text)  # shared by every decoder of this LM and lexicon: loaded once per process
+        self.vocabulary = text.vocabulary
+        names = tokens(text.vocabulary)
         try:
             with _quiet_stderr():
                 self._decoder = ctc_decoder(
-                    lexicon=loaded.lexicon, tokens=TOKENS, lm=loaded.lm, beam_size=cfg.beam_size,
+                    lexicon=loaded.lexicon, tokens=names, lm=loaded.lm, beam_size=cfg.beam_size,
                     beam_threshold=cfg.beam_threshold, lm_weight=cfg.lm_weight, word_score=cfg.word_score,
-                    sil_score=0.0, blank_token=TOKENS[BLANK], sil_token="|")
+                    sil_score=0.0, blank_token=names[BLANK], sil_token="|")
         except (RuntimeError, ValueError) as e:
             raise DecoderError(f"cannot build the beam search decoder (lm {cfg.lm or 'none'}, lexicon "
                                f"{loaded.lexicon or 'none'}): {kenlm_reason(e)}") from None
@@ -78,7 +88,7 @@ class BeamSearchDecoder:
         emissions = log_probs.detach().float().cpu().contiguous()
         with self._lock:
             hypotheses = self._decoder(emissions, lengths.cpu().to(torch.int32))
-        return [" ".join(decode(h[0].tokens.tolist()).split()) if h else "" for h in hypotheses]
+        return [" ".join(self.vocabulary.decode(h[0].tokens.tolist()).split()) if h else "" for h in hypotheses]
 
 
 class LoadedLM:
@@ -90,8 +100,8 @@ class LoadedLM:
     empty lexicon, a lexicon line spelled with characters the model cannot emit, a unigram LM, a file that is no
     LM, a lexicon none of whose words the LM knows."""
 
-    def __init__(self, cfg: DecodeConfig):
-        self.lexicon = self._lexicon(cfg)
+    def __init__(self, cfg: DecodeConfig, text: TextNormalizer = ENGLISH_TEXT):
+        self.lexicon = self._lexicon(cfg, text)
         self.lm = None
         if cfg.lm:
             from flashlight.lib.text.decoder.kenlm import KenLM
@@ -105,12 +115,13 @@ class LoadedLM:
                 raise DecoderError(f"cannot build the beam search decoder (lm {cfg.lm}, lexicon {self.lexicon}): "
                                    f"{kenlm_reason(e)}") from None
 
-    def _lexicon(self, cfg: DecodeConfig) -> str | None:
-        """The lexicon file to use; an LM without one gets a lexicon of its own unigrams (built once, in a
-        temporary folder), since a word LM can only score words the decoder can spell."""
+    def _lexicon(self, cfg: DecodeConfig, text: TextNormalizer) -> str | None:
+        """The lexicon file to use; an LM without one gets a lexicon of its own unigrams spelled in the model's
+        characters (built once, in a temporary folder), since a word LM can only score words the decoder can
+        spell."""
         from asr.lm import LMError, write_lexicon
 
-        lm_words = check_lm(cfg)
+        lm_words = check_lm(cfg, text.vocabulary)
         if cfg.lexicon:
             return self._without_bom(cfg.lexicon)
         if lm_words is None:
@@ -118,10 +129,10 @@ class LoadedLM:
         self._tmp = tempfile.TemporaryDirectory(prefix="asr-lexicon-")
         out = Path(self._tmp.name) / "lexicon.txt"
         try:
-            write_lexicon(lm_words, out)
+            write_lexicon(lm_words, out, text)
         except LMError:
             raise DecoderError(f"--lm {cfg.lm}: none of its words can be spelled with this model's characters "
-                               "(a-z and '), so it could only decode to empty text") from None
+                               f"({text.vocabulary.describe()}), so it could only decode to empty text") from None
         return str(out)
 
     def _without_bom(self, lexicon: str) -> str:
@@ -143,15 +154,16 @@ _LOADING = threading.Lock()  # one load at a time: two requests asking for one L
 LOADED_LMS = 2
 
 
-def loaded_lm(cfg: DecodeConfig) -> LoadedLM:
-    """The LoadedLM of cfg's LM and lexicon, loaded now or earlier in this process (a file changed since is loaded
-    again). Raises DecoderError as LoadedLM does."""
-    key = tuple((path, *_stamp(path)) for path in (cfg.lm, cfg.lexicon))
+def loaded_lm(cfg: DecodeConfig, text: TextNormalizer = ENGLISH_TEXT) -> LoadedLM:
+    """The LoadedLM of cfg's LM and lexicon for a model of `text`'s vocabulary (which spells the LM's words when
+    there is no lexicon), loaded now or earlier in this process (a file changed since is loaded again). Raises
+    DecoderError as LoadedLM does."""
+    key = (*((path, *_stamp(path)) for path in (cfg.lm, cfg.lexicon)), text)
     with _LOADING:
         if key in _LOADED:
             _LOADED.move_to_end(key)
             return _LOADED[key]
-        loaded = _LOADED[key] = LoadedLM(cfg)
+        loaded = _LOADED[key] = LoadedLM(cfg, text)
         while len(_LOADED) > LOADED_LMS:
             _LOADED.popitem(last=False)
         return loaded
@@ -165,16 +177,17 @@ def _stamp(path: str) -> tuple[int, int]:
     return (info.st_size, info.st_mtime_ns)
 
 
-def check_lm(cfg: DecodeConfig) -> list[str] | None:
+def check_lm(cfg: DecodeConfig, vocabulary: Vocabulary | None = ENGLISH) -> list[str] | None:
     """Checks the LM and lexicon files as the decoder will use them, without loading the LM (seconds, whatever its
     size); returns the LM's words when the decoder must spell them itself (an ARPA LM, no lexicon), else None.
-    Raises DecoderError for files that cannot work together."""
+    Raises DecoderError for files that cannot work together, or a lexicon spelled with characters outside
+    `vocabulary` (None: a vocabulary not known yet, learned from the training data; not checked)."""
     for name, path in (("lm", cfg.lm), ("lexicon", cfg.lexicon)):
         if path and not Path(path).is_file():
             raise DecoderError(f"--{name} {path}: no such file")
     lm_words = _lm_words(cfg.lm) if cfg.lm else None
     if cfg.lexicon:
-        words = read_lexicon(cfg.lexicon)
+        words = read_lexicon(cfg.lexicon, vocabulary)
         if lm_words is not None and not words & set(lm_words):
             raise DecoderError(f"--lexicon {cfg.lexicon}: none of its {len(words)} words is in --lm {cfg.lm}, so "
                                "the LM would score every word as unknown (upper case in one, lower case in the "
@@ -207,12 +220,13 @@ def _lm_words(path: str) -> list[str] | None:
     return words
 
 
-def read_lexicon(path: str) -> set[str]:
+def read_lexicon(path: str, vocabulary: Vocabulary | None = ENGLISH) -> set[str]:
     """The words of a flashlight lexicon file (`word<TAB>s p e l l i n g |` per line), checked the way the decoder
     will use them. Raises DecoderError naming the line for a line without a spelling or spelled with a
-    character the model cannot emit, and for a file with no words (it could only decode to empty text)."""
+    character the model (of `vocabulary`) cannot emit, and for a file with no words (it could only decode to empty
+    text; None: any character)."""
     words: set[str] = set()
-    known = set(TOKENS)
+    known = set(tokens(vocabulary)) if vocabulary is not None else None
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte order mark is not part of the first word
             for number, line in enumerate(f, 1):
@@ -220,9 +234,10 @@ def read_lexicon(path: str) -> set[str]:
                 if not spelling:
                     raise DecoderError(f"--lexicon {path} line {number}: {line.strip()!r} is not a word followed by "
                                        "its spelling, e.g. `cat<TAB>c a t |`")
-                if unknown := sorted(set(spelling) - known):
+                if known is not None and (unknown := sorted(set(spelling) - known)):
                     raise DecoderError(f"--lexicon {path} line {number}: {word!r} is spelled with {unknown[0]!r}, "
-                                       "which this model cannot emit (it has a-z, ' and the word boundary |)")
+                                       f"which this model cannot emit (it has {vocabulary.describe()} and the word "
+                                       "boundary |)")
                 words.add(word)
     except UnicodeDecodeError:
         raise DecoderError(f"--lexicon {path} is not UTF-8 text") from None
@@ -258,11 +273,14 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def make_decoder(cfg: DecodeConfig) -> Decoder:
-    """The decoder the settings ask for: beam search when asked for, or when an LM or lexicon is given."""
+def make_decoder(cfg: DecodeConfig, text: TextNormalizer = ENGLISH_TEXT) -> Decoder:
+    """The decoder the settings ask for, for a model of `text`'s vocabulary (which also spells the LM's words when
+    there is no lexicon): beam search when asked for, or when an LM or lexicon is given, else greedy."""
     if cfg.decoder == "beam" or cfg.lm or cfg.lexicon:
-        return BeamSearchDecoder(cfg)
-    return greedy_decode
+        return BeamSearchDecoder(cfg, text)
+    if text.vocabulary == ENGLISH:
+        return greedy_decode
+    return functools.partial(greedy_decode, vocabulary=text.vocabulary)
 
 
 def with_overrides(own: DecodeConfig, given: Mapping[str, Any]) -> DecodeConfig:

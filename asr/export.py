@@ -37,7 +37,7 @@ from asr.atomic import atomic_path
 from asr.config import DecodeConfig, RecognizerConfig
 from asr.features import NORM_EPSILON, SILENT_STD, FeatureExtractor
 from asr.model import BiGRU, SpeechModel, conv_output_length
-from asr.text import BLANK, VOCAB
+from asr.text import BLANK, ENGLISH_TEXT, TextNormalizer
 
 FORMATS = ("torchscript", "onnx")
 DEFAULT_NAMES = {"torchscript": "acoustic_model.pt", "onnx": "acoustic_model.onnx"}
@@ -54,11 +54,13 @@ class ExportError(UserError):
 
 
 def export_model(model: SpeechModel, fmt: str, out: str | Path, *, config: RecognizerConfig,
-                 decode: DecodeConfig | None = None, quantize: bool = False) -> Path:
+                 decode: DecodeConfig | None = None, quantize: bool = False, text: TextNormalizer = ENGLISH_TEXT
+                 ) -> Path:
     """Writes `model` as TorchScript ('torchscript') or ONNX ('onnx') to `out` and returns the file's path.
 
     `config` is the recognizer the model was trained as (the checkpoint's RecognizerConfig): its feature
-    settings go into the file with the vocabulary and `decode` (default greedy), see `recognizer_metadata`, and
+    settings go into the file with the vocabulary of `text` (the model's: English by default) and `decode`
+    (default greedy), see `recognizer_metadata`, and
     its n_mfcc fixes the feature axis of the signature (the stride-2 stem alone would accept two counts, e.g.
     13 and 14). A config whose n_mfcc the model cannot take is refused before anything is traced.
     `out` is the file to write, or a folder (an existing one, or any path ending in '/') to write
@@ -73,7 +75,7 @@ def export_model(model: SpeechModel, fmt: str, out: str | Path, *, config: Recog
                           "so it would leave the GRUs (nearly all the weights and compute) in fp32; export int8 as "
                           "torchscript, or fp32 ONNX")
     n_feats = _check_n_feats(model, config.features.n_mfcc)
-    metadata = recognizer_metadata(model, config, decode)
+    metadata = recognizer_metadata(model, config, decode, text)
     path = _output_path(out, DEFAULT_NAMES[fmt].replace(".pt", ".int8.pt") if quantize else DEFAULT_NAMES[fmt])
     prepared = quantize_dynamic(model) if quantize else _native_copy(model)
 
@@ -96,12 +98,12 @@ def export_model(model: SpeechModel, fmt: str, out: str | Path, *, config: Recog
     return path
 
 
-def recognizer_metadata(model: SpeechModel, config: RecognizerConfig, decode: DecodeConfig | None = None
-                        ) -> dict:
+def recognizer_metadata(model: SpeechModel, config: RecognizerConfig, decode: DecodeConfig | None = None,
+                        text: TextNormalizer = ENGLISH_TEXT) -> dict:
     """What a consumer needs to turn audio into text with the exported model and no `asr` package: the JSON
     document every export carries. The MFCC settings are read from the FeatureExtractor the model was trained
     with, as keyword arguments of torchaudio.transforms.MFCC (which then reproduces the features exactly); the
-    time stride from the model itself."""
+    time stride from the model itself; the vocabulary, language and case rule from `text` (the model's)."""
     mfcc = FeatureExtractor.from_config(config.features).mfcc
     mel, spec, scale = mfcc.MelSpectrogram, mfcc.MelSpectrogram.spectrogram, mfcc.MelSpectrogram.mel_scale
     stride = model.stem.stride[1]
@@ -132,9 +134,11 @@ def recognizer_metadata(model: SpeechModel, config: RecognizerConfig, decode: De
                 "epsilon": NORM_EPSILON, "std_correction": 1, "zero_below_std": SILENT_STD,
             },
         },
-        "vocabulary": list(VOCAB),  # index -> character
+        "vocabulary": list(text.vocabulary.symbols),  # index -> character
         "blank": BLANK,
-        "word_boundary": VOCAB.index(" "),
+        "word_boundary": text.vocabulary.word_boundary,
+        "language": text.language,  # of the transcripts; numbers are spelled out in it
+        "lowercase": text.lowercase,
         "time_stride": stride,
         "output_frame_seconds": mel.hop_length * stride / sample_rate,
         "decoder": decoder_settings(decode or DecodeConfig()),

@@ -20,7 +20,7 @@ from typing import IO
 
 from asr import UserError
 from asr.atomic import atomic_path
-from asr.text import VOCAB, normalize, normalized
+from asr.text import ENGLISH_TEXT, TextNormalizer
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 SPECIAL = (BOS, EOS, UNK)
@@ -28,7 +28,6 @@ SPECIAL = (BOS, EOS, UNK)
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 # <s> is never predicted; ARPA's convention for "impossible" is a log10 probability of -99.
 NEVER = -99.0
-_LETTERS = frozenset(VOCAB[2:])  # what a word may be spelled with: apostrophe and a..z (not the space)
 _HEADER_BYTES = 1 << 20  # how far arpa_words looks for the header before deciding it is not an ARPA file
 KENLM_BINARY_MAGIC = b"mmap lm http://kheafield.com/code"  # how KenLM's binary models begin
 
@@ -44,19 +43,19 @@ class NotArpaError(LMError):
     """A file that has no ARPA header (a KenLM binary model, or no LM at all)."""
 
 
-def read_sentences(path: str | Path) -> Iterator[str]:
-    """Lines of a text file, normalized with asr.text.normalize (lower case, our character set), empty ones
-    dropped: the LM must speak the same alphabet as the acoustic model it will score."""
+def read_sentences(path: str | Path, text: TextNormalizer = ENGLISH_TEXT) -> Iterator[str]:
+    """Lines of a text file, normalized as `text` says (the acoustic model's normalization: English by default),
+    empty ones dropped: the LM must speak the same alphabet as the acoustic model it will score."""
     path = Path(path)
     if not path.is_file():
         raise LMError(f"LM text {path}: no such file")
-    return _normalized_lines(path)
+    return _normalized_lines(path, text)
 
 
-def _normalized_lines(path: Path) -> Iterator[str]:
+def _normalized_lines(path: Path, normalizer: TextNormalizer) -> Iterator[str]:
     with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
-            text = normalized(line)
+            text = normalizer.normalized(line)
             if text:
                 yield text
 
@@ -264,26 +263,31 @@ def _skip_past(f: IO[bytes], marker: bytes, budget: int, path: Path) -> int:
                   "model has no readable word list")
 
 
-def write_lexicon(words: Iterable[str], out: str | Path) -> int:
+def write_lexicon(words: Iterable[str], out: str | Path, text: TextNormalizer = ENGLISH_TEXT) -> int:
     """Writes a flashlight/torchaudio lexicon: `word<TAB>c h a r s |` per word, spelled in the acoustic model's
-    characters (normalized, so LibriSpeech's upper-case LM words spell in lower case) and ending with the word
-    boundary `|`. Words that cannot be spelled that way (digits, symbols, hyphens, <unk>) are skipped, since
-    the decoder could never produce them. Returns the number of lines written. Raises LMError, writing nothing,
-    when no word can be spelled: an empty lexicon makes the decoder return empty text for any audio."""
+    characters (normalized as `text` says, English by default, so LibriSpeech's upper-case LM words spell in lower
+    case) and ending with the word boundary `|`. Words that cannot be spelled as one word that way (digits, symbols,
+    hyphens, <unk>) are skipped, since the decoder could never produce them. Returns the number of lines written.
+    Raises LMError, writing nothing, when no word can be spelled: an empty lexicon makes the decoder return empty
+    text for any audio."""
     written = given = 0
     seen: set[str] = set()
+    letters = text.vocabulary.letters
     with _atomic_write(out) as f:
         for word in words:
             given += 1
-            spelling, dropped = normalize(word)
-            if word in seen or not spelling or dropped or not set(spelling) <= _LETTERS:
+            if any(ch.isdigit() for ch in word):  # spelled out, a number is several words (and num2words, which
+                continue                          # a served model does not ship, is not needed)
+            spelling, dropped = text.normalize(word)
+            if word in seen or not spelling or dropped or not set(spelling) <= letters:
                 continue
             seen.add(word)
             f.write(f"{word}\t{' '.join(spelling)} |\n")
             written += 1
         if not written:
             raise LMError(f"lexicon {out}: none of the {given} given words can be spelled with the model's "
-                          "characters (a-z and '), and an empty lexicon can only decode to empty text")
+                          f"characters ({text.vocabulary.describe()}), and an empty lexicon can only decode to empty "
+                          "text")
     return written
 
 

@@ -19,10 +19,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from asr import UserError, redact
-from asr.checkpoint import MODEL, load_checkpoint
+from asr.checkpoint import MODEL, load_recognizer
 from asr.config import DecodeConfig, RecognizerConfig
 from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
 from asr.model import SpeechModel
+from asr.text import TextNormalizer
 from asr.transcribe import Transcriber
 
 CHECKPOINT_NAMES = (MODEL, "best.pt", "last.pt")  # what a training output folder holds, most final first
@@ -79,18 +80,21 @@ def load_transcriber(ref: str, decode: DecodeConfig | None = None,
     return transcriber
 
 
-def load_acoustic_model(ref: str) -> tuple[RecognizerConfig, SpeechModel, DecodeConfig]:
-    """The recognizer settings, acoustic model (eval mode) and own decoder settings (greedy for a model without a
-    decoder) of the model `ref` names, with no decoder built: its LM is named in the settings, never opened (what
+def load_acoustic_model(ref: str) -> tuple[RecognizerConfig, SpeechModel, DecodeConfig, TextNormalizer]:
+    """The recognizer settings, acoustic model (eval mode), own decoder settings (greedy for a model without a
+    decoder) and text normalization (vocabulary) of the model `ref` names, with no decoder built: its LM is named
+    in the settings, never opened (what
     an export needs; an 800 MB ARPA LM takes minutes to load). From the tracking store, only the checkpoint and
     decoder.json are fetched. Raises as load_transcriber does."""
     path = _checkpoint(ref)
     if path is not None:
-        return (*load_checkpoint(path), _own_decoder(path) or DecodeConfig())
+        cfg, model, text = load_recognizer(path)
+        return cfg, model, _own_decoder(path) or DecodeConfig(), text
     uri = _mlflow_uri(ref)
     with tempfile.TemporaryDirectory(prefix="asr-model-") as tmp:
         checkpoint, decoder = _pyfunc_files(uri, Path(tmp))
-        return (*load_checkpoint(checkpoint), read_model_decoder(decoder) if decoder else DecodeConfig())
+        cfg, model, text = load_recognizer(checkpoint)
+        return cfg, model, read_model_decoder(decoder) if decoder else DecodeConfig(), text
 
 
 def fetch_checkpoint(ref: str, dest: Path) -> tuple[Path, str]:

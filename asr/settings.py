@@ -146,6 +146,34 @@ class DataConfig(Checked):
                        "featurization uses one per core); 0 = everything in the main process", min=0)
 
 
+def language_problem(language: str) -> str | None:
+    """A language num2words cannot spell numbers in (it names those it can)."""
+    from asr.text import language_problem as problem
+
+    return problem(language)
+
+
+@dataclass
+class TextConfig(Checked):
+    """How transcripts become labels: the vocabulary and the per-language normalization a model carries."""
+    vocab: str = opt("english", "characters the model emits: english (blank, space, apostrophe, a-z), auto (learned "
+                     "from the training transcripts after normalization: letters, marks and the apostrophe seen at "
+                     "least --vocab_min_count times), or a FILE: one character per line, or JSON (a list, or a "
+                     "run's vocab.json)")
+    language: str = opt("en", "language of the transcripts (num2words' code: en, es, de, fr, ...): numbers written "
+                        "with digits are spelled out in it", check=language_problem)
+    lowercase: bool = opt(True, "lower-case transcripts before they become labels (false keeps capitals: needs "
+                          "--vocab auto or a FILE)")
+    vocab_min_count: int = opt(5, "--vocab auto learns a character only when the training transcripts hold it this "
+                               "many times; rarer ones are reported and dropped", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab == "english" and not self.lowercase:
+            raise ConfigError("--lowercase false keeps capitals, which the english vocabulary has none of: give "
+                              "--vocab auto or a vocabulary FILE with them")
+
+
 @dataclass
 class AugmentConfig(Checked):
     """Training-only augmentation; every strength 0 = off."""
@@ -274,6 +302,7 @@ class DecoderSection(Checked):
 class TrainConfig:
     """Everything `asr train` takes, by section."""
     data: DataConfig = section(DataConfig)
+    text: TextConfig = section(TextConfig)
     features: FeatureConfig = section(FeatureConfig)
     model: ModelConfig = section(ModelConfig)
     augment: AugmentConfig = section(AugmentConfig)
@@ -371,6 +400,8 @@ class LMBuildConfig(Checked):
     order: int = opt(3, "n-gram order (2 or more: the decoder's KenLM cannot load a unigram LM)", min=2, below=10)
     out: str = opt("lm.arpa", "ARPA file to write")
     lexicon: str = opt("", "also write a lexicon of the LM's words here")
+    model_uri: str = opt("", f"the model the LM is for: its vocabulary and language normalize the text and spell the "
+                         f"lexicon ({MODEL_URI_HELP}; '' = the English default)", check=model_uri_problem)
 
     def __post_init__(self) -> None:
         if self.order == 1:

@@ -15,12 +15,13 @@ import torch
 
 from asr.audio import pieces
 from asr.batching import pad_features, plan_batches
-from asr.checkpoint import load_checkpoint
+from asr.checkpoint import load_recognizer
 from asr.config import DecodeConfig, RecognizerConfig
 from asr.decoding import Decoder, decoder_key, make_decoder
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 from asr.precision import Decision, autocast, decide
+from asr.text import ENGLISH_TEXT, TextNormalizer
 
 
 class Transcriber:
@@ -30,8 +31,9 @@ class Transcriber:
     CACHED_DECODERS = 3
 
     def __init__(self, cfg: RecognizerConfig, model: SpeechModel, decode: DecodeConfig | None = None,
-                 batch_seconds: float = 200.0):
+                 batch_seconds: float = 200.0, text: TextNormalizer = ENGLISH_TEXT):
         self.cfg = cfg
+        self.text = text  # the model's vocabulary and normalization: decoders spell with it, references use it
         self.fp32_model = model.eval()
         self.features = FeatureExtractor.from_config(cfg.features)
         self.batch_seconds = batch_seconds
@@ -39,12 +41,13 @@ class Transcriber:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, decode: DecodeConfig | None = None) -> Transcriber:
-        return cls(*load_checkpoint(path), decode)
+        cfg, model, text = load_recognizer(path)
+        return cls(cfg, model, decode, text=text)
 
     def configure(self, decode: DecodeConfig) -> None:
         """Switches decoder, precision or chunk length (the model's weights stay as they are)."""
         self.decode_cfg = decode
-        self.decoder: Decoder = make_decoder(decode)
+        self.decoder: Decoder = make_decoder(decode, self.text)
         self.decoders: OrderedDict[tuple, Decoder] = OrderedDict()  # for other settings, least recently used first
         self._decoders_lock = threading.Lock()  # MLflow's scoring server predicts in several threads
         if decode.precision == "int8":
@@ -77,7 +80,7 @@ class Transcriber:
             if key in self.decoders:
                 self.decoders.move_to_end(key)
                 return self.decoders[key]
-            decoder = self.decoders[key] = make_decoder(decode)
+            decoder = self.decoders[key] = make_decoder(decode, self.text)
             while len(self.decoders) > self.CACHED_DECODERS:
                 self.decoders.popitem(last=False)
             return decoder
@@ -124,5 +127,5 @@ class Transcriber:
         return joined
 
     def transcribe(self, waves: list[torch.Tensor]) -> list[str]:
-        """Mono waveforms at `sample_rate` -> one transcript each (lower case)."""
+        """Mono waveforms at `sample_rate` -> one transcript each, in the model's characters."""
         return self.decode(self.emissions(waves))

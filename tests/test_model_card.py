@@ -111,6 +111,13 @@ def test_the_lineage_names_the_parent_its_checkpoint_and_the_frozen_blocks():
     assert ", every block trained\n" in render(card(training=tuned))
 
 
+def test_a_model_of_another_language_says_so():
+    text = render(card(language="es", vocabulary=36))
+    assert "-parameter DeepSpeech2-style CTC model of es text (36 classes), served with" in text
+    assert "- Output: 36 classes per frame (letters, space and the CTC blank)" in text
+    assert "model of English letters" in render(card()) and "space, apostrophe and" in render(card())
+
+
 def test_the_cards_commands_parse_and_its_curl_sends_the_files_base64(tmp_path: Path):
     """The validate and transcribe lines are the CLI's own options (click parses them); the curl line, run by a real
     shell, sends JSON whose audio is the example file's bytes base64, even from a folder with a space in its name."""

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from asr import UserError, text
+from asr import UserError
 from asr.audio import load_audio
 from asr.batching import pad_features
 from asr.data.augment import WaveAugment, item_generator
 from asr.data.feature_store import FeatureStore, computed_features
 from asr.features import FeatureExtractor
 from asr.settings import FILE_ID, file_id_problem
+from asr.text import ENGLISH_TEXT, TextCounts, TextNormalizer
 
 # Audio file extensions the reader takes, any case; the first ones win when an id has several files.
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".caf", ".w64")
@@ -328,15 +329,17 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, utterances: list[Utterance], features: FeatureExtractor, augment: WaveAugment | None = None,
-                 seed: int = 0, left_out: list[LeftOut] | None = None):
+                 seed: int = 0, left_out: list[LeftOut] | None = None, text: TextNormalizer = ENGLISH_TEXT):
         self.utterances = utterances
         self.left_out = left_out or []  # what the corpus reader did not make utterances of, and why
         self.features = features
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
         self.epoch = 0  # set by the training loop before each epoch's DataLoader is created
+        self.text = text  # how transcripts become labels and references
+        self.text_counts = TextCounts()  # what that changed in these transcripts (numbers spelled, characters dropped)
         # label ids as 2-byte arrays: a third of a list of ints, for every utterance of the corpus in every rank
-        self.labels = [array.array("H", text.encode(text.normalized(u.transcript))) for u in utterances]
+        self.labels = [array.array("H", text.labels(u.transcript, self.text_counts)) for u in utterances]
         self._cache: list[torch.Tensor | None] = [None] * len(utterances)
         self._store: FeatureStore | None = None
         self._rows = list(range(len(utterances)))  # each utterance's index in the store

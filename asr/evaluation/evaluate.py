@@ -21,7 +21,6 @@ from asr.decoding import describe, make_decoder
 from asr.loading import load_transcriber
 from asr.metrics import cer, wer
 from asr.settings import EvaluateConfig, TuneConfig
-from asr.text import normalized
 from asr.tracking.store import setup, setup_uri, side_run
 from asr.transcribe import Transcriber
 
@@ -131,7 +130,7 @@ def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool 
     start = time.perf_counter()
     for group, emissions, audio in model_outputs(transcriber, utts, progress, desc, unreadable):
         hypotheses += transcriber.decode(emissions)
-        references += [normalized(u.transcript) for u in group]
+        references += [transcriber.text.normalized(u.transcript) for u in group]
         scored += group
         audio_seconds += audio
     scores = score(references, hypotheses, scored, audio_seconds, time.perf_counter() - start)
@@ -195,13 +194,14 @@ def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig, precision: 
 
 def outputs_of(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str,
                unreadable: list[str]) -> tuple[list[list[torch.Tensor]], list[str], list[Utterance]]:
-    """The model's outputs (one acoustic pass), the normalized transcripts and the utterances themselves, of every
+    """The model's outputs (one acoustic pass), the transcripts normalized as the model's (its vocabulary and
+    language) and the utterances themselves, of every
     utterance whose audio can be used, in order, to decode as many ways as wanted; what could not be used goes to
     `unreadable`."""
     emissions, references, scored = [], [], []
     for group, per_wave, _ in model_outputs(transcriber, utts, progress, desc, unreadable):
         emissions += per_wave
-        references += [normalized(u.transcript) for u in group]
+        references += [transcriber.text.normalized(u.transcript) for u in group]
         scored += group
     return emissions, references, scored
 
@@ -214,7 +214,7 @@ def grid_search(transcriber: Transcriber, emissions: list[list[torch.Tensor]], r
     grid = []
     points = list(itertools.product(lm_weights, word_scores))
     for weight, bonus in tqdm(points, desc="grid", disable=not progress):
-        decoder = make_decoder(dataclasses.replace(base, lm_weight=weight, word_score=bonus))
+        decoder = make_decoder(dataclasses.replace(base, lm_weight=weight, word_score=bonus), transcriber.text)
         hypotheses = transcriber.decode(emissions, decoder)
         grid.append({"lm_weight": weight, "word_score": bonus, "wer": wer(references, hypotheses),
                      "cer": cer(references, hypotheses)})

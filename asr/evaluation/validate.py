@@ -12,7 +12,6 @@ from asr.data.dataset import DataError, Utterance, find_utterance
 from asr.loading import load_pyfunc
 from asr.metrics import cer, wer
 from asr.settings import ValidateConfig
-from asr.text import normalized
 from asr.tracking.registry import model_uri
 from asr.tracking.store import setup, setup_uri, side_run
 
@@ -27,25 +26,32 @@ class ValidationResult:
     cer: float
 
 
+def no_letters(file_id: str, utterance: Utterance) -> DataError:
+    """The error for an utterance whose transcript has nothing the model could be scored against."""
+    trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
+    return DataError(f"{file_id}: its transcript has no letters to score against (line in {trans}: "
+                     f"{(file_id + ' ' + utterance.transcript).strip()!r})")
+
+
 def validate(cfg: ValidateConfig) -> ValidationResult:
     from asr.pyfunc import audio_to_base64
 
     # Cheap checks first: a bad id or dataset fails before the model is loaded.
     utterance = find_utterance(cfg.file_id, cfg.dataset or None)
-    if not normalized(utterance.transcript):  # a score against nothing would be meaningless
-        trans = utterance.path.parent / f"{utterance.speaker}-{utterance.chapter}.trans.txt"
-        raise DataError(f"{cfg.file_id}: its transcript has no letters to score against (line in {trans}: "
-                        f"{(cfg.file_id + ' ' + utterance.transcript).strip()!r})")
+    if not any(ch.isalnum() for ch in utterance.transcript):  # a score against nothing would be meaningless
+        raise no_letters(cfg.file_id, utterance)
     load_audio(utterance.path)  # unreadable audio: one line naming the file, before the model is loaded
     uri = model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
     setup_uri(uri)  # a tracking server that does not answer: one line naming the model, in seconds
     setup(cfg.experiment)
     model = load_pyfunc(uri)
+    target = model.unwrap_python_model().transcriber.text.normalized(utterance.transcript)  # the model's letters
+    if not target:
+        raise no_letters(cfg.file_id, utterance)
     # The file's bytes, not its path: the model reads paths only under the folders a server allows
     # (ASR_SERVE_ALLOWED_ROOTS), and this command is trusted with any file the user can read.
     audio = audio_to_base64(utterance.path)
     prediction = str(model.predict(pd.DataFrame({"audio": [audio]}))["text"][0])
-    target = normalized(utterance.transcript)
     result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),
                               cer([target], [prediction]))
     with side_run("validate", cfg.file_id, {"model_uri": uri, "file_id": cfg.file_id, "audio": str(utterance.path)}):

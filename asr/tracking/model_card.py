@@ -75,6 +75,7 @@ class ModelCard:
     dev: dict[str, float]        # wer, cer (the served decoder), wer_greedy, cer_greedy
     test: dict[str, float]       # the same on the test split; {} without one
     example: Example
+    language: str = "en"         # of the transcripts (numbers spelled in it); the vocabulary is English a-z for "en"
 
 
 def render(card: ModelCard) -> str:
@@ -89,8 +90,18 @@ def summary(card: ModelCard) -> str:
     held_out = card.test or card.dev
     where = "held-out test" if card.test else "dev (no test split)"
     return (f"**{card.name} version {card.version}**: a {millions(card.parameters)}-parameter DeepSpeech2-style CTC "
-            f"model of English letters, served with {card.decoder} decoding: {where} WER {held_out['wer']:.4f}, "
+            f"model of {letters(card)}, served with {card.decoder} decoding: {where} WER {held_out['wer']:.4f}, "
             f"CER {held_out['cer']:.4f}.")
+
+
+def english(card: ModelCard) -> bool:
+    """Whether the card is of a model with the English default's vocabulary (29 classes, language en)."""
+    return card.language == "en" and card.vocabulary == 29
+
+
+def letters(card: ModelCard) -> str:
+    """What the model writes, in a few words: "English letters", or the language and vocabulary size."""
+    return "English letters" if english(card) else f"{card.language} text ({card.vocabulary} classes)"
 
 
 def model_section(card: ModelCard) -> str:
@@ -100,7 +111,8 @@ def model_section(card: ModelCard) -> str:
         f"Convolution: {counted(m.cnn_layers, 'residual CNN block')} of {m.cnn_channels} channels, time stride "
         f"{m.time_stride}",
         f"Recurrence: {m.rnn_layers} x {m.rnn_dim} GRU (layers x units per direction), bidirectional",
-        f"Output: {card.vocabulary} classes per frame (letters, space, apostrophe and the CTC blank)",
+        f"Output: {card.vocabulary} classes per frame (letters, space{', apostrophe' * english(card)} and the CTC "
+        f"blank)",
         f"Checkpoint: `{card.checkpoint}` among the version's artifacts"])
 
 

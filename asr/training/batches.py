@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from asr import checkpoint as ckpt
 from asr.batching import plan_batches
 from asr.data.augment import WaveAugment
-from asr.data.dataset import CorpusReading, SpeechDataset, collate, left_out_lines, read_corpus
+from asr.data.dataset import CorpusReading, SpeechDataset, Utterance, collate, left_out_lines, read_corpus
 from asr.data.feature_store import featurize, open_store, single_threaded_worker, store_folder, store_root
 from asr.features import FeatureExtractor
 from asr.model import SpeechModel
-from asr.settings import TrainConfig
+from asr.settings import TextConfig, TrainConfig
+from asr.text import ENGLISH_TEXT, TextNormalizer
 from asr.training import distributed as dist
+from asr.vocabulary import ENGLISH, Vocabulary, VocabularyError, read_vocabulary
 
 
 @dataclass
@@ -33,17 +36,68 @@ class TrainData:
     skipped: dict[str, int]      # counts of those left out, by reason
     loader_workers: int          # processes the training loader reads with (0: in the training process)
     left_out: dict[str, int] = field(default_factory=dict)  # left_out_<reason> counts of the training splits
+    text: RunText = field(default_factory=lambda: RunText(ENGLISH_TEXT))  # how transcripts become labels
+
+
+@dataclass
+class RunText:
+    """The text normalization a run trains with, and the characters a learned vocabulary left out (with counts)."""
+    normalizer: TextNormalizer   # what the model carries
+    rare: dict[str, int] = field(default_factory=dict)
+    source: str = "english"     # english, the vocabulary file, learned from..., or resumed run
+
+    def describe(self) -> str:
+        """One line: the vocabulary, where it comes from, and what a learned one left out."""
+        t = self.normalizer
+        line = (f"vocabulary: {len(t.vocabulary)} symbols ({self.source}; {t.vocabulary.describe()}), language "
+                f"{t.language}{', lower-cased' if t.lowercase else ''}")
+        if self.rare:
+            listed = ", ".join(f"{ch!r} x{n}" for ch, n in sorted(self.rare.items(), key=lambda kv: (-kv[1], kv[0])))
+            line += f"; seen too seldom to learn, dropped: {listed}"
+        return line
+
+
+def sampled(utterances: list[Utterance], limit: int = 0, seed: int = 0) -> list[Utterance]:
+    """`limit` of the utterances sampled with `seed` (in file id order), or all of them when limit is 0."""
+    if limit and limit < len(utterances):
+        return sorted(random.Random(seed).sample(utterances, limit), key=lambda u: u.file_id)
+    return utterances
 
 
 def load_dataset(dirs: Sequence[str], features: FeatureExtractor, limit: int = 0, seed: int = 0,
-                 augment: WaveAugment | None = None) -> SpeechDataset:
-    """The utterances of one or more split folders, `limit` of them sampled with `seed` if set, and what the reader
-    left out of them."""
+                 augment: WaveAugment | None = None, text: TextNormalizer = ENGLISH_TEXT) -> SpeechDataset:
+    """The utterances of one or more split folders, `limit` of them sampled with `seed` if set, labelled by `text`,
+    and what the reader left out of them."""
     reading = read_corpus(dirs)
-    utterances = reading.utterances
-    if limit and limit < len(utterances):
-        utterances = sorted(random.Random(seed).sample(utterances, limit), key=lambda u: u.file_id)
-    return SpeechDataset(utterances, features, augment, seed, reading.left_out)
+    return SpeechDataset(sampled(reading.utterances, limit, seed), features, augment, seed, reading.left_out, text)
+
+
+def fixed_vocabulary(cfg: TextConfig) -> Vocabulary | None:
+    """The vocabulary --vocab names (english or a file; None for auto, which is learned from the data). Raises
+    VocabularyError in one line for a file that cannot be used: called before any data is read."""
+    if cfg.vocab == "auto":
+        return None
+    vocabulary = ENGLISH if cfg.vocab == "english" else read_vocabulary(cfg.vocab)
+    if not cfg.lowercase and all(ch == ch.lower() for ch in vocabulary.characters):
+        raise VocabularyError(f"--lowercase false keeps capitals, which --vocab {cfg.vocab} has none of: give "
+                              "--vocab auto or a vocabulary FILE with them")
+    return vocabulary
+
+
+def run_text(cfg: TrainConfig, resume_state: dict | None = None) -> RunText:
+    """How this run's transcripts become labels: a resumed run's from its checkpoint, else from --vocab, --language
+    and --lowercase; --vocab auto learns the vocabulary from the transcripts of the training utterances the run
+    uses (their text only: no audio is read)."""
+    if resume_state is not None:
+        return RunText(ckpt.checkpoint_text(resume_state), source="resumed run")
+    t = cfg.text
+    vocabulary = fixed_vocabulary(t)
+    if vocabulary is not None:
+        return RunText(TextNormalizer(vocabulary, t.language, t.lowercase), source=t.vocab)
+    utterances = sampled(read_corpus(cfg.data.train_data).utterances, cfg.data.max_utterances, cfg.optim.seed)
+    text, rare = TextNormalizer.from_transcripts((u.transcript for u in utterances), t.vocab_min_count,
+                                                 t.lowercase, t.language)
+    return RunText(text, rare, f"learned from {len(utterances)} training transcripts")
 
 
 def wave_augment(cfg: TrainConfig) -> WaveAugment:
@@ -52,13 +106,17 @@ def wave_augment(cfg: TrainConfig) -> WaveAugment:
                        speed=a.speed_perturb, sample_rate=cfg.features.sample_rate)
 
 
-def training_data(cfg: TrainConfig, model: SpeechModel, ctx: dist.Context, progress: bool, say=print) -> TrainData:
-    """Reads and featurizes the training and dev splits (see `featurize_split`) and picks the training utterances
-    `model` can learn from; says which files it could not read and what the corpus reader left out."""
+def training_data(cfg: TrainConfig, model: SpeechModel, ctx: dist.Context, progress: bool, say=print,
+                  text: RunText | None = None) -> TrainData:
+    """Reads and featurizes the training and dev splits (see `featurize_split`), labelled by `text` (default
+    English), and picks the training utterances `model` can learn from; says which files it could not read and
+    what the corpus reader left out."""
+    text = text or RunText(ENGLISH_TEXT)
     features = FeatureExtractor.from_config(cfg.features)
     augment = wave_augment(cfg)
-    train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment)
-    dev_set = load_dataset(cfg.data.dev_data, features)
+    train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment,
+                             text.normalizer)
+    dev_set = load_dataset(cfg.data.dev_data, features, text=text.normalizer)
     for line in left_out_lines(dict.fromkeys(train_set.left_out + dev_set.left_out)):  # once each, before featurizing
         say(line)
     train_lengths = featurize_split(train_set, cfg, ctx, progress, "features train")
@@ -68,7 +126,7 @@ def training_data(cfg: TrainConfig, model: SpeechModel, ctx: dist.Context, progr
     items, skipped = trainable_items(train_set, train_lengths, model, cfg)
     loader_workers = cfg.data.workers if augment.enabled else 0  # features from the store or RAM need no workers
     return TrainData(features, train_set, dev_set, train_lengths, dev_lengths, items, skipped, loader_workers,
-                     CorpusReading([], train_set.left_out).counts())
+                     CorpusReading([], train_set.left_out).counts(), text)
 
 
 def featurize_split(dataset: SpeechDataset, cfg: TrainConfig, ctx: dist.Context, progress: bool, desc: str

@@ -23,18 +23,20 @@ from asr.evaluation.evaluate import grid_search, outputs_of
 from asr.lm import build_arpa
 from asr.metrics import cer, wer
 from asr.settings import DecoderSection, TrainConfig
-from asr.text import normalized
+from asr.text import TextNormalizer
 from asr.transcribe import Transcriber
+from asr.vocabulary import Vocabulary
 
 LEXICON_FILE = "lexicon.txt"  # a given lexicon, as the model carries it
 
 
-def check(cfg: DecoderSection) -> None:
+def check(cfg: DecoderSection, vocabulary: Vocabulary | None) -> None:
     """Refuses, before any data is read, an LM or lexicon the decoder could not use (DecoderError): a unigram LM,
-    a file that is no LM, a binary LM without a lexicon, a lexicon none of whose words the LM knows. Reads the LM's
+    a file that is no LM, a binary LM without a lexicon, a lexicon none of whose words the LM knows, or one spelled
+    with characters outside `vocabulary` (None: learned from the data later, not checked here). Reads the LM's
     header and words, not the whole LM."""
     if cfg.lm or cfg.lexicon:
-        check_lm(DecodeConfig(decoder="beam", lm=cfg.lm, lexicon=cfg.lexicon))
+        check_lm(DecodeConfig(decoder="beam", lm=cfg.lm, lexicon=cfg.lexicon), vocabulary)
 
 
 @dataclass
@@ -55,18 +57,20 @@ PREDICTION_COLUMNS = ("file_id", "target", "prediction", "prediction_greedy")
 
 
 def attach(cfg: TrainConfig, model: nn.Module, out_dir: Path, train: list[Utterance], dev: list[Utterance],
-           test: list[Utterance], progress: bool = False, say: Callable[[str], None] = print) -> Decoding:
+           test: list[Utterance], progress: bool = False, say: Callable[[str], None] = print,
+           text: TextNormalizer | None = None) -> Decoding:
     """Decides the decoder of the trained `model` (its final weights): with an LM, writes the LM (built from the
     `train` transcripts, or the given one), the lexicon and decoder.json into `out_dir`, with the LM weight and
     word score that score best on `dev`; then scores greedy decoding and that decoder on dev and `test`, keeping
-    both transcripts of every utterance scored (Decoding.predictions)."""
-    transcriber = Transcriber(cfg.recognizer(), model)
+    both transcripts of every utterance scored (Decoding.predictions). `text` is the model's normalization (default
+    English): the LM's sentences and the references are normalized as its labels were."""
+    transcriber = Transcriber(cfg.recognizer(), model, text=text or TextNormalizer())
     unreadable: list[str] = []
     emissions, references, scored = outputs_of(transcriber, dev, progress, "dev (decoder)", unreadable)
     greedy = DecodeConfig()
     own, files, grid, order = greedy, {}, [], None
     if cfg.decoder.attached:
-        lm, lexicon, order = lm_files(cfg.decoder, out_dir, train, say)
+        lm, lexicon, order = lm_files(cfg.decoder, out_dir, train, say, transcriber.text)
         base = DecodeConfig(decoder="beam", beam_size=cfg.decoder.beam_size,
                             beam_threshold=cfg.decoder.beam_threshold, lm=str(lm),
                             lexicon=str(lexicon) if lexicon else "")
@@ -97,16 +101,16 @@ def _scores(transcriber: Transcriber, emissions: list, references: list[str], ut
              "cer_greedy": cer(references, greedy)}, sorted(rows, key=lambda row: row["file_id"]))
 
 
-def lm_files(cfg: DecoderSection, out_dir: Path, train: list[Utterance], say: Callable[[str], None]
-             ) -> tuple[Path, Path | None, int | None]:
+def lm_files(cfg: DecoderSection, out_dir: Path, train: list[Utterance], say: Callable[[str], None],
+             text: TextNormalizer) -> tuple[Path, Path | None, int | None]:
     """(LM, lexicon or None, the LM's order when built here) in `out_dir`: the given LM and lexicon linked or
-    copied there, or an LM of cfg.lm_order built from the training transcripts."""
+    copied there, or an LM of cfg.lm_order built from the training transcripts (normalized by `text`)."""
     lexicon = _place(Path(cfg.lexicon), out_dir / LEXICON_FILE) if cfg.lexicon else None
     if cfg.lm:
         given = Path(cfg.lm)
         return _place(given, out_dir / f"lm{''.join(given.suffixes[-2:])}"), lexicon, None
     out = out_dir / "lm.arpa"
-    summary = build_arpa((normalized(u.transcript) for u in train), cfg.lm_order, out)
+    summary = build_arpa((text.normalized(u.transcript) for u in train), cfg.lm_order, out)
     say(f"LM: order {summary['order']}, {summary['vocab']} words, n-grams {summary['ngrams']}, from the "
         f"{summary['sentences']} training transcripts")
     return out, lexicon, cfg.lm_order

@@ -25,7 +25,6 @@ from asr.metrics import cer, wer
 from asr.model import SpeechModel, ctc_loss_sum
 from asr.precision import autocast
 from asr.settings import TrainConfig
-from asr.text import normalized
 from asr.training import distributed as dist
 from asr.training.batches import TrainData, epoch_batches, max_batch_frames, train_loader
 from asr.training.state import Progress
@@ -203,9 +202,9 @@ def compute_validation(model: nn.Module, dataset: SpeechDataset, lengths: list[i
             continue
         loss, log_probs, out_lengths = compute_loss(model, collate([dataset[i] for i in idx]), amp, ctx.device)
         total_loss += loss.item()
-        for i, hyp in zip(idx, greedy_decode(log_probs, out_lengths), strict=True):
+        for i, hyp in zip(idx, greedy_decode(log_probs, out_lengths, dataset.text.vocabulary), strict=True):
             u = dataset.utterances[i]
-            rows.append((u.file_id, normalized(u.transcript), hyp))
+            rows.append((u.file_id, dataset.text.normalized(u.transcript), hyp))
     rows = sorted(r for part in dist.gather(rows, ctx) for r in part)
     total_loss = dist.all_sum([total_loss], ctx)[0]
     refs, hyps = [r[1] for r in rows], [r[2] for r in rows]

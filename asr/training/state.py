@@ -20,6 +20,7 @@ from asr import UserError
 from asr import checkpoint as ckpt
 from asr.config import ConfigError, cli_value, from_dict, given_settings, to_dict
 from asr.settings import TrainConfig
+from asr.text import ENGLISH_TEXT, TextNormalizer
 
 
 class TrainingInterrupted(UserError):
@@ -101,9 +102,10 @@ def _as_given(value: Any) -> Any:
 
 
 def training_state(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, progress: Progress,
-                   run_id: str) -> dict[str, Any]:
-    """last.pt: the model checkpoint plus every training setting and everything needed to continue bit-for-bit."""
-    return {**ckpt.model_state(cfg.recognizer(), model), "train_config": to_dict(cfg),
+                   run_id: str, text: TextNormalizer = ENGLISH_TEXT) -> dict[str, Any]:
+    """last.pt: the model checkpoint (with the run's text normalization) plus every training setting and everything
+    needed to continue bit-for-bit."""
+    return {**ckpt.model_state(cfg.recognizer(), model, text), "train_config": to_dict(cfg),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "progress": to_dict(progress), "rng": ckpt.rng_states(), "run_id": run_id}
 

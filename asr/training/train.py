@@ -26,7 +26,7 @@ from asr.hardware import cpu_name
 from asr.model import SpeechModel
 from asr.precision import Decision, asked_dtype, decide
 from asr.settings import TrainConfig
-from asr.text import BLANK, VOCAB
+from asr.text import TextCounts
 from asr.tracking import lineage, model_card, registry, store
 from asr.tracking.metric_log import MetricLog
 from asr.tracking.packaging import log_model
@@ -37,8 +37,10 @@ from asr.training import finetune
 from asr.training.batches import (
     TrainData,
     featurize_split,
+    fixed_vocabulary,
     intra_op_threads,
     load_dataset,
+    run_text,
     total_steps,
     training_data,
 )
@@ -103,7 +105,7 @@ class Run:
         if t.ctx.main:
             self.metrics.send_or_keep()
             ckpt.atomic_save(training_state(t.cfg, t.model, t.optimizer, t.scheduler, t.scaler, self.pos,
-                                            self.run_id), path)
+                                            self.run_id, self.data.text.normalizer), path)
         return path
 
     def stop_system_metrics(self) -> None:
@@ -119,7 +121,8 @@ def train(cfg: TrainConfig, progress: bool = True, given: Collection[str] | None
     SIGINT/SIGTERM, after checkpointing."""
     cfg, resume = resume_point(cfg, given)
     check_paths(cfg)  # the data folders, before any store is touched or anything is read
-    model_decoder.check(cfg.decoder)  # the LM and lexicon to attach, likewise
+    vocabulary = fixed_vocabulary(cfg.text) if resume is None else ckpt.checkpoint_text(resume.state).vocabulary
+    model_decoder.check(cfg.decoder, vocabulary)  # the vocabulary, LM and lexicon to attach, likewise
     ctx = dist.init()
     torch.manual_seed(cfg.optim.seed)
     random.seed(cfg.optim.seed)
@@ -167,10 +170,12 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
     run: everything before the first step."""
     started = time.monotonic()
     say = print if ctx.main else lambda _: None
-    model = SpeechModel.from_config(cfg.recognizer(), len(VOCAB))
-    finetune.prepare(model, cfg, parent, VOCAB, say)
+    text = run_text(cfg, resume.state if resume else None)
+    say(text.describe())
+    model = SpeechModel.from_config(cfg.recognizer(), len(text.normalizer.vocabulary))
+    finetune.prepare(model, cfg, parent, text.normalizer.vocabulary.symbols, say)
     model = model.to(ctx.device)
-    data = training_data(cfg, model, ctx, progress, say)
+    data = training_data(cfg, model, ctx, progress, say, text)
     if not data.items:
         raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
@@ -200,6 +205,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
             f"({sum(data.skipped.values())} skipped: {data.skipped}; {sum(data.left_out.values())} left out by the "
             f"corpus reader); dev: {len(data.dev_set)} from "
             f"{','.join(cfg.data.dev_data)}")
+    run.say(f"transcripts (train): {data.train_set.text_counts.summary()}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters{frozen}; {ctx.device.type} x {ctx.world}, "
             f"{precision.describe()}, {torch.get_num_threads()} threads; "
             f"{cfg.optim.epoch} epochs, {steps} steps")
@@ -238,7 +244,24 @@ def log_start(run: Run, resume: Resume | None) -> None:
     run.out_dir.mkdir(parents=True, exist_ok=True)
     save(cfg, run.out_dir / "config.json")
     mlflow.log_artifact(str(run.out_dir / "config.json"))
-    mlflow.log_dict({"vocab": list(VOCAB), "blank": BLANK}, "vocab.json")
+    mlflow.log_dict(run.data.text.normalizer.vocabulary.to_json(), "vocab.json")
+    log_text_normalization(run)
+
+
+def log_text_normalization(run: Run, test: TextCounts | None = None) -> None:
+    """What normalization did to the transcripts: text_* metrics of the training split (numbers spelled out,
+    characters folded into the vocabulary or dropped) and text_normalization.json (the vocabulary, where it comes
+    from and the characters it saw too seldom to learn; per split, per character counts and example numbers).
+    Logged again, with the test split, once that is read."""
+    data, text = run.data, run.data.text
+    mlflow.log_metrics(data.train_set.text_counts.metrics())
+    splits = {"train": data.train_set.text_counts, "dev": data.dev_set.text_counts,
+              **({"test": test} if test is not None else {})}
+    mlflow.log_dict({"language": text.normalizer.language, "lowercase": text.normalizer.lowercase,
+                     "vocabulary": {"size": len(text.normalizer.vocabulary), "source": text.source,
+                                    "symbols": list(text.normalizer.vocabulary.symbols), "rare": text.rare},
+                     "splits": {name: counts.to_json() for name, counts in splits.items()}},
+                    "text_normalization.json")
 
 
 def run_epochs(run: Run, stop: list[int]) -> None:
@@ -277,7 +300,8 @@ def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
         pos.best, pos.best_epoch, pos.bad_epochs = (dev["wer"], dev["cer"]), pos.epoch + 1, 0
         run.best_state = copy.deepcopy(t.model.state_dict())
         if ctx.main:
-            ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.BEST)
+            ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model, run.data.text.normalizer),
+                             run.out_dir / ckpt.BEST)
     else:
         pos.bad_epochs += 1
     if ctx.main:
@@ -305,9 +329,10 @@ def finish(run: Run) -> TrainResult:
     mlflow.log_metrics({"best_wer": dev["wer"], "best_cer": dev["cer"], "best_epoch": run.pos.best_epoch})
     if test:
         mlflow.log_metrics({"test_loss": test["loss"]})
-    checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model), run.out_dir / ckpt.MODEL)
+    text = run.data.text.normalizer
+    checkpoint = ckpt.atomic_save(ckpt.model_state(cfg.recognizer(), t.model, text), run.out_dir / ckpt.MODEL)
     decoding = model_decoder.attach(cfg, t.model, run.out_dir, run.data.train_set.utterances,
-                                    run.data.dev_set.utterances, test_utts, run.progress, run.say)
+                                    run.data.dev_set.utterances, test_utts, run.progress, run.say, text)
     log_decoding(decoding)
     for split, rows in decoding.predictions.items():
         log_predictions(rows, f"predictions_{split}.json")
@@ -370,10 +395,11 @@ def card_facts(run: Run, decoding: model_decoder.Decoding, name: str, version: s
         hardware(t.ctx.device), t.ctx.world, run.precision.name, torch.get_num_threads(), run.run_id,
         run.parent.get(lineage.PARENT_TAG, ""), run.parent.get(lineage.PARENT_SHA256_TAG, ""), cfg.finetune.freeze)
     return model_card.ModelCard(
-        name, version, sum(p.numel() for p in t.model.parameters()), cfg.model, cfg.features, len(VOCAB),
+        name, version, sum(p.numel() for p in t.model.parameters()), cfg.model, cfg.features,
+        len(run.data.text.normalizer.vocabulary),
         ckpt.MODEL, rows, training, decoding.description, decoding.config,
         cfg.decoder.lm_order if cfg.decoder.attached and not cfg.decoder.lm else None, len(decoding.grid),
-        decoding.dev, decoding.test, example(*held_out))
+        decoding.dev, decoding.test, example(*held_out), run.data.text.normalizer.language)
 
 
 def example(dirs: Sequence[str], utterances: list[Utterance], seconds: list[float]) -> model_card.Example:
@@ -415,7 +441,7 @@ def score_test(run: Run) -> tuple[dict[str, float], list]:
     t, cfg = run.trainer, run.trainer.cfg
     if not cfg.data.test_data:
         return {}, []
-    test_set = load_dataset(cfg.data.test_data, run.data.features)
+    test_set = load_dataset(cfg.data.test_data, run.data.features, text=run.data.text.normalizer)
     lengths = featurize_split(test_set, cfg, t.ctx, run.progress, "features test")
     for message in test_set.unreadable:
         run.say(f"skipping {message}")
@@ -424,6 +450,7 @@ def score_test(run: Run) -> tuple[dict[str, float], list]:
         run.test_split = (cfg.data.test_data, test_set.utterances, [n * hop for n in lengths])
         lineage.log_split(lineage.TEST, *run.test_split)
         run.test_summary = lineage.split_summary(cfg.data.test_data, len(test_set), sum(lengths) * hop)
+        log_text_normalization(run, test_set.text_counts)
     return compute_validation(t.model, test_set, lengths, cfg, t.amp, t.ctx)[0], test_set.utterances
 
 
