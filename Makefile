@@ -4,7 +4,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ASR    := $(VENV)/bin/asr
-DEMO   ?= data/demo
+LANGUAGE ?= en
+# English: data/demo and SpeechRecognitionModel; another language (es, de, fr): its own corpus folder, registered
+# model and learned vocabulary
+DEMO   ?= $(if $(filter en,$(LANGUAGE)),data/demo,data/demo-$(LANGUAGE))
+DEMO_MODEL ?= $(if $(filter en,$(LANGUAGE)),SpeechRecognitionModel,SpeechRecognitionModel-$(LANGUAGE))
+DEMO_TEXT := $(if $(filter en,$(LANGUAGE)),,--vocab auto --language $(LANGUAGE))
 
 LOCK   := requirements.lock
 
@@ -49,16 +54,16 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	@echo "== 1/5 demo corpus (text-to-speech, LibriSpeech layout) in $(DEMO)"
-	$(ASR) data synth --root $(DEMO)
+	@echo "== 1/5 demo corpus ($(LANGUAGE), text-to-speech, LibriSpeech layout) in $(DEMO)"
+	$(ASR) data synth --language $(LANGUAGE) --root $(DEMO)
 	@echo "== 2/5 train with a word trigram LM from the training transcripts (tuned on dev), log to MLflow, register and promote"
-	$(ASR) train --train_data $(DEMO)/train --dev_data $(DEMO)/dev --test_data $(DEMO)/test
+	$(ASR) train --train_data $(DEMO)/train --dev_data $(DEMO)/dev --test_data $(DEMO)/test --registered_model $(DEMO_MODEL) $(DEMO_TEXT)
 	@echo "== 3/5 held-out voices, Production model, acoustic model alone: greedy decoding"
-	$(ASR) evaluate --dataset $(DEMO)/test --decoder greedy
+	$(ASR) evaluate --model_uri models:/$(DEMO_MODEL)@production --dataset $(DEMO)/test --decoder greedy
 	@echo "== 4/5 held-out voices, Production model with its own decoder: beam search + the LM it was trained with"
-	$(ASR) evaluate --dataset $(DEMO)/test
+	$(ASR) evaluate --model_uri models:/$(DEMO_MODEL)@production --dataset $(DEMO)/test
 	@echo "== 5/5 validate a held-out utterance by file id with the Production model (its own decoder)"
-	$(ASR) validate --dataset $(DEMO)/test --file_id $$($(PY) -c "from asr.data.dataset import read_split; print(read_split('$(DEMO)/test')[0].file_id)")
+	$(ASR) validate --registered_model $(DEMO_MODEL) --dataset $(DEMO)/test --file_id $$($(PY) -c "from asr.data.dataset import read_split; print(read_split('$(DEMO)/test')[0].file_id)")
 
 lint: install
 	$(VENV)/bin/ruff check asr tests main.py
