@@ -9,7 +9,7 @@ LANGUAGE ?= en
 # model and learned vocabulary
 DEMO   ?= $(if $(filter en,$(LANGUAGE)),data/demo,data/demo-$(LANGUAGE))
 DEMO_MODEL ?= $(if $(filter en,$(LANGUAGE)),SpeechRecognitionModel,SpeechRecognitionModel-$(LANGUAGE))
-DEMO_TEXT := $(if $(filter en,$(LANGUAGE)),,--vocab auto --language $(LANGUAGE))
+DEMO_TEXT := $(if $(filter en,$(LANGUAGE)),,--language $(LANGUAGE))
 
 LOCK   := requirements.lock
 

@@ -156,10 +156,10 @@ def language_problem(language: str) -> str | None:
 @dataclass
 class TextConfig(Checked):
     """How transcripts become labels: the vocabulary and the per-language normalization a model carries."""
-    vocab: str = opt("english", "characters the model emits: english (blank, space, apostrophe, a-z), auto (learned "
+    vocab: str = opt("", "characters the model emits: english (blank, space, apostrophe, a-z), auto (learned "
                      "from the training transcripts after normalization: letters, marks and the apostrophe seen at "
                      "least --vocab_min_count times), or a FILE: one character per line, or JSON (a list, or a "
-                     "run's vocab.json)")
+                     "run's vocab.json); '' = english for --language en, auto for any other language")
     language: str = opt("en", "language of the transcripts (num2words' code: en, es, de, fr, ...): numbers written "
                         "with digits are spelled out in it", check=language_problem)
     lowercase: bool = opt(True, "lower-case transcripts before they become labels (false keeps capitals: needs "
@@ -169,6 +169,9 @@ class TextConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.vocab:
+            # English keeps the vocabulary every English model has; another language's letters are learned
+            self.vocab = "english" if self.language == "en" else "auto"
         if self.vocab == "english" and not self.lowercase:
             raise ConfigError("--lowercase false keeps capitals, which the english vocabulary has none of: give "
                               "--vocab auto or a vocabulary FILE with them")

@@ -82,11 +82,12 @@ SPANISH_LETTERS = {"ñ", "ó", "á", "í", "é", "ü"}
 
 @pytest.fixture(scope="module")
 def spanish_run(tmp_path_factory: pytest.TempPathFactory, short_dev: Path, empty_store_db: Path):
-    """A tiny model trained and registered on Spanish transcripts (--vocab auto --language es), in its own store."""
+    """A tiny model trained and registered on Spanish transcripts (--language es: --vocab auto by default), in its
+    own store."""
     root = tmp_path_factory.mktemp("spanish")
     split = relabelled_split(root / "es", short_dev, SPANISH)
     new_store(empty_store_db, root)
-    cfg = make_tiny_config(split, max_utterances=4, vocab="auto", language="es", vocab_min_count=1,
+    cfg = make_tiny_config(split, max_utterances=4, language="es", vocab_min_count=1,
                            output_dir=str(root / "outputs"), registered_model="asr-es")
     with mlflow_store(root):
         result = train(cfg, progress=False)
@@ -166,6 +167,14 @@ def test_a_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(tmp_pa
     resumed = run_text(cfg, state)
     assert resumed.normalizer == spanish and resumed.source == "resumed run"
     assert run_text(cfg).normalizer == ENGLISH_TEXT
+
+
+def test_the_vocabulary_defaults_to_english_for_english_and_to_learned_for_any_other_language(tmp_path: Path):
+    base = {"train_data": str(tmp_path), "dev_data": str(tmp_path), "test_data": ""}
+    assert from_dict(TrainConfig, base).text.vocab == "english"
+    assert from_dict(TrainConfig, {**base, "language": "de"}).text.vocab == "auto"
+    assert from_dict(TrainConfig, {**base, "language": "de", "vocab": "english"}).text.vocab == "english"
+    assert from_dict(TrainConfig, {**base, "vocab": "auto"}).text.vocab == "auto"
 
 
 def test_text_settings_that_cannot_work_are_refused_before_any_data_is_read(tmp_path: Path, isolated_mlflow: str):
