@@ -114,6 +114,9 @@ class FeatureConfig(Checked):
                               "transform of the mel bands")
 
 
+DEFAULT_LOOKAHEAD = 2  # --lookahead: 2 frames of 30 ms with the default stride and hop
+
+
 @dataclass
 class ModelConfig(Checked):
     """The acoustic model's shape (a checkpoint carries it)."""
@@ -124,6 +127,19 @@ class ModelConfig(Checked):
     rnn_layers: int = opt(2, "bidirectional GRU layers", min=1)
     rnn_dim: int = opt(192, "hidden size of each GRU direction", min=1)
     dropout: float = opt(0.05, "dropout probability in CNN, GRU and classifier layers", min=0, below=1)
+    streaming: bool = opt(False, "a model that can transcribe live (asr.streaming): unidirectional GRUs, a look-ahead "
+                          "of --lookahead frames after them, and causal features normalized with statistics of the "
+                          "training set that the model stores (default: bidirectional GRUs, per-utterance "
+                          "normalization)")
+    lookahead: int = opt(DEFAULT_LOOKAHEAD, "--streaming only: future frames (at the GRUs' frame rate) the look-ahead layer after the "
+                         "GRUs sees; the latency it adds is lookahead * time_stride * hop_ms (0 = none: strictly "
+                         "causal)", min=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.streaming and self.lookahead != DEFAULT_LOOKAHEAD:
+            raise ConfigError(f"--lookahead {self.lookahead} needs --streaming: a bidirectional model sees the whole "
+                              "utterance and has no look-ahead layer")
 
 
 # The model's blocks, input to output, by their attribute names in asr.model.SpeechModel (--freeze takes them)
