@@ -124,7 +124,7 @@ class ModelConfig(Checked):
                            min=1)
     cnn_layers: int = opt(1, "residual CNN blocks", min=0)
     cnn_channels: int = opt(16, "channels of every CNN layer", min=1)
-    rnn_layers: int = opt(2, "bidirectional GRU layers", min=1)
+    rnn_layers: int = opt(2, "GRU layers (bidirectional; unidirectional with --streaming)", min=1)
     rnn_dim: int = opt(192, "hidden size of each GRU direction", min=1)
     dropout: float = opt(0.05, "dropout probability in CNN, GRU and classifier layers", min=0, below=1)
     streaming: bool = opt(False, "a model that can transcribe live (asr.streaming): unidirectional GRUs, a look-ahead "
@@ -278,6 +278,8 @@ def click_options(*classes: type) -> Callable[[Callable], Callable]:
                 else _TYPES.get(f.type, str)
             given = {"required": True} if f.metadata.get("required") else \
                 {"default": cli_value(f.default), "show_default": True}  # a default, even None, satisfies required
+            if f.type == "bool":  # --name alone means true; --name true/false as MLproject and main.py pass it
+                given.update(is_flag=False, flag_value=True)
             fn = click.option(*names, f.name, type=kind, help=f.metadata["help"], **given)(fn)
         return fn
 

@@ -315,6 +315,8 @@ def _write_onnx(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], pa
         # verification in export_model runs with a batch size other than the traced one
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*GRU", category=UserWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # nn.GRU's input checks
+        # a streaming model's look-ahead slices with a step the constant folder skips (the graph is still right)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             model, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),

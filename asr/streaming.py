@@ -268,24 +268,37 @@ class StreamingRecognizer:
     def accept(self, samples: np.ndarray | torch.Tensor) -> StreamUpdate:
         """Feeds the next samples (1-D, any length, including 0) -> the partial text and the segments that ended.
         Raises StreamError for samples that are not 1-D, or after finish() without reset()."""
-        if self.finished:
-            raise StreamError("this stream is finished: call reset() to start another")
-        wave = torch.as_tensor(np.asarray(samples) if not isinstance(samples, torch.Tensor) else samples)
-        if wave.dim() != 1:
-            raise StreamError(f"expected mono samples (1-D), got shape {tuple(wave.shape)}")
-        with torch.inference_mode():
-            frames = self.feature_stream.push(wave.detach().float().cpu())
-            return self._take(self._log_probs(frames, final=False))
+        return self._take(self.advance(samples))
 
     def finish(self) -> StreamUpdate:
         """End of the audio: the last frames, and the open segment finalized. Then reset() starts another stream."""
         if self.finished:
             return StreamUpdate("", ())
+        update = self._take(self.advance(None))
+        return StreamUpdate("", update.finals + self._finalize())
+
+    def advance(self, samples: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+        """The model's side of `accept` (None: of `finish`): the log-probabilities (frames, classes) of the output
+        frames these samples complete, float32, which accept() then segments. Across a stream they equal the
+        offline model's on the whole audio. Raises StreamError as accept() does."""
+        if self.finished:
+            raise StreamError("this stream is finished: call reset() to start another")
         with torch.inference_mode():
-            update = self._take(self._log_probs(self.feature_stream.finish(), final=True))
-            finals = update.finals + self._finalize()
-        self.finished = True
-        return StreamUpdate("", finals)
+            if samples is None:
+                self.finished = True
+                return self._log_probs(self.feature_stream.finish(), final=True)
+            wave = torch.as_tensor(np.asarray(samples) if not isinstance(samples, torch.Tensor) else samples)
+            if wave.dim() != 1:
+                raise StreamError(f"expected mono samples (1-D), got shape {tuple(wave.shape)}")
+            return self._log_probs(self.feature_stream.push(wave.detach().float().cpu()), final=False)
+
+    def held(self) -> dict[str, int]:
+        """What the recognizer holds now, in samples or frames per buffer: bounded whatever the stream's length."""
+        f, m = self.feature_stream, self.model_stream
+        return {"samples": f.buffer.numel() + f.head.numel() + f.last.numel(), "feature_frames": m.features.shape[1],
+                "stem_frames": 0 if m.stem_out is None else m.stem_out.shape[-1],
+                "lookahead_frames": 0 if m.pending is None else m.pending.shape[1],
+                "segment_frames": len(self.segment)}
 
     def _log_probs(self, frames: torch.Tensor, final: bool) -> torch.Tensor:
         if frames.shape[1] == 0 and not final:
@@ -297,6 +310,7 @@ class StreamingRecognizer:
     def _take(self, log_probs: torch.Tensor) -> StreamUpdate:
         """Adds output frames to the open segment, finalizing segments at endpoints."""
         finals: list[Segment] = []
+        log_probs = log_probs.float()
         best = log_probs.argmax(dim=-1).tolist() if log_probs.numel() else []
         for row, label in zip(log_probs, best, strict=True):
             self.segment.append(row)
