@@ -131,9 +131,9 @@ class ModelConfig(Checked):
                           "of --lookahead frames after them, and causal features normalized with statistics of the "
                           "training set that the model stores (default: bidirectional GRUs, per-utterance "
                           "normalization)")
-    lookahead: int = opt(DEFAULT_LOOKAHEAD, "--streaming only: future frames (at the GRUs' frame rate) the look-ahead layer after the "
-                         "GRUs sees; the latency it adds is lookahead * time_stride * hop_ms (0 = none: strictly "
-                         "causal)", min=0)
+    lookahead: int = opt(DEFAULT_LOOKAHEAD, "--streaming only: future frames (at the GRUs' frame rate) the "
+                         "look-ahead layer after the GRUs sees; the latency it adds is lookahead * time_stride * "
+                         "hop_ms (0 = none: strictly causal)", min=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,6 +14,11 @@ non-blank output, or when it reaches `max_segment_s`. Its final text comes from 
 recurrent state is not reset at an endpoint (the log-probabilities stay those of the whole stream); only the
 hypothesis is cut. Memory stays bounded over any stream length: only the open segment's log-probabilities are kept
 (leading blank frames are dropped beyond `endpoint_ms`), and the other buffers hold a few frames each.
+
+A bidirectional model (the default) cannot stream exactly: it runs in "segment" mode instead (see
+StreamingRecognizer), re-running the offline model on the open segment's audio every `partial_ms`, so that the
+existing models also work live, at a cost per partial that grows with the segment's length (bounded by
+max_segment_s).
 """
 
 from __future__ import annotations
@@ -213,23 +218,33 @@ def conv_len(n: int, stride: int) -> int:
 
 
 class StreamingRecognizer:
-    """Live transcription with a streaming model's Transcriber (see the module docstring).
+    """Live transcription with a Transcriber (see the module docstring).
 
     accept(samples) -> StreamUpdate (partial text and the segments that ended); finish() at the end of the audio;
     reset() to start another stream. Samples: mono float32 in [-1, 1] at `sample_rate`, any number per call.
-    Raises NotStreamable (in __init__) for a model trained bidirectional.
+
+    A streaming model (`--streaming`) streams exactly (`mode` "exact"). A bidirectional one needs the whole
+    utterance, so it runs in `mode` "segment": the open segment's audio is run through the offline model again
+    every `partial_ms` of new audio (the partial is that pass's greedy text, so each pass costs time proportional
+    to the segment's length, bounded by max_segment_s), and the segment ends when that pass ends in a run of
+    `endpoint_ms` of blank frames after some non-blank output, or at max_segment_s. exact_only=True refuses such
+    a model instead: NotStreamable, in one line. Raises StreamError for non-positive durations.
     """
 
-    def __init__(self, transcriber, *, endpoint_ms: float = 800.0, max_segment_s: float = 30.0):
+    def __init__(self, transcriber, *, endpoint_ms: float = 800.0, max_segment_s: float = 30.0,
+                 partial_ms: float = 500.0, exact_only: bool = False):
         model = transcriber.model
-        if not getattr(transcriber.fp32_model, "streaming", False):
+        self.mode = "exact" if getattr(transcriber.fp32_model, "streaming", False) else "segment"
+        if self.mode == "segment" and exact_only:
             raise NotStreamable("this model was trained bidirectional, so it needs the whole utterance; train one "
                                 "with --streaming to transcribe live")
-        if endpoint_ms <= 0 or max_segment_s <= 0:
-            raise StreamError(f"endpoint_ms ({endpoint_ms:g}) and max_segment_s ({max_segment_s:g}) must be positive")
+        if min(endpoint_ms, max_segment_s, partial_ms) <= 0:
+            raise StreamError(f"endpoint_ms ({endpoint_ms:g}), max_segment_s ({max_segment_s:g}) and partial_ms "
+                              f"({partial_ms:g}) must be positive")
         self.transcriber = transcriber
         self.feature_stream = FeatureStream(transcriber.features)
-        self.model_stream = ModelStream(model)
+        self.model_stream = ModelStream(model) if self.mode == "exact" else None
+        self.segment_mode = SegmentMode(self, partial_ms, max_segment_s) if self.mode == "segment" else None
         self.frame_seconds = transcriber.features.hop * model.stem.stride[1] / transcriber.sample_rate
         self.endpoint_frames = max(1, round(endpoint_ms / 1000 / self.frame_seconds))
         self.max_frames = max(1, round(max_segment_s / self.frame_seconds))
@@ -248,12 +263,16 @@ class StreamingRecognizer:
     @property
     def seconds(self) -> float:
         """Seconds of audio accepted so far."""
-        return self.feature_stream.samples / self.sample_rate
+        samples = self.segment_mode.samples if self.segment_mode else self.feature_stream.samples
+        return samples / self.sample_rate
 
     def reset(self) -> None:
         """Forgets the stream: the next accept() starts a new one."""
         self.feature_stream.reset()
-        self.model_stream.reset()
+        if self.model_stream is not None:
+            self.model_stream.reset()
+        if self.segment_mode is not None:
+            self.segment_mode.reset()
         self.frames = 0            # output frames so far
         self.finished = False
         self._new_segment()
@@ -268,32 +287,51 @@ class StreamingRecognizer:
     def accept(self, samples: np.ndarray | torch.Tensor) -> StreamUpdate:
         """Feeds the next samples (1-D, any length, including 0) -> the partial text and the segments that ended.
         Raises StreamError for samples that are not 1-D, or after finish() without reset()."""
+        if self.segment_mode is not None:
+            return self.segment_mode.accept(self._wave(samples))
         return self._take(self.advance(samples))
 
     def finish(self) -> StreamUpdate:
         """End of the audio: the last frames, and the open segment finalized. Then reset() starts another stream."""
         if self.finished:
             return StreamUpdate("", ())
+        if self.segment_mode is not None:
+            self.finished = True
+            return self.segment_mode.finish()
         update = self._take(self.advance(None))
         return StreamUpdate("", update.finals + self._finalize())
+
+    def _wave(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Samples as a 1-D float32 CPU tensor. Raises StreamError as accept() does."""
+        if self.finished:
+            raise StreamError("this stream is finished: call reset() to start another")
+        wave = torch.as_tensor(np.asarray(samples) if not isinstance(samples, torch.Tensor) else samples)
+        if wave.dim() != 1:
+            raise StreamError(f"expected mono samples (1-D), got shape {tuple(wave.shape)}")
+        return wave.detach().float().cpu()
 
     def advance(self, samples: np.ndarray | torch.Tensor | None) -> torch.Tensor:
         """The model's side of `accept` (None: of `finish`): the log-probabilities (frames, classes) of the output
         frames these samples complete, float32, which accept() then segments. Across a stream they equal the
-        offline model's on the whole audio. Raises StreamError as accept() does."""
-        if self.finished:
-            raise StreamError("this stream is finished: call reset() to start another")
-        with torch.inference_mode():
-            if samples is None:
-                self.finished = True
+        offline model's on the whole audio (exact mode only). Raises StreamError as accept() does, and in segment
+        mode."""
+        if self.segment_mode is not None:
+            raise StreamError("a bidirectional model streams in segment mode: its log-probabilities are those of "
+                              "the open segment's latest pass, not per frame")
+        if samples is None:
+            if self.finished:
+                raise StreamError("this stream is finished: call reset() to start another")
+            self.finished = True
+            with torch.inference_mode():
                 return self._log_probs(self.feature_stream.finish(), final=True)
-            wave = torch.as_tensor(np.asarray(samples) if not isinstance(samples, torch.Tensor) else samples)
-            if wave.dim() != 1:
-                raise StreamError(f"expected mono samples (1-D), got shape {tuple(wave.shape)}")
-            return self._log_probs(self.feature_stream.push(wave.detach().float().cpu()), final=False)
+        wave = self._wave(samples)
+        with torch.inference_mode():
+            return self._log_probs(self.feature_stream.push(wave), final=False)
 
     def held(self) -> dict[str, int]:
         """What the recognizer holds now, in samples or frames per buffer: bounded whatever the stream's length."""
+        if self.segment_mode is not None:
+            return {"samples": self.segment_mode.audio.numel()}
         f, m = self.feature_stream, self.model_stream
         return {"samples": f.buffer.numel() + f.head.numel() + f.last.numel(), "feature_frames": m.features.shape[1],
                 "stem_frames": 0 if m.stem_out is None else m.stem_out.shape[-1],
@@ -341,3 +379,75 @@ class StreamingRecognizer:
         if not text:
             return ()
         return (Segment(text, start * self.frame_seconds, (end + 1) * self.frame_seconds),)
+
+
+class SegmentMode:
+    """A bidirectional model's live transcription (StreamingRecognizer's mode "segment"): the open segment's audio,
+    run through the offline model again every `partial_ms` of new audio. Holds at most max_segment_s of audio (the
+    open segment's; before any speech, only the last endpoint's worth)."""
+
+    def __init__(self, owner: StreamingRecognizer, partial_ms: float, max_segment_s: float):
+        self.owner = owner
+        rate = owner.transcriber.sample_rate
+        self.every = max(1, round(partial_ms / 1000 * rate))
+        self.max_samples = max(1, round(max_segment_s * rate))
+        self.min_samples = owner.transcriber.features.n_fft // 2 + 1  # what the centered STFT needs
+        self.reset()
+
+    def reset(self) -> None:
+        self.audio = torch.zeros(0)  # the open segment's samples
+        self.audio_start = 0         # stream sample index of audio[0]
+        self.samples = 0             # samples accepted
+        self.since_pass = 0
+        self.partial = ""
+
+    def accept(self, wave: torch.Tensor) -> StreamUpdate:
+        finals: list[Segment] = []
+        for piece in wave.split(self.every):  # passes every partial_ms, and segments no longer than the maximum
+            room = max(0, self.max_samples - self.audio.numel())
+            for part in (piece[:room], piece[room:]):
+                if not part.numel():
+                    continue
+                self.audio = torch.cat([self.audio, part])
+                self.samples += part.numel()
+                self.since_pass += part.numel()
+                if self.since_pass >= self.every or self.audio.numel() >= self.max_samples:
+                    finals += self._pass(final=False)
+        return StreamUpdate(self.partial, tuple(finals))
+
+    def finish(self) -> StreamUpdate:
+        return StreamUpdate("", self._pass(final=True))
+
+    def _pass(self, final: bool) -> tuple[Segment, ...]:
+        """Runs the offline model on the open segment; finalizes it at an endpoint, its maximum or the end."""
+        self.since_pass = 0
+        t, owner = self.owner.transcriber, self.owner
+        if self.audio.numel() < self.min_samples:
+            return ()
+        with torch.inference_mode():
+            feats = t.features(self.audio)
+            with autocast(t.device, t.precision.dtype):
+                log_probs, _ = t.model(feats[None].to(t.device), torch.tensor([feats.shape[-1]], device=t.device))
+        log_probs = log_probs[0].float().cpu()
+        spoken = (log_probs.argmax(dim=-1) != BLANK).nonzero().flatten().tolist()
+        if not spoken:  # leading silence: keep the last endpoint's worth, where speech may be starting
+            keep = 0 if final else min(self.audio.numel(), round(owner.endpoint_frames * owner.frame_seconds
+                                                                 * t.sample_rate))
+            self._drop(self.audio.numel() - keep)
+            self.partial = ""
+            return ()
+        ended = log_probs.shape[0] - 1 - spoken[-1] >= owner.endpoint_frames
+        if not (final or ended or self.audio.numel() >= self.max_samples):
+            self.partial = greedy_decode(log_probs[None], torch.tensor([log_probs.shape[0]]), t.text.vocabulary)[0]
+            return ()
+        text = t.decoder(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
+        offset = self.audio_start / t.sample_rate
+        seconds = owner.frame_seconds
+        segment = Segment(text, offset + spoken[0] * seconds, offset + (spoken[-1] + 1) * seconds)
+        self._drop(self.audio.numel())
+        self.partial = ""
+        return (segment,) if text else ()
+
+    def _drop(self, n: int) -> None:
+        self.audio = self.audio[n:]
+        self.audio_start += n

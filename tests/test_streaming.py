@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LIBRISPEECH, make_tiny_config, one_line_error, run_cli, asr_command, synthesized_corpus
-from conftest import torch_threads
+from conftest import (
+    LIBRISPEECH,
+    asr_command,
+    make_tiny_config,
+    one_line_error,
+    run_cli,
+    synthesized_corpus,
+    torch_threads,
+)
 
 import asr
 from asr import checkpoint as ckpt
@@ -237,35 +244,41 @@ def test_recognizer_takes_empty_and_odd_chunks_and_resets(utterances):
         recognizer.accept(np.zeros((2, 100), dtype=np.float32))
 
 
-def test_a_bidirectional_model_is_refused_with_the_reason():
+def test_exact_only_refuses_a_bidirectional_model_with_the_reason():
     cfg = RecognizerConfig()
     transcriber = Transcriber(cfg, SpeechModel.from_config(cfg, VOCAB_SIZE))
-    with pytest.raises(NotStreamable, match="--streaming"):
-        StreamingRecognizer(transcriber)
+    with pytest.raises(NotStreamable, match="--streaming") as e:
+        StreamingRecognizer(transcriber, exact_only=True)
+    assert "\n" not in str(e.value)
+    assert StreamingRecognizer(transcriber).mode == "segment"
 
 
 # ---------------------------------------------------------------- endpointing
 
 
-def energy_detector() -> Transcriber:
-    """A streaming model set by hand to say "a" while there is sound and blank over digital silence: the stem
-    passes the first MFCC (log energy) through, normalized so that only digital silence is negative; the LayerNorm
-    of a 2-vector makes that a sign, the GRU (no recurrence) and classifier map the sign to "a" or blank."""
-    cfg = RecognizerConfig(FeatureConfig(), ModelConfig(streaming=True, lookahead=0, cnn_layers=0, cnn_channels=1,
-                                                        rnn_layers=1, rnn_dim=2, dropout=0.0))
+def energy_detector(streaming: bool = True) -> Transcriber:
+    """A model set by hand to say "a" while there is sound and blank over silence: the stem passes the first MFCC
+    (log energy) through, normalized (streaming: so that only digital silence is negative; bidirectional: per
+    utterance, so below the utterance's mean); the LayerNorm of a 2-vector makes that a sign, the GRUs (no
+    recurrence) and the classifier map the sign to "a" or blank."""
+    shape = dict(streaming=True, lookahead=0) if streaming else {}
+    cfg = RecognizerConfig(FeatureConfig(), ModelConfig(**shape, cnn_layers=0, cnn_channels=1, rnn_layers=1,
+                                                        rnn_dim=2, dropout=0.0))
     model = SpeechModel.from_config(cfg, VOCAB_SIZE).eval()
-    silence = FeatureExtractor.for_recognizer(cfg)(torch.zeros(4000))[0, 5].item()  # c0 of digital silence
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        model.mean[0], model.std[0] = silence + 20.0, 1.0
+        if streaming:
+            silence = FeatureExtractor.for_recognizer(cfg)(torch.zeros(4000))[0, 5].item()  # c0 of digital silence
+            model.mean[0], model.std[0] = silence + 20.0, 1.0
         model.stem.weight[0, 0, 1, 1] = 1.0                    # row 0 = c0, at the stem's centre frame
         model.proj.weight[:, 0] = torch.tensor([1.0, -1.0])    # +-(c0): LayerNorm turns it into its sign
-        gru = model.rnns[0]
-        gru.norm.weight.fill_(1.0)
-        gru.forward_gru.weight_ih_l0[4:6] = 5 * torch.eye(2)   # candidate n = tanh(5 x); z = 0.5, r = 0.5
-        gru.forward_gru.bias_ih_l0[2:4] = -30.0                # z = 0: h = n
-        model.classifier[0].weight.copy_(torch.eye(2))
+        layer = model.rnns[0]
+        layer.norm.weight.fill_(1.0)
+        for gru in (layer.forward_gru, getattr(layer, "backward_gru", layer.forward_gru)):
+            gru.weight_ih_l0[4:6] = 5 * torch.eye(2)           # candidate n = tanh(5 x); r = 0.5
+            gru.bias_ih_l0[2:4] = -30.0                        # z = 0: h = n
+        model.classifier[0].weight[:, :2] = torch.eye(2)       # the forward direction's output
         a = ENGLISH_TEXT.vocabulary.symbols.index("a")
         model.classifier[3].weight[a, 0] = model.classifier[3].weight[0, 1] = 10.0
     return Transcriber(cfg, model)
@@ -306,7 +319,21 @@ def test_endpoints_cut_segments_at_silences(utterances):
     assert "a" in partials and "" in partials
     for segment, (start, end) in zip(finals, spans, strict=True):
         assert segment.start == pytest.approx(start, abs=0.1) and segment.end == pytest.approx(end, abs=0.1)
-    assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
+    assert all(a.end <= b.start for a, b in zip(finals, finals[1:], strict=False))
+
+
+def test_a_bidirectional_model_streams_in_segment_mode(utterances):
+    """The existing (bidirectional) models work live too: segments at the silences, from re-run passes."""
+    wave, spans = with_silences(utterances)
+    recognizer = StreamingRecognizer(energy_detector(streaming=False), endpoint_ms=500, partial_ms=300)
+    assert recognizer.mode == "segment"
+    finals = run_stream(recognizer, wave, 1601)
+    assert len(finals) >= 3 and all(set(s.text) == {"a"} for s in finals)  # "a" flickers: per-utterance norm
+    assert all(a.end <= b.start for a, b in zip(finals, finals[1:], strict=False))
+    for start, end in spans:  # every utterance is in segments, and every segment in an utterance
+        assert any(start - 0.1 <= s.start < end for s in finals)
+    assert all(any(start - 0.1 <= s.start and s.end <= end + 0.1 for start, end in spans) for s in finals)
+    assert recognizer.held()["samples"] <= 30 * 16000
 
 
 def test_max_segment_length_cuts_long_speech(utterances):
@@ -316,7 +343,7 @@ def test_max_segment_length_cuts_long_speech(utterances):
     total = wave.numel() / 16000
     assert len(finals) >= int(total / 1.5)
     assert all(s.end - s.start <= 1.5 + 1e-6 for s in finals)
-    assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
+    assert all(a.end <= b.start for a, b in zip(finals, finals[1:], strict=False))
 
 
 def test_state_stays_bounded_over_a_long_stream(utterances):

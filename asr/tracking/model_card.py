@@ -81,7 +81,8 @@ class ModelCard:
 def render(card: ModelCard) -> str:
     """The card as Markdown: a summary line, then Model, Features, Training data, Training, Accuracy, Decoder
     and Use it sections."""
-    sections = [summary(card), model_section(card), features_section(card.features, card.model.streaming), data_section(card.splits),
+    sections = [summary(card), model_section(card), features_section(card.features, card.model.streaming),
+                data_section(card.splits),
                 training_section(card.training), accuracy_section(card), decoder_section(card), usage_section(card)]
     return "\n\n".join(sections) + "\n"
 
