@@ -4,9 +4,10 @@
 unidirectional GRUs, a look-ahead of N frames, causal features). It carries everything between chunks: the samples
 not yet forming a feature frame, the convolutions' context, the GRUs' hidden states and the look-ahead's frames, so
 its per-frame log-probabilities equal the offline model's on the whole audio (asr.model.SpeechModel.forward on
-FeatureExtractor features; tested to 1e-4), whatever the chunk sizes. Latency: an output frame is out once the
-audio reaches 1 + R feature frames past its stem window plus `lookahead` output frames (R = 2 per residual CNN
-block), i.e. about (2 R + lookahead * time_stride + 2) * hop_ms + n_fft / 2 samples with the defaults' 30 ms frames.
+FeatureExtractor features; tested to 1e-4), whatever the chunk sizes. Latency (`latency_seconds`, besides the chunk
+size and compute): output frame t (centred at t * time_stride * hop) is out once the audio reaches feature frame
+time_stride * (t + R + lookahead) + 1 (R = 2 per residual CNN block) and that frame's half window n_fft / 2: with
+the default shape (time stride 3, 1 CNN block, look-ahead 2, hop 10 ms, n_fft 512) 130 ms + 16 ms = 146 ms.
 
 Endpointing: the open segment ends after `endpoint_ms` of blank output frames (argmax = blank) that follow some
 non-blank output, or when it reaches `max_segment_s`. Its final text comes from the model's own decoder (beam search
@@ -259,6 +260,16 @@ class StreamingRecognizer:
     def frames_per_second(self) -> float:
         """Output frames (log-probability rows) per second of audio."""
         return 1.0 / self.frame_seconds
+
+    @property
+    def latency_seconds(self) -> float:
+        """How far the audio must run past an output frame's centre before that frame is out (exact mode: see the
+        module docstring; segment mode: the endpoint, as partials come every partial_ms anyway)."""
+        t, model = self.transcriber, self.transcriber.model
+        if self.segment_mode is not None:
+            return self.endpoint_frames * self.frame_seconds
+        frames = model.stem.stride[1] * (2 * len(model.cnn) + model.lookahead_frames) + 1
+        return (frames * t.features.hop + t.features.n_fft // 2) / t.sample_rate
 
     @property
     def seconds(self) -> float:

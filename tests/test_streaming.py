@@ -410,3 +410,18 @@ def test_tiny_streaming_training_registers_loads_transcribes_and_streams(tiny_co
     recognizer.reset()
     streamed = " ".join(s.text for s in run_stream(recognizer, wave, 1601))
     assert streamed == offline
+
+
+def test_latency_is_when_the_frames_come_out(utterances):
+    """latency_seconds is exact: with the audio `latency_seconds` past frame t's centre, frame t is out, and
+    a hop earlier it is not."""
+    cfg = streaming_config()
+    recognizer = StreamingRecognizer(Transcriber(cfg, random_streaming_model(cfg)))
+    assert recognizer.latency_seconds == pytest.approx((3 * (4 + 2) + 1) * 0.01 + 0.016)
+    wave, t = utterances[0], 20
+    centre = t * 3 * 160
+    due = centre + round(recognizer.latency_seconds * 16000)
+    assert sum(r.shape[0] for r in [recognizer.advance(wave[:due - 160])]) <= t
+    assert recognizer.advance(wave[due - 160:due]).shape[0] >= 1
+    recognizer.reset()
+    assert recognizer.advance(wave[:due]).shape[0] == t + 1
