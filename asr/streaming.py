@@ -362,7 +362,7 @@ class StreamingRecognizer:
         log_probs = log_probs.float()
         best = log_probs.argmax(dim=-1).tolist() if log_probs.numel() else []
         for row, label in zip(log_probs, best, strict=True):
-            self.segment.append(row)
+            self.segment.append(row.clone())  # not a view: it would keep its whole chunk's rows alive
             if label != BLANK:
                 if self.speech_start is None:
                     self.speech_start = self.frames
