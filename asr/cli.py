@@ -413,7 +413,7 @@ def features(**options) -> None:
 
     cfg = settings(FeaturesConfig, options)
     part, root = parse_part(cfg.shard), store_root(cfg.feature_cache)
-    extractor = FeatureExtractor.from_config(cfg.features)
+    extractor = FeatureExtractor.from_config(cfg.features, causal=cfg.streaming)
     workers = cfg.workers or min(8, os.cpu_count() or 1)
     total = Featurized()
     for name, dirs, limit in (("train", cfg.train_data, cfg.max_utterances), ("dev", cfg.dev_data, 0),

@@ -114,6 +114,9 @@ class FeatureConfig(Checked):
                               "transform of the mel bands")
 
 
+DEFAULT_LOOKAHEAD = 2  # --lookahead: 2 frames of 30 ms with the default stride and hop
+
+
 @dataclass
 class ModelConfig(Checked):
     """The acoustic model's shape (a checkpoint carries it)."""
@@ -121,9 +124,22 @@ class ModelConfig(Checked):
                            min=1)
     cnn_layers: int = opt(1, "residual CNN blocks", min=0)
     cnn_channels: int = opt(16, "channels of every CNN layer", min=1)
-    rnn_layers: int = opt(2, "bidirectional GRU layers", min=1)
+    rnn_layers: int = opt(2, "GRU layers (bidirectional; unidirectional with --streaming)", min=1)
     rnn_dim: int = opt(192, "hidden size of each GRU direction", min=1)
     dropout: float = opt(0.05, "dropout probability in CNN, GRU and classifier layers", min=0, below=1)
+    streaming: bool = opt(False, "a model that can transcribe live (asr.streaming): unidirectional GRUs, a look-ahead "
+                          "of --lookahead frames after them, and causal features normalized with statistics of the "
+                          "training set that the model stores (default: bidirectional GRUs, per-utterance "
+                          "normalization)")
+    lookahead: int = opt(DEFAULT_LOOKAHEAD, "--streaming only: future frames (at the GRUs' frame rate) the "
+                         "look-ahead layer after the GRUs sees; the latency it adds is lookahead * time_stride * "
+                         "hop_ms (0 = none: strictly causal)", min=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.streaming and self.lookahead != DEFAULT_LOOKAHEAD:
+            raise ConfigError(f"--lookahead {self.lookahead} needs --streaming: a bidirectional model sees the whole "
+                              "utterance and has no look-ahead layer")
 
 
 # The model's blocks, input to output, by their attribute names in asr.model.SpeechModel (--freeze takes them)
@@ -262,6 +278,8 @@ def click_options(*classes: type) -> Callable[[Callable], Callable]:
                 else _TYPES.get(f.type, str)
             given = {"required": True} if f.metadata.get("required") else \
                 {"default": cli_value(f.default), "show_default": True}  # a default, even None, satisfies required
+            if f.type == "bool":  # --name alone means true; --name true/false as MLproject and main.py pass it
+                given.update(is_flag=False, flag_value=True)
             fn = click.option(*names, f.name, type=kind, help=f.metadata["help"], **given)(fn)
         return fn
 

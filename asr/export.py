@@ -36,7 +36,7 @@ from asr import UserError, first_line
 from asr.atomic import atomic_path
 from asr.config import DecodeConfig, RecognizerConfig
 from asr.features import NORM_EPSILON, SILENT_STD, FeatureExtractor
-from asr.model import BiGRU, SpeechModel, conv_output_length
+from asr.model import BiGRU, SpeechModel, UniGRU, conv_output_length
 from asr.text import BLANK, ENGLISH_TEXT, TextNormalizer
 
 FORMATS = ("torchscript", "onnx")
@@ -104,7 +104,7 @@ def recognizer_metadata(model: SpeechModel, config: RecognizerConfig, decode: De
     document every export carries. The MFCC settings are read from the FeatureExtractor the model was trained
     with, as keyword arguments of torchaudio.transforms.MFCC (which then reproduces the features exactly); the
     time stride from the model itself; the vocabulary, language and case rule from `text` (the model's)."""
-    mfcc = FeatureExtractor.from_config(config.features).mfcc
+    mfcc = FeatureExtractor.for_recognizer(config).mfcc
     mel, spec, scale = mfcc.MelSpectrogram, mfcc.MelSpectrogram.spectrogram, mfcc.MelSpectrogram.mel_scale
     stride = model.stem.stride[1]
     sample_rate = config.features.sample_rate
@@ -127,13 +127,10 @@ def recognizer_metadata(model: SpeechModel, config: RecognizerConfig, decode: De
             },
             "window": "hann",
             "top_db": mfcc.top_db,
-            "normalization": {  # asr.features.FeatureExtractor.forward
-                "type": "per-utterance mean and variance, over frames, per coefficient",
-                "formula": "(x - mean) / (std + epsilon); std with Bessel's correction (1 when there is one "
-                           "frame); coefficients with std < zero_below_std become 0",
-                "epsilon": NORM_EPSILON, "std_correction": 1, "zero_below_std": SILENT_STD,
-            },
+            "normalization": normalization(config),
         },
+        # a streaming model (unidirectional GRUs): output frame t hears `lookahead` output frames ahead, no more
+        **({"streaming": True, "lookahead": model.lookahead_frames} if config.model.streaming else {}),
         "vocabulary": list(text.vocabulary.symbols),  # index -> character
         "blank": BLANK,
         "word_boundary": text.vocabulary.word_boundary,
@@ -142,6 +139,19 @@ def recognizer_metadata(model: SpeechModel, config: RecognizerConfig, decode: De
         "time_stride": stride,
         "output_frame_seconds": mel.hop_length * stride / sample_rate,
         "decoder": decoder_settings(decode or DecodeConfig()),
+    }
+
+
+def normalization(config: RecognizerConfig) -> dict:
+    """How features are normalized before they reach the exported model (asr.features.FeatureExtractor.forward)."""
+    if config.model.streaming:
+        return {"type": "none: the model normalizes its raw MFCCs itself with the training set's statistics it "
+                        "stores; the dB scale is per element (top_db null: 10 log10(max(power, 1e-10)))"}
+    return {
+        "type": "per-utterance mean and variance, over frames, per coefficient",
+        "formula": "(x - mean) / (std + epsilon); std with Bessel's correction (1 when there is one "
+                   "frame); coefficients with std < zero_below_std become 0",
+        "epsilon": NORM_EPSILON, "std_correction": 1, "zero_below_std": SILENT_STD,
     }
 
 
@@ -273,7 +283,7 @@ def _native_copy(model: nn.Module) -> nn.Module:
     `BiGRU.fused_on_cpu` on the class later does not change it)."""
     prepared = copy.deepcopy(model).cpu().eval()
     for m in prepared.modules():
-        if isinstance(m, BiGRU):
+        if isinstance(m, BiGRU | UniGRU):
             m.fused_on_cpu = False
     return prepared
 
@@ -305,6 +315,8 @@ def _write_onnx(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], pa
         # verification in export_model runs with a batch size other than the traced one
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*GRU", category=UserWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # nn.GRU's input checks
+        # a streaming model's look-ahead slices with a step the constant folder skips (the graph is still right)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             model, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),

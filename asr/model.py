@@ -1,4 +1,9 @@
-"""DeepSpeech2-style acoustic model: residual CNN -> bidirectional GRUs -> per-frame character classifier."""
+"""DeepSpeech2-style acoustic model: residual CNN -> bidirectional GRUs -> per-frame character classifier.
+
+A streaming model (`ModelConfig.streaming`) has unidirectional GRUs and a look-ahead layer after them instead, and
+normalizes its (causal, un-normalized) features itself with statistics of the training set it stores: its output
+frame t depends on features up to a fixed number of frames ahead only, so it can transcribe live
+(asr.streaming)."""
 
 from __future__ import annotations
 
@@ -93,6 +98,61 @@ class BiGRU(nn.Module):
         return fwd, bwd
 
 
+class UniGRU(nn.Module):
+    """One pre-norm unidirectional GRU layer over (B, T, D) (a streaming model's). Padding follows the valid frames,
+    so it never reaches them. On the CPU it runs `asr.rnn.bigru_scan` with a stack of one direction (as BiGRU
+    does with two), elsewhere the nn.GRU module; `step` carries the hidden state from one piece to the next."""
+
+    fused_on_cpu = True  # False: torch's own GRU kernels everywhere (exports take that path)
+
+    def __init__(self, input_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(input_dim)
+        self.forward_gru = nn.GRU(input_dim, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.step(x)[0])
+
+    def step(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) inputs and the state (B, H) after the frames before them (None: the start) -> the outputs
+        (B, T, H) and the state after the last of them (B, H)."""
+        x = nn.functional.gelu(self.norm(x))
+        if x.shape[1] == 0:  # nothing new: the state stays
+            return x.new_zeros(x.shape[0], 0, self.forward_gru.hidden_size).float(), h
+        with torch.autocast("cpu", enabled=False):
+            x = x.float()
+            if self.fused_on_cpu and x.device.type == "cpu":
+                g = self.forward_gru
+                weights = [getattr(g, name)[None]
+                           for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+                out = bigru_scan(x.transpose(0, 1)[None], *weights, None if h is None else h[None])[0].transpose(0, 1)
+            else:
+                out = self.forward_gru(x, None if h is None else h[None].contiguous())[0]
+        return out, out[:, -1]
+
+
+class LookAhead(nn.Module):
+    """Deep Speech 2's row convolution: y_t = sum_{k=0..N} w_k * x_{t+k} per channel (depthwise), over (B, T, D),
+    with zeros past the end. Starts as the identity (w_0 = 1, the others 0)."""
+
+    def __init__(self, dim: int, frames: int):
+        super().__init__()
+        self.frames = frames
+        self.conv = nn.Conv1d(dim, dim, frames + 1, groups=dim, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, :, 0] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) whose frames past each sequence's end are zero -> (B, T, D)."""
+        return self.window(nn.functional.pad(x, (0, 0, 0, self.frames)))
+
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T + N, D) -> the (B, T, D) outputs whose N future frames x holds (no padding added)."""
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+
+
 def conv_output_length(length, conv: nn.Conv2d, dim: int):
     """Exact output size of `conv` along `dim` (0 = frequency, 1 = time): floor((n + 2p - k) / s) + 1, written
     with a non-negative numerator so that exporters which truncate integer division (ONNX) agree, even at n = 0."""
@@ -104,32 +164,56 @@ class SpeechModel(nn.Module):
     """(B, n_mfcc, T) features -> (B, T', n_classes) log-probabilities, with T' = output_lengths(T)."""
 
     def __init__(self, n_feats: int, n_classes: int, *, cnn_layers: int, cnn_channels: int, rnn_layers: int,
-                 rnn_dim: int, dropout: float, time_stride: int):
+                 rnn_dim: int, dropout: float, time_stride: int, streaming: bool = False, lookahead: int = 0):
         super().__init__()
+        self.streaming = streaming
+        if streaming:
+            # the training set's feature statistics per coefficient (asr.training.normalization fits them): buffers,
+            # so checkpoints, exports and the served model carry them
+            self.register_buffer("mean", torch.zeros(n_feats))
+            self.register_buffer("std", torch.ones(n_feats))
         # Striding in time cuts the recurrent steps, which dominate the cost; speech has under ~20 characters/s,
         # so 33-50 frames/s leave CTC room for blanks between repeated letters.
         self.stem = nn.Conv2d(1, cnn_channels, 3, stride=(2, time_stride), padding=1)
         stem_feats = conv_output_length(n_feats, self.stem, 0)
         self.cnn = nn.ModuleList([ResidualCNN(cnn_channels, stem_feats, dropout) for _ in range(cnn_layers)])
         self.proj = nn.Linear(cnn_channels * stem_feats, rnn_dim)
-        self.rnns = nn.ModuleList(
-            [BiGRU(rnn_dim if i == 0 else 2 * rnn_dim, rnn_dim, dropout) for i in range(rnn_layers)]
-        )
+        if streaming:
+            self.rnns = nn.ModuleList([UniGRU(rnn_dim, rnn_dim, dropout) for _ in range(rnn_layers)])
+        else:
+            self.rnns = nn.ModuleList(
+                [BiGRU(rnn_dim if i == 0 else 2 * rnn_dim, rnn_dim, dropout) for i in range(rnn_layers)]
+            )
+        rnn_out = rnn_dim if streaming else 2 * rnn_dim
+        self.lookahead = LookAhead(rnn_out, lookahead) if streaming and lookahead else None
         self.classifier = nn.Sequential(
-            nn.Linear(2 * rnn_dim, rnn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(rnn_dim, n_classes)
+            nn.Linear(rnn_out, rnn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(rnn_dim, n_classes)
         )
 
     @classmethod
     def from_config(cls, cfg: RecognizerConfig, n_classes: int) -> SpeechModel:
         m = cfg.model
         return cls(cfg.features.n_mfcc, n_classes, cnn_layers=m.cnn_layers, cnn_channels=m.cnn_channels,
-                   rnn_layers=m.rnn_layers, rnn_dim=m.rnn_dim, dropout=m.dropout, time_stride=m.time_stride)
+                   rnn_layers=m.rnn_layers, rnn_dim=m.rnn_dim, dropout=m.dropout, time_stride=m.time_stride,
+                   streaming=m.streaming, lookahead=m.lookahead if m.streaming else 0)
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Future frames (at the output rate) the look-ahead layer sees: 0 without one."""
+        return self.lookahead.frames if self.lookahead is not None else 0
+
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """A streaming model's (B, n_mfcc, T) raw features, normalized with the stored statistics (per frame)."""
+        return (features - self.mean[:, None]) / self.std[:, None]
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Exact frame counts after the strided stem."""
         return conv_output_length(lengths, self.stem, 1)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.streaming:  # normalized padding would be -mean/std: re-zeroed, so it never leaks into valid frames
+            valid = torch.arange(features.shape[-1], device=features.device) < lengths.to(features.device)[:, None]
+            features = self.normalize(features) * valid[:, None, :].to(features.dtype)
         x = self.stem(features.unsqueeze(1))                       # (B, C, F', T')
         out_lengths = self.output_lengths(lengths.to(x.device))
         mask = (torch.arange(x.shape[-1], device=x.device) < out_lengths[:, None])[:, None, None, :].to(x.dtype)
@@ -139,6 +223,8 @@ class SpeechModel(nn.Module):
         x = self.proj(x.permute(0, 3, 1, 2).reshape(b, t, c * f))  # (B, T', D)
         for rnn in self.rnns:
             x = rnn(x, out_lengths)
+        if self.lookahead is not None:  # frames past the end are zeros to it, as at the end of a stream
+            x = self.lookahead(x * mask[:, 0, 0, :, None])
         return self.classifier(x).float().log_softmax(dim=-1), out_lengths
 
 

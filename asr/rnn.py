@@ -43,9 +43,10 @@ def _blocks(steps: int, batch: int) -> tuple[int, list[tuple[int, int]]]:
     return size, [(start, min(start + size, steps)) for start in range(0, steps, max(1, size))]
 
 
-def _scan(x, w_ih, w_hh, b_ih, b_hh):
+def _scan(x, w_ih, w_hh, b_ih, b_hh, h0=None):
     """The forward recurrence. Returns, time-major, each step's [W_hn h + b_hn | r | z] (T, 2, B, 3H) and
-    n (T, 2, B, H), and the hidden states (2, T + 1, B, H + 1), h_0 = 0 first, with a constant-1 column."""
+    n (T, 2, B, H), and the hidden states (2, T + 1, B, H + 1), h_0 (0, or `h0` (2, B, H)) first, with a
+    constant-1 column."""
     ndir, steps, batch, dim = x.shape
     hidden = w_hh.shape[-1]
     w_in, b_in = w_ih.transpose(1, 2), b_ih[:, None, 2 * hidden:]
@@ -57,6 +58,8 @@ def _scan(x, w_ih, w_hh, b_ih, b_hh):
     cand = x.new_empty(steps, ndir, batch, hidden)
     hs = x.new_empty(ndir, steps + 1, batch, hidden + 1)
     hs[:, 0] = 0
+    if h0 is not None:
+        hs[:, 0, :, :hidden] = h0
     hs[..., hidden] = 1
     # per-step views made up front: indexing in the loop would cost about as much as a kernel call
     g = gates.unbind(0)
@@ -155,14 +158,17 @@ class _BiGRUScan(torch.autograd.Function):
 
 
 def bigru_scan(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-               b_hh: torch.Tensor) -> torch.Tensor:
-    """Runs 2 independent GRUs (one per leading index: the two directions of a layer) from h_0 = 0.
+               b_hh: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """Runs independent GRUs, one per leading index (2: the two directions of a layer; 1: a unidirectional
+    layer), from h_0 = 0, or from `h0` (N, B, H) when given (inference only: no gradient flows into h0).
 
-    x: (2, T, B, D) time-major inputs; w_ih (2, 3H, D), w_hh (2, 3H, H), b_ih and b_hh (2, 3H): each GRU's
-    `weight_ih_l0` etc. Returns the hidden states (2, T, B, H). Computes in the inputs' dtype (fp32 or
-    fp64), with autocast off, as torch's CPU GRU does.
+    x: (N, T, B, D) time-major inputs; w_ih (N, 3H, D), w_hh (N, 3H, H), b_ih and b_hh (N, 3H): each GRU's
+    `weight_ih_l0` etc. Returns the hidden states (N, T, B, H). Computes in the inputs' dtype (fp32 or
+    fp64), with autocast off, as torch's CPU GRU does. Raises ValueError for an `h0` that needs a gradient.
     """
     with torch.autocast(x.device.type, enabled=False):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_ih, w_hh, b_ih, b_hh)):
+            if h0 is not None:
+                raise ValueError("bigru_scan: an initial state h0 is for inference only (no gradient flows to it)")
             return _BiGRUScan.apply(x, w_ih, w_hh, b_ih, b_hh)
-        return _scan(x, w_ih, w_hh, b_ih, b_hh)[-1][:, 1:, :, :w_hh.shape[-1]]
+        return _scan(x, w_ih, w_hh, b_ih, b_hh, h0)[-1][:, 1:, :, :w_hh.shape[-1]]

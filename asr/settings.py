@@ -460,6 +460,8 @@ class FeaturesConfig(Checked):
     shard: str = opt("0/1", "compute only part i of n (i/n, numbered from 0: the shards k with k % n == i), e.g. one "
                      "part per machine sharing the store's folder", check=part_problem)
     workers: int = opt(0, "featurization processes (0 = one per core, up to 8)", min=0)
+    streaming: bool = opt(False, "the features of a streaming model (`asr train --streaming`): causal and "
+                          "un-normalized, stored under their own key")
     features: FeatureConfig = section(FeatureConfig)
 
 

@@ -35,7 +35,7 @@ class Transcriber:
         self.cfg = cfg
         self.text = text  # the model's vocabulary and normalization: decoders spell with it, references use it
         self.fp32_model = model.eval()
-        self.features = FeatureExtractor.from_config(cfg.features)
+        self.features = FeatureExtractor.for_recognizer(cfg)
         self.batch_seconds = batch_seconds
         self.configure(decode or DecodeConfig())
 

@@ -248,7 +248,8 @@ def test_every_range_is_checked_when_the_config_is_built(cls, f):
     with pytest.raises(config.ConfigError, match=f"^--{f.name} must be"):
         from_dict(cls, {f.name: config._TYPES[f.type](bad)})
     edge = low if low is not None else high / 2
-    companions = {"n_mfcc": 1} if f.name == "n_mels" else {}  # n_mfcc may not exceed n_mels
+    # n_mfcc may not exceed n_mels; a lookahead other than the default needs a streaming model
+    companions = {"n_mfcc": 1} if f.name == "n_mels" else {"streaming": True} if f.name == "lookahead" else {}
     assert config.to_dict(from_dict(cls, {f.name: config._TYPES[f.type](edge), **companions}))[f.name] == edge
 
 

@@ -175,3 +175,21 @@ def test_state_dict_keys_are_the_nn_gru_ones():
     assert list(BiGRU(4, 3, 0.0).state_dict()) == ["norm.weight", "norm.bias",
                                                    *(f"forward_gru.{k}" for k in gru_keys),
                                                    *(f"backward_gru.{k}" for k in gru_keys)]
+
+
+def test_a_stack_of_one_direction_is_an_nn_gru_and_takes_an_initial_state(block_rows):
+    """A streaming model's unidirectional layer runs the same scan with one GRU: outputs and gradients match
+    nn.GRU, and an initial state h0 continues a sequence exactly where its first part stopped."""
+    torch.manual_seed(0)
+    gru = nn.GRU(6, 5).double()
+    weights = [getattr(gru, name)[None] for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    x = torch.randn(1, 11, 4, 6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(bigru_scan, [x.mul(0.7).requires_grad_(), *weights])
+    out = bigru_scan(x, *weights)
+    assert (out[0] - gru(x[0])[0]).abs().max() < 1e-12
+    with torch.no_grad():
+        first = bigru_scan(x[:, :4], *weights)
+        rest = bigru_scan(x[:, 4:], *weights, first[:, -1])
+    assert (torch.cat([first, rest], dim=1) - out).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="h0"):
+        bigru_scan(x, *[w.detach().requires_grad_() for w in weights], first[:, -1])

@@ -354,6 +354,10 @@ class SpeechDataset(torch.utils.data.Dataset):
             wave = self.augment(wave, item_generator(self.seed, self.epoch, i))
         return self.features(wave)
 
+    def plain_features(self, i: int) -> torch.Tensor:
+        """Item i's un-augmented features (n_mfcc, frames), float32, from the store or memory once computed."""
+        return self._cached(i).float()
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.compute(i) if self.augment is not None else self._cached(i).float()
         return feats, torch.tensor(self.labels[i], dtype=torch.long)

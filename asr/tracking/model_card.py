@@ -81,7 +81,8 @@ class ModelCard:
 def render(card: ModelCard) -> str:
     """The card as Markdown: a summary line, then Model, Features, Training data, Training, Accuracy, Decoder
     and Use it sections."""
-    sections = [summary(card), model_section(card), features_section(card.features), data_section(card.splits),
+    sections = [summary(card), model_section(card), features_section(card.features, card.model.streaming),
+                data_section(card.splits),
                 training_section(card.training), accuracy_section(card), decoder_section(card), usage_section(card)]
     return "\n\n".join(sections) + "\n"
 
@@ -110,16 +111,20 @@ def model_section(card: ModelCard) -> str:
         f"Parameters: {millions(card.parameters)} ({card.parameters:,})",
         f"Convolution: {counted(m.cnn_layers, 'residual CNN block')} of {m.cnn_channels} channels, time stride "
         f"{m.time_stride}",
-        f"Recurrence: {m.rnn_layers} x {m.rnn_dim} GRU (layers x units per direction), bidirectional",
+        f"Recurrence: {m.rnn_layers} x {m.rnn_dim} GRU (layers x units per direction), "
+        + (f"unidirectional (streaming model: look-ahead of {m.lookahead} frames, global feature statistics)"
+           if m.streaming else "bidirectional"),
         f"Output: {card.vocabulary} classes per frame (letters, space{', apostrophe' * english(card)} and the CTC "
         f"blank)",
         f"Checkpoint: `{card.checkpoint}` among the version's artifacts"])
 
 
-def features_section(f: FeatureConfig) -> str:
+def features_section(f: FeatureConfig, streaming: bool = False) -> str:
     return bullets("Features", [
         f"{f.n_mfcc} MFCCs from {f.n_mels} mel bands of {f.sample_rate} Hz audio (any input rate is resampled)",
         f"Window {f.win_ms:g} ms, hop {f.hop_ms:g} ms",
+        "Normalization: each coefficient with the training set's mean and variance, stored in the model (causal)"
+        if streaming else
         "Normalization: per utterance, each coefficient to zero mean and unit variance over its frames"])
 
 

@@ -112,7 +112,7 @@ def training_data(cfg: TrainConfig, model: SpeechModel, ctx: dist.Context, progr
     English), and picks the training utterances `model` can learn from; says which files it could not read and
     what the corpus reader left out."""
     text = text or RunText(ENGLISH_TEXT)
-    features = FeatureExtractor.from_config(cfg.features)
+    features = FeatureExtractor.for_recognizer(cfg.recognizer())
     augment = wave_augment(cfg)
     train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment,
                              text.normalizer)

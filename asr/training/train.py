@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from asr import UserError
 from asr import checkpoint as ckpt
-from asr.config import check_paths, save, to_params
+from asr.config import ModelConfig, check_paths, save, to_params
 from asr.data.dataset import Utterance, split_digest
 from asr.hardware import cpu_name
 from asr.model import SpeechModel
@@ -33,7 +33,7 @@ from asr.tracking.packaging import log_model
 from asr.tracking.system_metrics import SystemMetrics
 from asr.training import decoder as model_decoder
 from asr.training import distributed as dist
-from asr.training import finetune
+from asr.training import finetune, normalization
 from asr.training.batches import (
     TrainData,
     featurize_split,
@@ -88,6 +88,7 @@ class Run:
     earlier_seconds: float = 0.0  # wall time of the run's earlier parts (a resumed run), as last checkpointed
     precision: Decision = Decision(None, "asked")  # the autocast dtype the steps run in, and why
     parent: dict[str, str] = field(default_factory=dict)  # lineage tags of the model it was fine-tuned from (main)
+    feature_stats: dict[str, int] = field(default_factory=dict)  # a streaming model's statistics: what they came from
 
     def say(self, message: str) -> None:
         if self.trainer.ctx.main:
@@ -178,6 +179,11 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
     data = training_data(cfg, model, ctx, progress, say, text)
     if not data.items:
         raise UserError(f"no usable training utterances in {','.join(cfg.data.train_data)}: {data.skipped}")
+    feature_stats = {}
+    if cfg.model.streaming and parent is None and resume is None:
+        feature_stats = normalization.fit_statistics(model, data.train_set, data.items, cfg.optim.seed)
+        say(f"feature statistics (streaming model): {feature_stats['feature_stats_utterances']} training "
+            f"utterances, {feature_stats['feature_stats_frames']} frames")
     torch.set_num_threads(intra_op_threads(cfg, data.loader_workers))
     steps = total_steps(cfg, data, ctx.world)
     precision = decide_precision(cfg, ctx)  # with the threads the steps get: the probe times them
@@ -193,7 +199,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
         run_id = active.info.run_id
     out_dir = resume.out_dir if resume else Path(cfg.checkpoint.output_dir) / run_id
     run = Run(trainer, data, pos, run_id, out_dir, MetricLog(run_id, out_dir), progress, best_state,
-              started=started, earlier_seconds=pos.seconds, precision=precision)
+              started=started, earlier_seconds=pos.seconds, precision=precision, feature_stats=feature_stats)
     if ctx.main:  # a resumed run's parent is the one its first part recorded
         run.parent = lineage.parent_tags(run_id) if resume else parent.tags() if parent else {}
     if ctx.main and cfg.tracking.system_metrics:
@@ -234,7 +240,7 @@ def log_start(run: Run, resume: Resume | None) -> None:
     cfg = run.trainer.cfg
     params = {**to_params(cfg), "parameters": sum(p.numel() for p in run.trainer.model.parameters()),
               "trainable_parameters": finetune.trainable(run.trainer.model), "train_utterances": len(run.data.items),
-              **run.precision.params()}
+              **run.precision.params(), **run.feature_stats}
     logged = mlflow.active_run().data.params  # `mlflow run` has already logged its entry point's parameters
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tags({**lineage.source_tags(mlflow.active_run().data.tags), **run.parent})
@@ -461,13 +467,18 @@ def describe(run: Run, dev: dict[str, float], test: dict[str, float], decoder: s
     m = cfg.model
     n_params = sum(p.numel() for p in run.trainer.model.parameters())
     model = (f"{n_params / 1e6:.2f} M-parameter CTC model ({lineage.counted(m.cnn_layers, 'CNN block')}, "
-             f"{m.rnn_layers} x {m.rnn_dim} bidirectional GRU, {cfg.features.n_mfcc} MFCCs)")
+             f"{m.rnn_layers} x {m.rnn_dim} {recurrence(m)} GRU, {cfg.features.n_mfcc} MFCCs)")
     trained = run.pos.best_epoch + run.pos.bad_epochs  # epochs run, early stop or not
     epochs = f"{lineage.counted(trained, 'epoch')} (best: {run.pos.best_epoch})"
     train = lineage.split_summary(cfg.data.train_data, len(data.items), sum(data.train_lengths[i] for i in data.items)
                                   * hop)
     dev_split = lineage.split_summary(cfg.data.dev_data, len(data.dev_set), sum(data.dev_lengths) * hop)
     return lineage.run_description(model, train, epochs, dev_split, dev, run.test_summary, test, decoder)
+
+
+def recurrence(m: ModelConfig) -> str:
+    """The GRUs' kind in words: bidirectional, or unidirectional with the streaming model's look-ahead."""
+    return f"unidirectional (streaming, look-ahead {m.lookahead})" if m.streaming else "bidirectional"
 
 
 def log_predictions(rows: list[dict[str, str]], name: str) -> None:
