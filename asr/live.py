@@ -239,14 +239,18 @@ def read_pieces(stream: BinaryIO, nbytes: int, limit: int | None = None) -> Iter
         yield data
 
 
-def pcm_pieces(stream: BinaryIO, decode: PcmDecoder, piece_frames: int, name: str,
-               limit: int | None = None, head: bytes = b"") -> Iterator[np.ndarray]:
-    """Decoded samples of the PCM in `stream` (after `head`, bytes already read). Raises AudioError, once all
-    whole samples are out, when the stream ends inside a sample (the bytes of the part are dropped)."""
+def pcm_pieces(stream: BinaryIO, decode: PcmDecoder, piece_frames: int, limit: int | None = None,
+               head: bytes = b"") -> Iterator[np.ndarray]:
+    """Decoded samples of the PCM in `stream` (after `head`, bytes already read); a part of a frame at the end stays
+    in `decode` (check_whole)."""
     if head:
         yield decode(head)
     for data in read_pieces(stream, piece_frames * decode.frame_bytes, limit):
         yield decode(data)
+
+
+def check_whole(decode: PcmDecoder, name: str) -> None:
+    """Raises AudioError when the PCM ended inside a frame (those bytes are dropped)."""
     if decode.leftover:
         raise AudioError(f"{name}: the input ended {decode.leftover} byte{'s' * (decode.leftover != 1)} into a "
                          f"{decode.frame_bytes}-byte {decode.fmt.name} frame (cut short?); those bytes were dropped")
@@ -262,11 +266,13 @@ def stream_chunks(stream: BinaryIO, kind: str, head: bytes, sample_rate: int, ch
                   raw_rate: int, say: Callable[[str], None], name: str = "stdin") -> Iterator[np.ndarray]:
     """Chunks of `chunk` samples at `sample_rate` from a stream whose first bytes `head` were `kind` (sniff's
     answer). Raw PCM (`raw_format`, mono, `raw_rate` Hz) and PCM WAV are decoded as they arrive; other
-    containers once the stream ends (soundfile needs to seek in them), saying so once through `say`."""
+    containers once the stream ends (soundfile needs to seek in them), saying so once through `say`. Raises
+    AudioError for audio that cannot be decoded, or after the last chunk when the stream ends inside a frame."""
     if kind == "raw":
         decode = PcmDecoder(PCM_FORMATS[raw_format])
         per_read = max(1, chunk * raw_rate // sample_rate)
-        yield from to_chunks(pcm_pieces(stream, decode, per_read, name, head=head), raw_rate, sample_rate, chunk)
+        yield from to_chunks(pcm_pieces(stream, decode, per_read, head=head), raw_rate, sample_rate, chunk)
+        check_whole(decode, name)
         return
     if kind == "wav":
         seen = _Recording(stream)
@@ -274,13 +280,15 @@ def stream_chunks(stream: BinaryIO, kind: str, head: bytes, sample_rate: int, ch
         if wav is not None:
             decode = PcmDecoder(wav.fmt, wav.channels)
             per_read = max(1, chunk * wav.rate // sample_rate)
-            yield from to_chunks(pcm_pieces(stream, decode, per_read, name, wav.data_bytes), wav.rate,
-                                 sample_rate, chunk)
+            yield from to_chunks(pcm_pieces(stream, decode, per_read, wav.data_bytes), wav.rate, sample_rate,
+                                 chunk)
+            check_whole(decode, name)
             return
         head, kind = head + seen.data, "WAV in this encoding"
-    say(f"{name}: {kind} cannot be decoded as it arrives (soundfile needs to seek in it): decoding once the input "
-        f"ends; for live input pipe raw PCM ({RAW_HELP})")
-    yield from file_chunks(open_audio(io.BytesIO(head + stream.read()), name), sample_rate, chunk, name)
+    audio = open_audio(io.BytesIO(head + stream.read()), name)
+    say(f"{name}: {kind} cannot be decoded as it arrives (soundfile needs to seek in it): decoded once the input "
+        f"ended; for live input pipe raw PCM ({RAW_HELP})")
+    yield from file_chunks(audio, sample_rate, chunk, name)
 
 
 class _Recording:
