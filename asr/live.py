@@ -172,7 +172,9 @@ def sniff(head: bytes, name: str = "stdin") -> str:
     'raw' (PCM). Raises AudioError for an empty stream, text, or a known kind of file that is not audio."""
     if not head:
         raise AudioError(f"{name}: no audio, the input is empty")
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    if head[:4] == b"RIFF":
+        if head[8:12] != b"WAVE":
+            raise AudioError(f"{name}: this is a RIFF file of kind {head[8:12]!r} (AVI?), not WAVE audio")
         return "wav"
     for magic, kind in CONTAINERS.items():
         if head.startswith(magic):

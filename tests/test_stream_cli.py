@@ -159,7 +159,8 @@ def test_the_first_bytes_tell_containers_from_raw_pcm(head, kind):
 
 @pytest.mark.parametrize("head, says", [(b"", "no audio, the input is empty"), (b"hello world\n", "this is text"),
                                         (b"\x89PNG\r\n\x1a\n", "this is a PNG image"),
-                                        (b"%PDF-1.7", "this is a PDF document")])
+                                        (b"%PDF-1.7", "this is a PDF document"),
+                                        (b"RIFF\x00\x10\x00\x00AVI LIST", "this is a RIFF file of kind b'AVI '")])
 def test_what_is_not_audio_is_named(head, says):
     with pytest.raises(AudioError, match=f"^stdin: {says}"):
         sniff(head)
