@@ -199,7 +199,7 @@ def show_progress() -> bool:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click_options(TranscribeConfig)
 @friendly_errors
 def transcribe(files: tuple[str, ...], **options) -> None:
@@ -209,6 +209,8 @@ def transcribe(files: tuple[str, ...], **options) -> None:
     the decoder options given change it (--decoder greedy: best path).
 
     Example: asr transcribe talk.flac --decoder beam --lm lm.arpa
+
+    Live: ffmpeg -i talk.flac -f s16le -ac 1 -ar 16000 - | asr transcribe --stream -, or asr transcribe --mic
     """
     import json
 
@@ -217,6 +219,15 @@ def transcribe(files: tuple[str, ...], **options) -> None:
     from asr.tracking.store import setup_uri
 
     cfg = settings(TranscribeConfig, options)
+    if cfg.stream or cfg.mic:
+        transcribe_stream(files, cfg, options)
+        return
+    for name in ("realtime", "partials"):
+        if getattr(cfg, name):
+            raise UserError(f"--{name} needs --stream")
+    if not files:
+        ctx = click.get_current_context()
+        raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "files"))
     for path in files:  # all of them before the model loads, and before any is transcribed
         if not Path(path).is_file():
             raise click.ClickException(f"{path}: no such file")
@@ -230,6 +241,59 @@ def transcribe(files: tuple[str, ...], **options) -> None:
             click.echo(json.dumps({"file": path, "text": text, "seconds": seconds}))
         else:
             click.echo(text if len(files) == 1 else f"{path}\t{text}")
+
+
+def stream_problem(files: tuple[str, ...], cfg: TranscribeConfig) -> str | None:
+    """What is wrong with the inputs and options of `asr transcribe --stream` or `--mic`, or None."""
+    if cfg.mic and files:
+        return f"--mic captures from the microphone: give no FILES with it (got {' '.join(files)})"
+    if not cfg.mic and len(files) != 1:
+        return ("--stream takes one input: a file, or - for stdin (or --mic without files)" if files
+                else "--stream needs an input: a file, or - for stdin (or use --mic)") + \
+            (f"; got {len(files)}" if files else "")
+    if cfg.realtime and (cfg.mic or files[0] == "-"):
+        return "--realtime paces a file; stdin and the microphone already arrive at their own pace"
+    return None
+
+
+def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: dict) -> None:
+    """`asr transcribe --stream` and `--mic`: the input is checked (stdin sniffed, the file opened, the microphone
+    found) before the model loads; segments print as they end; Ctrl-C finalizes the open segment and exits 0."""
+    from asr import live
+    from asr.loading import load_transcriber
+    from asr.streaming import StreamingRecognizer
+    from asr.tracking.store import setup_uri
+
+    if problem := stream_problem(files, cfg):
+        raise UserError(problem)
+    source = "mic" if cfg.mic else files[0]
+    if source == "mic":
+        live.check_microphone()
+    elif source == "-":
+        if sys.stdin.isatty():
+            raise UserError(f"stdin is a terminal: pipe audio into it ({live.RAW_HELP}), or use --mic")
+        stdin = sys.stdin.buffer
+        kind, head = live.stdin_kind(stdin)
+    else:
+        audio = live.open_audio(source)
+    setup_uri(cfg.model_uri)
+    recognizer = StreamingRecognizer(load_transcriber(cfg.model_uri, overrides=decoder_options(options)),
+                                     endpoint_ms=cfg.endpoint_ms)
+    rate = recognizer.sample_rate
+    chunk = max(1, round(cfg.chunk_ms * rate / 1000))
+    if source == "mic":
+        chunks = live.mic_chunks(rate, chunk)
+    elif source == "-":
+        chunks = live.stream_chunks(stdin, kind, head, rate, chunk, cfg.raw_format, cfg.raw_rate,
+                                    say=lambda line: click.echo(line, err=True))
+    else:
+        chunks = live.file_chunks(audio, rate, chunk, source)
+        chunks = live.paced(chunks, rate) if cfg.realtime else chunks
+    printer = live.Printer(sys.stdout, json_lines=cfg.json, partials=cfg.partials, tty=sys.stdout.isatty())
+    try:
+        live.recognize(chunks, recognizer, printer)
+    finally:
+        printer.close()
 
 
 @main.command()

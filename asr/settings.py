@@ -385,6 +385,7 @@ class TuneConfig(EvaluateConfig):
         check_grid(self)
 
 
+RAW_FORMATS = ("s16le", "s32le", "f32le")  # raw PCM on stdin that `asr transcribe --stream -` decodes (asr.live)
 MODEL_URI_HELP = ("models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its "
                   "OUTPUT_DIR/RUN_ID folder")
 
@@ -392,7 +393,25 @@ MODEL_URI_HELP = ("models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id,
 @dataclass
 class TranscribeConfig(DecodeConfig):
     model_uri: str = opt(DEFAULT_MODEL_URI, f"model: {MODEL_URI_HELP}", check=model_uri_problem)
-    json: bool = opt(False, "print JSON lines: file, text, seconds", flag=True)
+    json: bool = opt(False, "print JSON lines: file, text, seconds (with --stream: start, end, text of each segment)",
+                     flag=True)
+    stream: bool = opt(False, "transcribe one input as it arrives: a file, or - for stdin (raw PCM as --raw_format "
+                       "and --raw_rate say, or a WAV, FLAC, Ogg... file); each segment prints once it ends (after "
+                       "a pause), as `[  START -     END] text` (seconds from the start); on a terminal the open "
+                       "segment's text so far refreshes one line", flag=True)
+    mic: bool = opt(False, "stream from the default microphone (needs sounddevice: pip install sounddevice); Ctrl-C "
+                    "stops, printing the open segment", flag=True)
+    realtime: bool = opt(False, "--stream of a file: deliver its audio at real time, as a live source would "
+                         "(default: as fast as it is read)", flag=True)
+    chunk_ms: float = opt(100.0, "--stream: milliseconds of audio fed to the recognizer at a time", min=1.0)
+    endpoint_ms: float = opt(800.0, "--stream: a segment ends after this many milliseconds of quiet following "
+                             "speech", min=1.0)
+    raw_format: str = opt("s16le", "--stream -: sample format of raw PCM on stdin (mono, little-endian; s16le is "
+                          "what `ffmpeg -f s16le` and `arecord -f S16_LE` write)", RAW_FORMATS)
+    raw_rate: int = opt(16000, "--stream -: sample rate of raw PCM on stdin (Hz; resampled to the model's)",
+                        min=1000)
+    partials: bool = opt(False, "--stream --json: also print {\"partial\": TEXT} lines whenever the open segment's "
+                         "text changes", flag=True)
 
 
 @dataclass
