@@ -123,7 +123,7 @@ class StreamServer:
     async def _close(self, ws: ServerConnection, message: str, code: int) -> None:
         try:
             await send(ws, {"type": "error", "message": message})
-            await ws.close(code, message[:120])  # a close reason is at most 123 bytes
+            await close(ws, code, message)
         except ConnectionClosed:
             pass
 
@@ -175,7 +175,7 @@ class Session:
                     if e.close == CloseCode.POLICY_VIOLATION:  # the session is over: what was heard still counts
                         await self.flush(ws, await self.server.compute(self.recognizer.finish))
                         await send(ws, {"type": "done"})
-                    await ws.close(e.close, str(e)[:120])
+                    await close(ws, e.close, str(e))
                     return f"closed: {e}"
         return "client closed before the end message"
 
@@ -251,6 +251,22 @@ class Session:
 
 async def send(ws: ServerConnection, message: dict) -> None:
     await ws.send(json.dumps(message))
+
+
+async def close(ws: ServerConnection, code: int, reason: str) -> None:
+    """Closes with `code` and `reason` (cut to fit a close frame), reading and dropping what the client still sends
+    meanwhile: unread messages would hold back its close frame, and the handshake would wait out its timeout."""
+
+    async def drain() -> None:
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+
+    draining = asyncio.create_task(drain())
+    await ws.close(code, reason[:120])  # a close reason is at most 123 bytes
+    await draining
 
 
 def run(transcriber, host: str, port: int, limits: Limits, stream: StreamSettings, threads: int = 0,
