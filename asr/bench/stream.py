@@ -151,7 +151,7 @@ def render(r: dict) -> str:
         f"of audio), endpoint after {r['endpoint_ms']:g} ms of pause. RTF: compute seconds per audio second. "
         "Partial latency: from a chunk's arrival (chunks arriving in real time, processed in turn) to its partial "
         "text, over all chunks. Final latency: from the last chunk's arrival to the final text, per utterance. "
-        f"CPU: {r['streams']} streams fed round-robin in one thread; streams per core = 1 / that CPU time, "
+        f"CPU: {r['streams']} stream(s) fed round-robin in one thread; streams per core = 1 / that CPU time, "
         "the streams one core keeps up with in real time.",
         "",
         "| chunk (ms) | RTF | partial latency p50 / p95 (ms) | final latency p50 / p95 (ms) "
