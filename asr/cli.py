@@ -20,6 +20,7 @@ from asr.settings import (
     BenchDataConfig,
     BenchInferConfig,
     BenchLMConfig,
+    BenchStreamConfig,
     BenchTrainConfig,
     DownloadConfig,
     EvaluateConfig,
@@ -28,6 +29,7 @@ from asr.settings import (
     LMBuildConfig,
     PromoteConfig,
     ServerConfig,
+    StreamServerConfig,
     SynthConfig,
     TrainConfig,
     TranscribeConfig,
@@ -296,6 +298,31 @@ def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: di
         printer.close()
 
 
+@main.command("serve-stream")
+@click_options(StreamServerConfig)
+@friendly_errors
+def serve_stream(**options) -> None:
+    """Live transcription over WebSocket: clients stream raw PCM and get partial and final text back as JSON.
+
+    The model loads once and is shared by every connection; each connection is one stream. Protocol (README,
+    "Real-time transcription"): binary messages of mono s16le PCM at the model's rate (optionally declared first
+    with {"sample_rate": 16000, "format": "s16le"}), then {"type": "end"}; the server sends {"type": "partial"},
+    {"type": "final", "start", "end"}, {"type": "error"} and, after the end, {"type": "done"}.
+
+    Example: asr serve-stream --model_uri models:/SpeechRecognitionModel@production --port 8765
+    """
+    from asr.loading import load_transcriber
+    from asr.stream_server import Limits, StreamSettings, run
+    from asr.tracking.store import setup_uri
+
+    cfg = settings(StreamServerConfig, options)
+    setup_uri(cfg.model_uri)
+    transcriber = load_transcriber(cfg.model_uri, overrides=decoder_options(options))
+    run(transcriber, cfg.host, cfg.port,
+        Limits(cfg.max_message_bytes, cfg.max_connections, cfg.max_session_seconds),
+        StreamSettings(cfg.endpoint_ms, cfg.max_segment_s), cfg.threads, say=lambda line: click.echo(line))
+
+
 @main.command()
 @click_options(EvaluateConfig)
 @friendly_errors
@@ -523,6 +550,26 @@ def bench_infer(**options) -> None:
     c = settings(BenchInferConfig, options)
     check_model_source(c.model_uri)
     run(c.model_uri, c.data, c.lm, c.beam_size, c.repeats, Path(c.out), c.section, say=click.echo)
+
+
+@bench.command("stream")
+@click_options(BenchStreamConfig)
+@friendly_errors
+def bench_stream(**options) -> None:
+    """Streaming recognition: real-time factor per chunk size, latency from a chunk to its partial text and from the
+    end of speech to the final text, and CPU time per concurrent stream (how many streams one core keeps up with).
+
+    Example: asr bench stream --model_uri models:/SpeechRecognitionModel@production --dataset
+    data/LibriSpeech/test-clean
+    """
+    from asr.bench.stream import run
+    from asr.tracking.store import check_model_source
+
+    c = settings(BenchStreamConfig, options)
+    check_model_source(c.model_uri)
+    out = Path(c.out)
+    run(c.model_uri, c.dataset, c.utterances, list(c.chunk_ms), c.streams, c.endpoint_ms, out,
+        Path(c.json_out) if c.json_out else out.with_suffix(".stream.json"), say=click.echo)
 
 
 @bench.command("lm")

@@ -1,6 +1,7 @@
-"""The settings of every command (train, validate, server, evaluate, lm tune/build, transcribe, export, data
-synth/download, bench train/infer), declared with asr.config's fields: `asr --help`, main.py, the MLproject file
-(`python -m asr.settings > MLproject`), settings files and the MLflow params of each run come from here.
+"""The settings of every command (train, validate, server, evaluate, lm tune/build, transcribe, serve-stream,
+export, data synth/download, bench train/infer/stream), declared with asr.config's fields: `asr --help`, main.py,
+the MLproject file (`python -m asr.settings > MLproject`), settings files and the MLflow params of each run come
+from here.
 """
 
 from __future__ import annotations
@@ -415,6 +416,23 @@ class TranscribeConfig(DecodeConfig):
 
 
 @dataclass
+class StreamServerConfig(DecodeConfig):
+    """`asr serve-stream`: live transcription over WebSocket (asr.stream_server describes the protocol)."""
+    model_uri: str = opt(DEFAULT_MODEL_URI, f"model: {MODEL_URI_HELP}", check=model_uri_problem)
+    host: str = opt("127.0.0.1", "interface to bind (0.0.0.0 exposes it to the network)")
+    port: int = opt(8765, "port to listen on (0 = any free port, printed when it listens)", min=0, below=65536)
+    max_message_bytes: int = opt(1 << 20, "largest message a client may send, bytes (1 s of 16 kHz s16le audio is "
+                                 "32000); a larger one is refused and the connection closed", min=64)
+    max_connections: int = opt(16, "connections served at once; more are refused (close code 1013)", min=1)
+    max_session_seconds: float = opt(3600.0, "audio one connection may stream, seconds; the stream is then ended",
+                                     min=1.0)
+    endpoint_ms: float = opt(800.0, "a pause this long (milliseconds) ends a segment: its final text is sent",
+                             min=10.0)
+    max_segment_s: float = opt(30.0, "a segment is ended at this length (seconds) whatever the pauses", min=1.0)
+    threads: int = opt(0, "threads the model runs in for all connections (0 = one per core, up to 4)", min=0)
+
+
+@dataclass
 class LMBuildConfig(Checked):
     text: str = opt("", "text file, one sentence per line", exists="file")
     from_dataset: tuple[str, ...] = opt((), "split folder(s) whose transcripts are the text, comma-separated "
@@ -532,6 +550,25 @@ class BenchDataConfig(Checked):
     seconds: float = opt(30.0, "timed training per throughput measurement", min=0.1)
     seed: int = opt(0, "seed of the synthetic corpus (same seed and largest size, same corpus)", min=0)
     out: str = opt("BENCHMARKS.md", "Markdown file whose `data` section is replaced")
+
+
+@dataclass
+class BenchStreamConfig(Checked):
+    model_uri: str = opt("", f"model to measure ({MODEL_URI_HELP})", check=model_uri_problem, required=True)
+    dataset: str = opt("data/LibriSpeech/test-clean", "split whose utterances are streamed (LibriSpeech layout)",
+                       exists="dir")
+    utterances: int = opt(4, "how many of them (the first, by file id)", min=1)
+    chunk_ms: tuple[float, ...] = opt((20.0, 100.0, 500.0), "chunk sizes to stream in, milliseconds, comma-separated")
+    streams: int = opt(4, "recognizers run round-robin in one thread for the CPU time per concurrent stream", min=1)
+    endpoint_ms: float = opt(800.0, "a pause this long (milliseconds) ends a segment", min=10.0)
+    out: str = opt("BENCHMARKS.md", "Markdown file whose `stream` section is replaced")
+    json_out: str = opt("", "JSON file the numbers are written to ('' = --out's name with .stream.json)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.chunk_ms or min(self.chunk_ms) <= 0:
+            raise ConfigError(f"--chunk_ms {','.join(f'{c:g}' for c in self.chunk_ms)}: give positive sizes, "
+                              "e.g. 20,100,500")
 
 
 # MLproject parameter types, by dataclass field type

@@ -131,12 +131,14 @@ def test_main_py_help_lists_every_field():
 
 COMMANDS = {("train",): TrainConfig, ("validate",): ValidateConfig, ("server",): ServerConfig,
             ("transcribe",): settings.TranscribeConfig, ("evaluate",): settings.EvaluateConfig,
+            ("serve-stream",): settings.StreamServerConfig,
             ("lm", "build"): settings.LMBuildConfig, ("lm", "tune"): TuneConfig, ("export",): settings.ExportConfig,
             ("promote",): settings.PromoteConfig,
             ("data", "synth"): settings.SynthConfig, ("data", "download"): settings.DownloadConfig,
             ("data", "features"): settings.FeaturesConfig,
             ("bench", "train"): settings.BenchTrainConfig, ("bench", "infer"): settings.BenchInferConfig,
-            ("bench", "lm"): settings.BenchLMConfig, ("bench", "data"): settings.BenchDataConfig}
+            ("bench", "lm"): settings.BenchLMConfig, ("bench", "data"): settings.BenchDataConfig,
+            ("bench", "stream"): settings.BenchStreamConfig}
 
 
 def test_every_command_takes_its_options_from_a_settings_class():
