@@ -41,7 +41,7 @@ LOCK_FLAGS ?=
 lock: install
 	cp $(LOCK) $(LOCK).tmp
 	$(PY) -c "import tomllib; print('\\n'.join(['pip', *tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']]))" \
-	  | $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --universal --python-version 3.11 --generate-hashes \
+	  | $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --extra mic --universal --python-version 3.11 --generate-hashes \
 	      --custom-compile-command 'make lock' --quiet $(LOCK_FLAGS) -o $(LOCK).tmp
 	cmp -s $(LOCK).tmp $(LOCK) && rm $(LOCK).tmp || mv $(LOCK).tmp $(LOCK)
 	$(PY) -m asr.tracking.requirements conda > conda.yaml.tmp && mv conda.yaml.tmp conda.yaml
