@@ -50,7 +50,7 @@ class StreamError(UserError):
 class Segment:
     text: str      # final text (the model's own decoder)
     start: float   # seconds from the start of the stream: the segment's first non-blank output frame
-    end: float     # seconds: the end of its last non-blank output frame
+    end: float     # seconds: the end of its last non-blank output frame (at most the audio's end)
 
 
 @dataclass(frozen=True)
@@ -389,7 +389,8 @@ class StreamingRecognizer:
         text = self.transcriber.decoder(torch.stack(segment)[None].float(), torch.tensor([len(segment)]))[0]
         if not text:
             return ()
-        return (Segment(text, start * self.frame_seconds, (end + 1) * self.frame_seconds),)
+        # a frame's span may reach past the audio's last sample: a segment never ends after the audio heard
+        return (Segment(text, start * self.frame_seconds, min((end + 1) * self.frame_seconds, self.seconds)),)
 
 
 class SegmentMode:
@@ -454,7 +455,8 @@ class SegmentMode:
         text = t.decoder(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
         offset = self.audio_start / t.sample_rate
         seconds = owner.frame_seconds
-        segment = Segment(text, offset + spoken[0] * seconds, offset + (spoken[-1] + 1) * seconds)
+        heard = (self.audio_start + self.audio.numel()) / t.sample_rate
+        segment = Segment(text, offset + spoken[0] * seconds, min(offset + (spoken[-1] + 1) * seconds, heard))
         self._drop(self.audio.numel())
         self.partial = ""
         return (segment,) if text else ()
