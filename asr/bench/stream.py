@@ -122,7 +122,8 @@ def _measure(model_uri: str, dataset: str, utterances: int, chunk_ms: list[float
     return {"date": str(date.today()), "cpu": cpu_name(), "cpus": multiprocessing.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "model_uri": model_uri,
             "dataset": dataset, "utterances": [u.file_id for u in utts], "audio_seconds": audio_s,
-            "streams": streams, "endpoint_ms": endpoint_ms, "rows": rows}
+            "streams": streams, "endpoint_ms": endpoint_ms, "mode": recognizers[0].mode,
+            "model_latency_ms": 1000 * recognizers[0].latency_seconds, "rows": rows}
 
 
 def run(model_uri: str, dataset: str, utterances: int, chunk_ms: list[float], streams: int, endpoint_ms: float,
@@ -148,7 +149,10 @@ def render(r: dict) -> str:
         "",
         f"{r['date']}, {r['cpu']}, {r['cpus']} CPUs, torch {r['torch']}, {r['threads']} thread. Model "
         f"`{r['model_uri']}`; {len(r['utterances'])} utterance(s) of `{r['dataset']}` ({r['audio_seconds']:.1f} s "
-        f"of audio), endpoint after {r['endpoint_ms']:g} ms of pause. RTF: compute seconds per audio second. "
+        f"of audio), endpoint after {r['endpoint_ms']:g} ms of pause; the recognizer runs the model in "
+        f"{r.get('mode', 'exact')} mode, and a frame's output needs {r.get('model_latency_ms', 0):.0f} ms of audio "
+        "after it (the model's own latency, added to the measured latencies below by a live source). RTF: compute "
+        "seconds per audio second. "
         "Partial latency: from a chunk's arrival (chunks arriving in real time, processed in turn) to its partial "
         "text, over all chunks. Final latency: from the last chunk's arrival to the final text, per utterance. "
         f"CPU: {r['streams']} stream(s) fed round-robin in one thread; streams per core = 1 / that CPU time, "

@@ -15,7 +15,7 @@ from asr.tracking.requirements import model_requirements
 # Top-level modules that are not the model side: the command line and the commands' settings. Everything else at
 # the top level of the package is what a served model imports; the subpackages (data, training, tracking,
 # evaluation, bench) are never shipped, nor the command line's live input (stdin, files paced, the microphone).
-NOT_MODEL_SIDE = ("cli.py", "__main__.py", "settings.py", "live.py")
+NOT_MODEL_SIDE = ("cli.py", "__main__.py", "settings.py", "live.py", "stream_server.py")
 
 
 def model_side(dest: Path) -> Path:
