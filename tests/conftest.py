@@ -195,6 +195,43 @@ def run_cli(args: list[str], cwd: Path, tracking_uri: str | None = None, timeout
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli_here(args: list[str], cwd: Path, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    """`asr ARGS` run in this process through click's CliRunner, with what run_cli gives a subprocess (cwd, the
+    tracking store, no MLflow state of this process); returns what run_cli returns: exit code, stdout, stderr. An
+    exception the command lets through is exit 1 with its traceback in stderr, as a process would show it. For
+    checks of what a command says and does, not of the process: it saves the interpreter start-up and the imports
+    of torch and MLflow (seconds each). What only a process shows (its exit status, library output at start-up)
+    stays with the real subprocess each such test keeps (run_cli). MLflow's global state, the cwd and torch's
+    thread count are put back afterwards."""
+    import traceback
+
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+    import torch
+    from click.testing import CliRunner
+
+    from asr.cli import main
+
+    env: dict[str, str | None] = {k: None for k in MLFLOW_ENV} | {"ASR_PROGRESS": None}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    saved_cwd, threads = Path.cwd(), torch.get_num_threads()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args, env=env, prog_name="asr")
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        fluent._active_experiment_id = None
+        torch.set_num_threads(threads)
+        os.chdir(saved_cwd)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # starts "Traceback (most recent call last)"
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
+
 @contextmanager
 def mlflow_store(root: Path) -> Iterator[str]:
     """Points this process's MLflow at a SQLite store in `root` (cwd = root, so ./mlruns lands there too)
