@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
@@ -28,7 +27,7 @@ from conftest import (
     mlflow_store,
     new_store,
     one_line_error,
-    run_cli,
+    run_cli_alongside,
     run_cli_here,
     short_split,
     split_dir,
@@ -296,15 +295,12 @@ IN_A_PROCESS = ("30-minute file", "corrupt flac", "corrupt audio by id", "evalua
 
 
 def test_bad_inputs_to_commands(corpus: Corpus, bad_run: BadRun, tmp_path: Path):
-    def run(name: str) -> subprocess.CompletedProcess:
-        args, uri = CASES[name][0](corpus, bad_run), sqlite_uri(bad_run.root)
-        if name in IN_A_PROCESS:
-            return run_cli(asr_command() + args, cwd=tmp_path, tracking_uri=uri, threads=1)
-        return run_cli_here(args, cwd=tmp_path, tracking_uri=uri)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the processes alongside the rest (2 CPU cores)
-        processes = {name: pool.submit(run, name) for name in IN_A_PROCESS}
-        here = {name: run(name) for name in CASES if name not in IN_A_PROCESS}
+    uri = sqlite_uri(bad_run.root)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the processes one by one, alongside the rest (2 CPU cores)
+        processes = {name: run_cli_alongside(pool, asr_command() + CASES[name][0](corpus, bad_run), tmp_path, uri,
+                                             threads=1) for name in IN_A_PROCESS}
+        here = {name: run_cli_here(CASES[name][0](corpus, bad_run), tmp_path, uri)
+                for name in CASES if name not in IN_A_PROCESS}
         results = {name: processes[name].result() if name in processes else here[name] for name in CASES}
     failures = []
     for name, proc in results.items():

@@ -23,6 +23,7 @@ from conftest import (
     mlflow_store,
     one_line_error,
     run_cli,
+    run_cli_alongside,
     run_cli_here,
     served_model,
     split_dir,
@@ -202,14 +203,13 @@ def test_the_commands_decode_with_the_models_lm_unless_told(trained_lm, tmp_path
     lm_text, greedy = expected_texts(trained_lm)
     root, uri = trained_lm.root, trained_lm.uri
 
-    def cli(args: tuple[str, ...], in_a_process: bool) -> list[str]:
-        if in_a_process:
-            proc = run_cli(asr_command() + list(args), cwd=root, tracking_uri=uri, threads=1)
-        else:
-            with torch_threads(1):
-                proc = run_cli_here(list(args), cwd=root, tracking_uri=uri)
+    def out(proc: subprocess.CompletedProcess) -> list[str]:
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.splitlines()
+
+    def here(args: tuple[str, ...]) -> list[str]:
+        with torch_threads(1):
+            return out(run_cli_here(list(args), cwd=root, tracking_uri=uri))
 
     folder, test_clean = str(run_dir(trained_lm)), str(split_dir("test-clean"))
     commands = [
@@ -223,9 +223,9 @@ def test_the_commands_decode_with_the_models_lm_unless_told(trained_lm, tmp_path
     # the first as a real `asr` process, alongside the others in this process (seconds of start-up and imports
     # each saved); the evaluations one after the other, so their runs are in order
     with ThreadPoolExecutor(max_workers=1) as pool:
-        first = pool.submit(cli, commands[0], True)
-        rest = [cli(args, False) for args in commands[1:]]
-        outputs = [first.result(), *rest]
+        first = run_cli_alongside(pool, asr_command() + list(commands[0]), root, uri, threads=1)
+        rest = [here(args) for args in commands[1:]]
+        outputs = [out(first.result()), *rest]
     by_folder, by_uri, forced_greedy, lines, own, forced = outputs
     assert by_folder == [lm_text] and by_uri == [lm_text]  # the output folder (its decoder.json), the registry
     assert forced_greedy == [greedy]
@@ -268,8 +268,8 @@ def test_lm_tune_without_lm_tunes_the_models_own(trained_lm):
     assert tuned["wer"].tolist() == pytest.approx(trained["wer"].tolist(), abs=1e-6)
 
     greedy_only = str(run_dir(trained_lm) / "best.pt")  # a checkpoint without the run's decoder: greedy
-    proc = run_cli(asr_command() + ["lm", "tune", "--model_uri", greedy_only, "--dataset", dev, *grid], cwd=root,
-                   tracking_uri=uri)
+    proc = run_cli_here(["lm", "tune", "--model_uri", greedy_only, "--dataset", dev, *grid], cwd=root,
+                        tracking_uri=uri)  # in this process: `asr lm tune` ran as one just above
     assert one_line_error(proc) is None, proc.stderr
     assert f"no LM to tune: {greedy_only} carries none" in proc.stderr and "pass --lm" in proc.stderr
 
