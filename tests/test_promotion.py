@@ -121,8 +121,8 @@ def test_asr_promote_moves_alias_and_stage_to_the_version_it_names(tmp_path: Pat
     registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, DEV, "always")
     kept_out = registry.register_and_promote("file:///nowhere/2", name, "run-2", 0.3, OTHER_DEV, "if-better")
     assert not kept_out.promoted
-    proc = run_cli([*asr_command(), "promote", "--registered_model", name, "--model_version", "2"], tmp_path,
-                   isolated_mlflow)
+    # in this process: the next test runs `asr promote` as a real one
+    proc = run_cli_here(["promote", "--registered_model", name, "--model_version", "2"], tmp_path, isolated_mlflow)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (f"{name} version 2 promoted to Production (alias production) (policy by hand; "
                                    "Production version 1 was scored on another dev set (dev_digest d1d1d1d1d1d1d1d1, "

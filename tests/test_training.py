@@ -28,6 +28,7 @@ from conftest import (
     new_store,
     one_line_error,
     only_run_dir,
+    run_cli_here,
     subprocess_env,
     tiny_args,
     torch_threads,
@@ -243,8 +244,7 @@ def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_
     diff = max_weight_diff(only_run_dir(tmp_path / "whole") / ckpt.LAST, run_dir / ckpt.LAST)
     assert diff <= 1e-6, f"resumed weights differ from the uninterrupted run's by {diff}"
 
-    again = subprocess.run(asr_command() + ["train", "--resume", str(run_dir)], cwd=tmp_path / "store",
-                           env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+    again = run_cli_here(["train", "--resume", str(run_dir)], tmp_path / "store", uri)  # a refusal: in this process
     assert again.returncode == 1 and "already finished" in again.stderr
 
 
