@@ -377,10 +377,8 @@ def test_resume_refuses_a_changed_training_setting_in_one_line(short_dev: Path, 
     own value (--batch here) is no change."""
     run_dir = unregistered_run(short_dev, tmp_path / "out")
     before = (run_dir / ckpt.LAST).read_bytes()
-    proc = subprocess.run(asr_command() + ["train", "--resume", str(run_dir), "--epoch", "3", "--batch", "2",
-                                           "--registered_model", "teamasr"],
-                          cwd=tmp_path, env=subprocess_env(isolated_mlflow), capture_output=True, text=True,
-                          timeout=300)
+    proc = run_cli_here(["train", "--resume", str(run_dir), "--epoch", "3", "--batch", "2",  # in this process
+                         "--registered_model", "teamasr"], tmp_path, isolated_mlflow)
     assert (problem := one_line_error(proc)) is None, problem
     assert "--epoch 3 (the run's: 1)" in proc.stderr and "--batch" not in proc.stderr, proc.stderr
     assert "only --registered_model, --promote, --offline_ok, --system_metrics, --feature_cache may change" \
