@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,58 @@ def run_cli(args: list[str], cwd: Path, tracking_uri: str | None = None, timeout
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_alongside(pool: Executor, args: list[str], cwd: Path, tracking_uri: str | None = None,
+                      threads: int | None = None) -> Future[subprocess.CompletedProcess]:
+    """run_cli in `pool`, so this thread can go on (e.g. with run_cli_here) while the process runs; its environment
+    is taken here, before the commands run in this process set anything in it."""
+    env = subprocess_env(tracking_uri)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return pool.submit(subprocess.run, args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_cli_here(args: list[str], cwd: Path, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    """`asr ARGS` run in this process through click's CliRunner, with what run_cli gives a subprocess (cwd, the
+    tracking store, no MLflow state of this process); returns what run_cli returns: exit code, stdout, stderr. An
+    exception the command lets through is exit 1 with its traceback in stderr, as a process would show it. For
+    checks of what a command says and does, not of the process: it saves the interpreter start-up and the imports
+    of torch and MLflow (seconds each). What only a process shows (its exit status, library output at start-up)
+    stays with the real subprocess each such test keeps (run_cli). MLflow's global state, the cwd, the environment
+    and torch's thread count are put back afterwards."""
+    import traceback
+
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+    import torch
+    from click.testing import CliRunner
+
+    from asr.cli import main
+
+    env: dict[str, str | None] = {k: None for k in MLFLOW_ENV} | {"ASR_PROGRESS": None}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    saved_cwd, saved_env, threads = Path.cwd(), dict(os.environ), torch.get_num_threads()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args, env=env, prog_name="asr")
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        fluent._active_experiment_id = None
+        torch.set_num_threads(threads)
+        os.chdir(saved_cwd)
+        for k in set(os.environ) - set(saved_env):  # what the command set in the environment (it would leak)
+            del os.environ[k]
+        for k, v in saved_env.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # starts "Traceback (most recent call last)"
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
 
 
 @contextmanager

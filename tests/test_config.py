@@ -14,7 +14,7 @@ import sys
 import click
 import pytest
 import yaml
-from conftest import REPO, asr_command, one_line_error, run_cli, subprocess_env
+from conftest import REPO, asr_command, one_line_error, run_cli, run_cli_here, subprocess_env
 
 from asr import config, settings
 from asr.cli import main as asr_cli
@@ -339,13 +339,15 @@ def test_a_missing_lexicon_is_refused_before_the_model_loads(short_dev, tmp_path
     user fixed that first and met this next); every command now checks the paths its settings name first."""
     audio = next(short_dev.rglob("*.flac"))
     missing = tmp_path / "lexicon.txt"
-    for args in (["transcribe", "--lexicon", str(missing), "--model_uri", "models:/NoSuchModel@production",
-                  str(audio)],
-                 ["evaluate", "--lexicon", str(missing), "--model_uri", "models:/NoSuchModel@production",
-                  "--dataset", str(short_dev)],
-                 ["transcribe", "--model_uri", "models:/NoSuchModel@production", str(audio),
-                  str(tmp_path / "nope.flac")]):
-        proc = run_cli(asr_command() + args, cwd=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    commands = (["transcribe", "--lexicon", str(missing), "--model_uri", "models:/NoSuchModel@production", str(audio)],
+                ["evaluate", "--lexicon", str(missing), "--model_uri", "models:/NoSuchModel@production",
+                 "--dataset", str(short_dev)],
+                ["transcribe", "--model_uri", "models:/NoSuchModel@production", str(audio),
+                 str(tmp_path / "nope.flac")])
+    for i, args in enumerate(commands):
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the first as a real `asr` process, the others in this one
+        proc = (run_cli(asr_command() + args, cwd=tmp_path, tracking_uri=uri) if i == 0
+                else run_cli_here(args, cwd=tmp_path, tracking_uri=uri))
         assert one_line_error(proc) is None, proc.stderr[-3000:]
         expected = f"--lexicon {missing}: no such file" if "--lexicon" in args else f"{tmp_path / 'nope.flac'}: " \
             "no such file"

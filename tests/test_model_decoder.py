@@ -23,6 +23,8 @@ from conftest import (
     mlflow_store,
     one_line_error,
     run_cli,
+    run_cli_alongside,
+    run_cli_here,
     served_model,
     split_dir,
     tiny_args,
@@ -89,12 +91,14 @@ def test_train_refuses_an_lm_that_cannot_work_before_reading_data(tiny_config, t
     build_arpa(["a cat sat"], 2, bigram)
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("DOG\td o g |\n")
-    args = asr_command() + ["train"] + tiny_args(tiny_config(output_dir=str(tmp_path / "outputs"), lm_order=3))
+    args = ["train"] + tiny_args(tiny_config(output_dir=str(tmp_path / "outputs"), lm_order=3))
     cases = {"--lm_order 1": (["--lm_order", "1"], "--lm_order 1: the beam search decoder's KenLM"),
              "unigram LM": (["--lm", str(unigram)], "unigram (order 1) LM"),
              "lexicon": (["--lm", str(bigram), "--lexicon", str(lexicon)], "none of its 1 words is in --lm")}
-    for name, (extra, message) in cases.items():
-        proc = run_cli(args + extra, cwd=tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    for i, (name, (extra, message)) in enumerate(cases.items()):
+        uri = f"sqlite:///{tmp_path}/mlflow.db"  # the first as a real `asr` process, the others in this one
+        proc = (run_cli(asr_command() + args + extra, cwd=tmp_path, tracking_uri=uri) if i == 0
+                else run_cli_here(args + extra, cwd=tmp_path, tracking_uri=uri))
         assert one_line_error(proc) is None, f"{name}: {one_line_error(proc)}"
         assert message in proc.stderr, (name, proc.stderr)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
@@ -199,21 +203,29 @@ def test_the_commands_decode_with_the_models_lm_unless_told(trained_lm, tmp_path
     lm_text, greedy = expected_texts(trained_lm)
     root, uri = trained_lm.root, trained_lm.uri
 
-    def cli(*args: str) -> list[str]:
-        proc = run_cli(asr_command() + list(args), cwd=root, tracking_uri=uri, threads=1)
+    def out(proc: subprocess.CompletedProcess) -> list[str]:
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.splitlines()
 
+    def here(args: tuple[str, ...]) -> list[str]:
+        with torch_threads(1):
+            return out(run_cli_here(list(args), cwd=root, tracking_uri=uri))
+
     folder, test_clean = str(run_dir(trained_lm)), str(split_dir("test-clean"))
-    lanes = [  # two commands at a time (2 CPU cores); the evaluations one after the other, so their runs are in order
-        [("transcribe", "--model-uri", folder, str(flac())),  # the output folder: decoder.json
-         ("transcribe", "--model-uri", URI, str(flac())),
-         ("transcribe", "--model-uri", URI, "--decoder", "greedy", str(flac())),
-         ("validate", "--file_id", FILE_ID, "--dataset", test_clean)],
-        [("evaluate", "--dataset", test_clean), ("evaluate", "--dataset", test_clean, "--decoder", "greedy")],
+    commands = [
+        ("transcribe", "--model-uri", folder, str(flac())),  # the output folder: decoder.json
+        ("transcribe", "--model-uri", URI, str(flac())),
+        ("transcribe", "--model-uri", URI, "--decoder", "greedy", str(flac())),
+        ("validate", "--file_id", FILE_ID, "--dataset", test_clean),
+        ("evaluate", "--dataset", test_clean),
+        ("evaluate", "--dataset", test_clean, "--decoder", "greedy"),
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outputs = [out for lane in pool.map(lambda lane: [cli(*args) for args in lane], lanes) for out in lane]
+    # the first as a real `asr` process, alongside the others in this process (seconds of start-up and imports
+    # each saved); the evaluations one after the other, so their runs are in order
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = run_cli_alongside(pool, asr_command() + list(commands[0]), root, uri, threads=1)
+        rest = [here(args) for args in commands[1:]]
+        outputs = [out(first.result()), *rest]
     by_folder, by_uri, forced_greedy, lines, own, forced = outputs
     assert by_folder == [lm_text] and by_uri == [lm_text]  # the output folder (its decoder.json), the registry
     assert forced_greedy == [greedy]
@@ -256,8 +268,8 @@ def test_lm_tune_without_lm_tunes_the_models_own(trained_lm):
     assert tuned["wer"].tolist() == pytest.approx(trained["wer"].tolist(), abs=1e-6)
 
     greedy_only = str(run_dir(trained_lm) / "best.pt")  # a checkpoint without the run's decoder: greedy
-    proc = run_cli(asr_command() + ["lm", "tune", "--model_uri", greedy_only, "--dataset", dev, *grid], cwd=root,
-                   tracking_uri=uri)
+    proc = run_cli_here(["lm", "tune", "--model_uri", greedy_only, "--dataset", dev, *grid], cwd=root,
+                        tracking_uri=uri)  # in this process: `asr lm tune` ran as one just above
     assert one_line_error(proc) is None, proc.stderr
     assert f"no LM to tune: {greedy_only} carries none" in proc.stderr and "pass --lm" in proc.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import MODEL_NAME, asr_command, make_tiny_config, one_line_error, run_cli, short_split
+from conftest import MODEL_NAME, asr_command, make_tiny_config, one_line_error, run_cli, run_cli_here, short_split
 from mlflow import MlflowClient
 
 from asr.data.dataset import read_split, split_digest
@@ -121,8 +121,8 @@ def test_asr_promote_moves_alias_and_stage_to_the_version_it_names(tmp_path: Pat
     registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, DEV, "always")
     kept_out = registry.register_and_promote("file:///nowhere/2", name, "run-2", 0.3, OTHER_DEV, "if-better")
     assert not kept_out.promoted
-    proc = run_cli([*asr_command(), "promote", "--registered_model", name, "--model_version", "2"], tmp_path,
-                   isolated_mlflow)
+    # in this process: the next test runs `asr promote` as a real one
+    proc = run_cli_here(["promote", "--registered_model", name, "--model_version", "2"], tmp_path, isolated_mlflow)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (f"{name} version 2 promoted to Production (alias production) (policy by hand; "
                                    "Production version 1 was scored on another dev set (dev_digest d1d1d1d1d1d1d1d1, "
@@ -135,8 +135,9 @@ def test_asr_promote_refuses_what_it_cannot_promote_in_one_line(tmp_path: Path, 
     cases = {("--registered_model", "Kept", "--model_version", "7"): "Kept has no version 7",
              ("--registered_model", "Kept", "--model_version", "two"): "a model version is a number",
              ("--registered_model", "Nobody", "--model_version", "1"): "Nobody has no version 1"}
-    for args, says in cases.items():
-        proc = run_cli([*asr_command(), "promote", *args], tmp_path, isolated_mlflow)
+    for i, (args, says) in enumerate(cases.items()):  # the first as a real `asr` process, the others in this one
+        proc = (run_cli([*asr_command(), "promote", *args], tmp_path, isolated_mlflow) if i == 0
+                else run_cli_here(["promote", *args], tmp_path, isolated_mlflow))
         assert one_line_error(proc) is None, (args, proc.returncode, proc.stderr)
         assert says in proc.stderr, (args, proc.stderr)
     assert production(MlflowClient(), "Kept") == ("1", {"1"})

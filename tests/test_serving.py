@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import FILE_ID, MODEL_NAME, asr_command, run_cli, served_model, split_dir, torch_threads
+from conftest import FILE_ID, MODEL_NAME, asr_command, run_cli, run_cli_here, served_model, split_dir, torch_threads
 
 from asr import UserError
 from asr.lm import write_lexicon
@@ -242,7 +242,8 @@ def test_the_projects_commands_read_files_without_the_setting(trained_store, tmp
                    cwd=trained_store.root, tracking_uri=trained_store.uri)
     assert proc.returncode == 0 and any(line.startswith("predicted:") for line in proc.stdout.splitlines()), \
         proc.stderr
-    proc = run_cli(asr_command() + ["transcribe", str(flac)], cwd=trained_store.root, tracking_uri=trained_store.uri)
+    # in this process (validate was a real one): the variable is unset here too
+    proc = run_cli_here(["transcribe", str(flac)], cwd=trained_store.root, tracking_uri=trained_store.uri)
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1, proc.stderr  # one file: its text alone
     with pytest.raises(UserError, match=ROOTS_ENV):  # the model's own copy of RequestError, a UserError
         load_pyfunc(URI).predict(pd.DataFrame({"audio": [str(flac)]}))

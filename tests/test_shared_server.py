@@ -34,6 +34,8 @@ from conftest import (
     new_store,
     one_line_error,
     run_cli,
+    run_cli_alongside,
+    run_cli_here,
     split_dir,
     sqlite_uri,
     subprocess_env,
@@ -266,11 +268,15 @@ def test_commands_loading_a_model_from_an_unreachable_server_fail_fast(short_dev
 
     def run(name: str) -> tuple[subprocess.CompletedProcess, float]:
         started = time.monotonic()
-        proc = run_cli(asr_command() + cases[name][0], cwd=tmp_path, tracking_uri=uri, timeout=120)
-        return proc, time.monotonic() - started
+        return run_cli_here(cases[name][0], cwd=tmp_path, tracking_uri=uri), time.monotonic() - started
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # 2 CPU cores; each is mostly start-up and imports
-        results = dict(zip(cases, pool.map(run, cases), strict=True))
+    # validate as a real `asr` process, alongside the others in this one (seconds of start-up saved each)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started, finished = time.monotonic(), []
+        process = run_cli_alongside(pool, asr_command() + cases["validate"][0], tmp_path, uri)
+        process.add_done_callback(lambda _: finished.append(time.monotonic()))
+        results = {name: run(name) for name in cases if name != "validate"}
+        results = {"validate": (process.result(), finished[0] - started), **results}
     failures = []
     for name, (proc, elapsed) in results.items():
         expected = f"cannot load {cases[name][1]}: MLflow tracking server {uri} is unreachable (Connection refused)"

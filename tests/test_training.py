@@ -28,6 +28,7 @@ from conftest import (
     new_store,
     one_line_error,
     only_run_dir,
+    run_cli_here,
     subprocess_env,
     tiny_args,
     torch_threads,
@@ -243,8 +244,7 @@ def test_sigterm_checkpoints_and_resume_reaches_the_uninterrupted_weights(short_
     diff = max_weight_diff(only_run_dir(tmp_path / "whole") / ckpt.LAST, run_dir / ckpt.LAST)
     assert diff <= 1e-6, f"resumed weights differ from the uninterrupted run's by {diff}"
 
-    again = subprocess.run(asr_command() + ["train", "--resume", str(run_dir)], cwd=tmp_path / "store",
-                           env=subprocess_env(uri), capture_output=True, text=True, timeout=300)
+    again = run_cli_here(["train", "--resume", str(run_dir)], tmp_path / "store", uri)  # a refusal: in this process
     assert again.returncode == 1 and "already finished" in again.stderr
 
 
@@ -377,10 +377,8 @@ def test_resume_refuses_a_changed_training_setting_in_one_line(short_dev: Path, 
     own value (--batch here) is no change."""
     run_dir = unregistered_run(short_dev, tmp_path / "out")
     before = (run_dir / ckpt.LAST).read_bytes()
-    proc = subprocess.run(asr_command() + ["train", "--resume", str(run_dir), "--epoch", "3", "--batch", "2",
-                                           "--registered_model", "teamasr"],
-                          cwd=tmp_path, env=subprocess_env(isolated_mlflow), capture_output=True, text=True,
-                          timeout=300)
+    proc = run_cli_here(["train", "--resume", str(run_dir), "--epoch", "3", "--batch", "2",  # in this process
+                         "--registered_model", "teamasr"], tmp_path, isolated_mlflow)
     assert (problem := one_line_error(proc)) is None, problem
     assert "--epoch 3 (the run's: 1)" in proc.stderr and "--batch" not in proc.stderr, proc.stderr
     assert "only --registered_model, --promote, --offline_ok, --system_metrics, --feature_cache may change" \

@@ -45,7 +45,10 @@ class Spec:
     overrides: dict = field(default_factory=dict)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+PEAK_SECONDS = 3.0  # timed matmuls per dtype for the machine's peak; less when the measurements are shorter
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = PEAK_SECONDS) -> float:
     """FLOP/s of a large square matmul: the most this machine's cores give a dense kernel."""
     torch.manual_seed(0)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -58,11 +61,12 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def _peaks() -> dict[str, float]:
+def _peaks(seconds: float) -> dict[str, float]:
+    """The fp32 and bf16 matmul peaks, each timed for `seconds`."""
     from asr.training.batches import intra_op_threads
 
     torch.set_num_threads(intra_op_threads(TrainConfig(), 0))
-    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    return {"fp32": matmul_peak(torch.float32, seconds=seconds), "bf16": matmul_peak(torch.bfloat16, seconds=seconds)}
 
 
 def _naive_collate(features):
@@ -226,7 +230,7 @@ def run(data: str, utterances: int, seconds: float, configs: list[str], out: Pat
     if not Path(data).is_dir():
         raise UserError(f"benchmark data not found: {data} (run `make demo` or `asr data synth`, or pass --data)")
     say("measuring matmul peak (fp32, bf16) ...")
-    peaks = in_fresh_process(_peaks)
+    peaks = in_fresh_process(_peaks, min(PEAK_SECONDS, seconds))  # a quick run (--seconds 1) stays quick
     say(f"  fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     results = []
     for name in configs:
