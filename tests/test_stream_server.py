@@ -73,11 +73,13 @@ def expected(trained: TrainedStore, pcm: np.ndarray) -> str:
 
 @pytest.fixture(scope="module")
 def server(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`asr serve-stream` of the store's Production model (the default --model_uri) on a free port."""
+    """`asr serve-stream` of the trained run's registered version on a free port (pinned by number: other tests
+    promote other versions of the shared store to Production)."""
     log = tmp_path_factory.mktemp("stream-server") / "server.log"
     port = free_port()
     env = subprocess_env(trained.uri) | {"OMP_NUM_THREADS": "1"}
-    args = [str(BIN / "asr"), "serve-stream", "--port", str(port), "--max_connections", str(MAX_CONNECTIONS),
+    args = [str(BIN / "asr"), "serve-stream", "--model_uri", "models:/SpeechRecognitionModel/1", "--port", str(port),
+            "--max_connections", str(MAX_CONNECTIONS),
             "--max_message_bytes", str(MAX_MESSAGE_BYTES), "--max_session_seconds", str(MAX_SESSION_SECONDS),
             "--threads", "2"]
     with log.open("w") as out:
