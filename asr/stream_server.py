@@ -209,6 +209,9 @@ class Session:
         rate, fmt = msg.get("sample_rate", self.server.sample_rate), msg.get("format", "s16le")
         if fmt not in FORMATS:
             raise Refused(f"format {fmt!r}: this server takes {' or '.join(FORMATS)}", CloseCode.UNSUPPORTED_DATA)
+        if not isinstance(rate, int) or isinstance(rate, bool):
+            raise Refused(f"sample_rate is a whole number of Hz, like {self.server.sample_rate}; got {rate!r}",
+                          CloseCode.UNSUPPORTED_DATA)
         if rate != self.server.sample_rate:
             raise Refused(f"sample_rate {rate!r}: this model takes {self.server.sample_rate} Hz mono; resample the "
                           "audio before sending it", CloseCode.UNSUPPORTED_DATA)
@@ -226,7 +229,11 @@ class Session:
         if not np.isfinite(samples).all():
             raise Refused("samples that are NaN or infinite; ignored")
         limit = self.server.limits.max_session_seconds
-        if self.samples + samples.size > limit * self.server.sample_rate:
+        room = int(limit * self.server.sample_rate) - self.samples
+        if samples.size > room:  # the audio up to the limit is still heard
+            if room > 0:
+                self.samples += room
+                await self.flush(ws, await self.server.compute(self.recognizer.accept, samples[:room]))
             raise Refused(f"a session takes at most {limit:g} s of audio (--max_session_seconds)",
                           CloseCode.POLICY_VIOLATION)
         self.samples += samples.size

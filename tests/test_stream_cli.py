@@ -332,7 +332,12 @@ def test_bad_input_is_refused_in_one_line_before_the_model_loads(args, stdin, sa
 
 
 def test_options_that_need_stream_say_so():
-    assert refused(invoke(["transcribe", "x.wav", "--realtime"])) == "Error: --realtime needs --stream"
+    assert refused(invoke(["transcribe", "x.wav", "--realtime"])) == "Error: --realtime needs --stream (or --mic)"
+    for option in (["--raw_rate", "8000"], ["--chunk_ms", "20"], ["--endpoint_ms", "300"], ["--partials"]):
+        line = refused(invoke(["transcribe", "x.wav", *option]))  # ignored options are refused, not dropped
+        assert line == f"Error: {option[0]} needs --stream (or --mic)", line
+    line = refused(invoke(["transcribe", "--stream", "-", "--partials"], stdin=b"\x00\x01"))
+    assert line.startswith("Error: --partials prints JSON lines: give --json too"), line
     assert refused(invoke(["transcribe", "--mic", "x.wav"])).startswith("Error: --mic captures from the microphone")
     assert invoke(["transcribe"]).exit_code == 2  # no files, no --stream: click's usage error, as before
 

@@ -195,6 +195,8 @@ def test_refusals_close_politely_with_a_reason(server: Server, pcm, expected):
     assert f"over the limit of {MAX_MESSAGE_BYTES} (--max_message_bytes)" in too_big[0]["message"]
     other_rate, code = asyncio.run(closing(json.dumps({"sample_rate": 8000, "format": "s16le"})))
     assert code == 1003 and "sample_rate 8000: this model takes 16000 Hz" in other_rate[0]["message"]
+    as_text, code = asyncio.run(closing(json.dumps({"sample_rate": "16000"})))
+    assert code == 1003 and "sample_rate is a whole number of Hz, like 16000; got '16000'" in as_text[0]["message"]
     other_format, code = asyncio.run(closing(json.dumps({"format": "mp3"})))
     assert code == 1003 and "format 'mp3'" in other_format[0]["message"]
     assert transcript(asyncio.run(stream(server.url, pcm))) == expected
@@ -204,7 +206,7 @@ def test_a_session_over_its_length_gets_its_finals_and_is_closed(server: Server,
     async def client() -> tuple[list[dict], int | None]:
         async with connect(server.url) as ws:
             try:
-                await send_audio(ws, np.concatenate([pcm, pcm]), seconds=1.0)
+                await send_audio(ws, np.concatenate([pcm, pcm]), seconds=0.7)  # 11.9 s .. 12.6 s crosses 12 s
             except ConnectionClosed:
                 pass
             return await replies(ws), ws.close_code
@@ -214,6 +216,8 @@ def test_a_session_over_its_length_gets_its_finals_and_is_closed(server: Server,
     assert code == 1008 and len(errors) == 1 and "at most 12 s of audio" in errors[0]["message"]
     assert messages[-1] == {"type": "done"} and any(m["type"] == "final" for m in messages)
     assert max(m["end"] for m in messages if m["type"] == "final") <= MAX_SESSION_SECONDS
+    # the message that crossed the limit was heard up to it, not dropped whole
+    server.wait_for_log(f"; {MAX_SESSION_SECONDS:.1f} s of audio")  # logged as the connection ends
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_place(server: Server, pcm, expected):
