@@ -273,7 +273,8 @@ def stream_chunks(stream: BinaryIO, kind: str, head: bytes, sample_rate: int, ch
     if kind == "raw":
         decode = PcmDecoder(PCM_FORMATS[raw_format])
         per_read = max(1, chunk * raw_rate // sample_rate)
-        yield from to_chunks(pcm_pieces(stream, decode, per_read, head=head), raw_rate, sample_rate, chunk)
+        yield from to_chunks(_finite(pcm_pieces(stream, decode, per_read, head=head), name), raw_rate, sample_rate,
+                             chunk)
         check_whole(decode, name)
         return
     if kind == "wav":
@@ -282,8 +283,8 @@ def stream_chunks(stream: BinaryIO, kind: str, head: bytes, sample_rate: int, ch
         if wav is not None:
             decode = PcmDecoder(wav.fmt, wav.channels)
             per_read = max(1, chunk * wav.rate // sample_rate)
-            yield from to_chunks(pcm_pieces(stream, decode, per_read, wav.data_bytes), wav.rate, sample_rate,
-                                 chunk)
+            yield from to_chunks(_finite(pcm_pieces(stream, decode, per_read, wav.data_bytes), name), wav.rate,
+                                 sample_rate, chunk)
             check_whole(decode, name)
             return
         head, kind = head + seen.data, "WAV in this encoding"

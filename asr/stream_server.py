@@ -82,7 +82,6 @@ class StreamServer:
         self.limits = limits
         self.stream = stream
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.recognizer()  # a model that cannot stream is refused now, not at the first connection
         self.pool = concurrent.futures.ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1),
                                                           thread_name_prefix="asr-stream")
         self.active = 0
@@ -105,8 +104,8 @@ class StreamServer:
             await self._close(ws, f"server busy: {self.active} connections open, the most it takes "
                                   "(--max_connections); try again later", CloseCode.TRY_AGAIN_LATER)
             return
-        self.active += 1
         session = Session(self)
+        self.active += 1
         try:
             how = await session.run(ws)
         except ConnectionClosed:
@@ -251,7 +250,7 @@ class Session:
             await send(ws, {"type": "final", "text": seg.text, "start": round(seg.start, 3), "end": round(seg.end, 3)})
             self.finals += 1
             self.partial = ""
-        if update.partial and update.partial != self.partial:
+        if update.partial != self.partial:  # "" too, when the text vanished without a final
             await send(ws, {"type": "partial", "text": update.partial})
         self.partial = update.partial
 
@@ -278,8 +277,8 @@ async def close(ws: ServerConnection, code: int, reason: str) -> None:
 
 def run(transcriber, host: str, port: int, limits: Limits, stream: StreamSettings, threads: int = 0,
         say: Callable[[str], None] = print) -> None:
-    """Serves until SIGINT or SIGTERM. Raises UserError when the address cannot be bound or the model cannot
-    stream."""
+    """Serves until SIGINT or SIGTERM (a bidirectional model streams in segment mode, asr.streaming). Raises
+    UserError when the address cannot be bound."""
     server = StreamServer(transcriber, limits, stream, threads)
 
     async def main() -> None:

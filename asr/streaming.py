@@ -162,9 +162,10 @@ class ModelStream:
         s, stem = self.stride, self.model.stem
         count = self.feature_count
         end = conv_len(count, s) if final else max(0, (count - 2) // s + 1) if count >= 2 else 0
-        window = self.features
         if self.stem_count == 0:  # the zero padding before the first frame
-            window = torch.cat([window.new_zeros(window.shape[0], 1), window], dim=1)
+            window = torch.cat([self.features.new_zeros(self.features.shape[0], 1), self.features], dim=1)
+        else:  # from the next stem output's first input frame (a stride over 3 skips frames kept below)
+            window = self.features[:, s * self.stem_count - 1 - self.feature_start:]
         if final:  # and after the last (the stem's padding: at most one frame is read past the end)
             window = torch.cat([window, window.new_zeros(window.shape[0], 1)], dim=1)
         n = end - self.stem_count
@@ -173,10 +174,11 @@ class ModelStream:
         needed = s * (n - 1) + 3
         out = nn.functional.conv2d(window[None, None, :, :needed], stem.weight, stem.bias, stride=stem.stride,
                                    padding=(stem.padding[0], 0))
-        # keep the features from the next stem output's first input frame on
-        first = s * end - 1
-        self.features = self.features[:, max(0, first - self.feature_start):]
-        self.feature_start = max(self.feature_start, first)
+        # keep the features from the next stem output's first input frame on (or from the next frame to come, when
+        # that one has not arrived yet)
+        first = min(s * end - 1, count)
+        self.features = self.features[:, first - self.feature_start:]
+        self.feature_start = first
         self.stem_count = end
         return out
 

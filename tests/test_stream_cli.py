@@ -363,6 +363,18 @@ def test_a_stream_cut_inside_a_sample_keeps_what_was_heard_and_fails(model, clip
     assert result.stdout.splitlines() == [format_segment(s) for s in api_segments(model, clip, 5000)]
 
 
+def test_samples_that_are_not_finite_on_stdin_are_refused_in_one_line(model, tmp_path):
+    wave = np.zeros(RATE, np.float32)
+    wave[RATE // 2] = np.nan
+    raw = invoke(["transcribe", "--stream", "-", "--model_uri", str(model), "--raw_format", "f32le"],
+                 stdin=wave.astype("<f4").tobytes())
+    assert refused(raw) == "Error: stdin: samples not finite (NaN or infinite); the audio is corrupt"
+    path = tmp_path / "nan.wav"
+    sf.write(path, wave, RATE, subtype="FLOAT")
+    wav = invoke(["transcribe", "--stream", "-", "--model_uri", str(model)], stdin=path.read_bytes())
+    assert refused(wav) == "Error: stdin: samples not finite (NaN or infinite); the audio is corrupt"
+
+
 def test_a_container_that_is_not_audio_inside(model):
     line = refused(invoke(["transcribe", "--stream", "-", "--model_uri", str(model)], stdin=b"fLaC" + bytes(200)))
     assert line.startswith("Error: stdin: cannot read audio"), line

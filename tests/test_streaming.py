@@ -176,6 +176,22 @@ def test_cli_refuses_lookahead_without_streaming(tmp_path: Path):
 # ---------------------------------------------------------------- the recognizer equals the offline model
 
 
+@pytest.mark.parametrize("stride", [1, 2, 4, 5])
+def test_the_recognizer_equals_the_offline_model_at_every_time_stride(utterances, stride):
+    """Frame by frame (160 samples = one feature frame) and 7 frames at a time: a stride over 3 makes the stem
+    skip frames that have not arrived yet when the buffer is trimmed."""
+    cfg = streaming_config(time_stride=stride)
+    model = random_streaming_model(cfg)
+    transcriber = Transcriber(cfg, model)
+    wave = utterances[0][:16000]
+    with torch_threads(1):
+        expected = offline_log_probs(model, transcriber.features, wave)
+        for chunk in (160, 1120):
+            got = streamed_log_probs(StreamingRecognizer(transcriber, endpoint_ms=1e9, max_segment_s=1e9), wave,
+                                     chunk)
+            assert got.shape == expected.shape and (got - expected).abs().max() < 1e-4, (stride, chunk)
+
+
 @pytest.mark.parametrize("chunk", [160, 1601, 8000, None])
 def test_recognizer_log_probs_and_text_equal_the_offline_models(utterances, chunk):
     cfg = streaming_config()

@@ -150,7 +150,7 @@ def render(r: dict) -> str:
         f"{r['date']}, {r['cpu']}, {r['cpus']} CPUs, torch {r['torch']}, {r['threads']} thread. Model "
         f"`{r['model_uri']}`; {len(r['utterances'])} utterance(s) of `{r['dataset']}` ({r['audio_seconds']:.1f} s "
         f"of audio), endpoint after {r['endpoint_ms']:g} ms of pause; the recognizer runs the model in "
-        f"{r.get('mode', 'exact')} mode, and a frame's output needs {r.get('model_latency_ms', 0):.0f} ms of audio "
+        f"{r['mode']} mode, and a frame's output needs {r['model_latency_ms']:.0f} ms of audio "
         "after it (the model's own latency, added to the measured latencies below by a live source). RTF: compute "
         "seconds per audio second. "
         "Partial latency: from a chunk's arrival (chunks arriving in real time, processed in turn) to its partial "
