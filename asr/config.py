@@ -143,7 +143,7 @@ class ModelConfig(Checked):
 
 
 # The model's blocks, input to output, by their attribute names in asr.model.SpeechModel (--freeze takes them)
-MODEL_BLOCKS = ("stem", "cnn", "proj", "rnns", "classifier")
+MODEL_BLOCKS = ("stem", "cnn", "proj", "rnns", "lookahead", "classifier")  # lookahead: streaming models
 
 
 @dataclass

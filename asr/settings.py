@@ -241,7 +241,8 @@ class FineTuneConfig(Checked):
                          "value is refused; --dropout may change), and its output layer is re-initialized when its "
                          "classes differ from this run's ('' = random weights)", check=model_uri_problem)
     freeze: tuple[str, ...] = opt((), "blocks whose --init_from weights stay fixed, comma-separated: stem (first "
-                                  "convolution), cnn (residual CNN blocks), proj, rnns (GRU layers), classifier",
+                                  "convolution), cnn (residual CNN blocks), proj, rnns (GRU layers), lookahead (a "
+                                  "streaming model's look-ahead layer), classifier",
                                   MODEL_BLOCKS)
 
     def __post_init__(self) -> None:

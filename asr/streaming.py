@@ -33,7 +33,7 @@ from torch import nn
 from asr import UserError
 from asr.decoding import greedy_decode
 from asr.features import FeatureExtractor
-from asr.model import SpeechModel
+from asr.model import SpeechModel, conv_output_length
 from asr.precision import autocast
 from asr.text import BLANK
 
@@ -161,7 +161,8 @@ class ModelStream:
         """Stem outputs (1, C, F', n) that the frames so far complete (all of them when final)."""
         s, stem = self.stride, self.model.stem
         count = self.feature_count
-        end = conv_len(count, s) if final else max(0, (count - 2) // s + 1) if count >= 2 else 0
+        # a stem output reads one frame past its centre: before the end, the last frame received cannot be that one
+        end = max(0, conv_output_length(count if final else count - 1, stem, 1))
         if self.stem_count == 0:  # the zero padding before the first frame
             window = torch.cat([self.features.new_zeros(self.features.shape[0], 1), self.features], dim=1)
         else:  # from the next stem output's first input frame (a stride over 3 skips frames kept below)
@@ -214,10 +215,6 @@ class ModelStream:
         self.pending = None if final else x[:, ready:]
         return la.window(x)
 
-
-def conv_len(n: int, stride: int) -> int:
-    """Stem outputs of n feature frames (asr.model.conv_output_length for the 3-frame stem, padding 1)."""
-    return (n - 1 + stride) // stride
 
 
 class StreamingRecognizer:

@@ -71,11 +71,14 @@ def sha256(path: Path) -> str:
 
 def test_the_blocks_freeze_names_are_the_models_own():
     model = SpeechModel.from_config(RecognizerConfig(FeatureConfig(), ModelConfig(**SHAPE)), len(VOCAB))
-    assert tuple(name for name, _ in model.named_children()) == MODEL_BLOCKS
+    assert tuple(name for name, _ in model.named_children()) == tuple(b for b in MODEL_BLOCKS if b != "lookahead")
+    streaming = SpeechModel.from_config(RecognizerConfig(FeatureConfig(), ModelConfig(**SHAPE, streaming=True)),
+                                        len(VOCAB))
+    assert tuple(name for name, _ in streaming.named_children()) == MODEL_BLOCKS
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(init_from="p.pt", freeze="cnn,rnn"), "--freeze: rnn not among stem, cnn, proj, rnns, classifier"),
+    (dict(init_from="p.pt", freeze="cnn,rnn"), "--freeze: rnn not among stem, cnn, proj, rnns, lookahead, classifier"),
     (dict(freeze="cnn"), "--freeze cnn needs --init_from"),
     (dict(init_from="p.pt", freeze=",".join(MODEL_BLOCKS)), "names every block: nothing would train"),
 ])

@@ -148,6 +148,20 @@ def test_finetuning_starts_from_the_parents_statistics():
     assert torch.equal(child.mean, parent.mean) and torch.equal(child.std, parent.std)
 
 
+def test_freeze_names_the_lookahead_of_a_streaming_model_and_refuses_what_a_model_lacks():
+    from asr.training.finetune import freeze, trainable
+
+    streaming = SpeechModel.from_config(streaming_config(), VOCAB_SIZE)
+    freeze(streaming, ("rnns", "lookahead"))
+    assert not any(p.requires_grad for p in streaming.lookahead.parameters())
+    assert all(p.requires_grad for p in streaming.classifier.parameters()) and trainable(streaming) > 0
+    bidirectional = SpeechModel.from_config(RecognizerConfig(), VOCAB_SIZE)
+    with pytest.raises(ConfigError, match="--freeze lookahead: the model has no such layer"):
+        freeze(bidirectional, ("lookahead",))
+    with pytest.raises(ConfigError, match="names every block of this model: nothing would train"):
+        freeze(SpeechModel.from_config(RecognizerConfig(), VOCAB_SIZE), ("stem", "cnn", "proj", "rnns", "classifier"))
+
+
 # ---------------------------------------------------------------- settings
 
 

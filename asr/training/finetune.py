@@ -126,10 +126,17 @@ def start_from(model: SpeechModel, parent: Parent, vocab: Sequence[str], say: Ca
 
 def freeze(model: nn.Module, blocks: Sequence[str]) -> None:
     """Keeps the named blocks' weights fixed: no gradient (requires_grad False), so they stay out of the optimizer
-    (see asr.training.loop.build_trainer) and weight decay never touches them."""
+    (see asr.training.loop.build_trainer) and weight decay never touches them. Raises ConfigError for a block the
+    model does not have (the look-ahead of a bidirectional model) or when nothing would be left to train."""
     for name in blocks:
-        for p in getattr(model, name).parameters():
+        block = getattr(model, name)
+        if block is None:
+            raise ConfigError(f"--freeze {name}: the model has no such layer (only streaming models have a "
+                              "look-ahead)")
+        for p in block.parameters():
             p.requires_grad_(False)
+    if not trainable(model):
+        raise ConfigError(f"--freeze {','.join(blocks)} names every block of this model: nothing would train")
 
 
 def trainable(model: nn.Module) -> int:
