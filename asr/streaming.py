@@ -289,7 +289,7 @@ class StreamingRecognizer:
 
     def _new_segment(self) -> None:
         self.segment: list[torch.Tensor] = []  # the open segment's log-prob rows
-        self.segment_first = self.frames       # output frame index of segment[0]
+        self.segment_partial = ""              # their greedy text, as of the last rows added
         self.speech_start: int | None = None   # first and last non-blank frames of the open segment
         self.speech_end = 0
         self.blank_run = 0
@@ -371,13 +371,13 @@ class StreamingRecognizer:
             self.frames += 1
             if self.speech_start is None and len(self.segment) > self.endpoint_frames:
                 self.segment.pop(0)  # leading silence: only the last endpoint's worth is kept
-                self.segment_first += 1
             elif (self.speech_start is not None and self.blank_run >= self.endpoint_frames) \
                     or len(self.segment) >= self.max_frames:
                 finals += self._finalize()
-        partial = greedy_decode(torch.stack(self.segment)[None], torch.tensor([len(self.segment)]),
-                                self.transcriber.text.vocabulary)[0] if self.speech_start is not None else ""
-        return StreamUpdate(partial, tuple(finals))
+        if best and self.speech_start is not None:  # no new rows (a chunk shorter than a frame): text as it was
+            self.segment_partial = greedy_decode(torch.stack(self.segment)[None], torch.tensor([len(self.segment)]),
+                                                 self.transcriber.text.vocabulary)[0]
+        return StreamUpdate(self.segment_partial, tuple(finals))
 
     def _finalize(self) -> tuple[Segment, ...]:
         """The open segment as a Segment (none when it holds no speech, or decodes to no text); a new one opens."""
