@@ -31,7 +31,7 @@ from asr.features import FeatureExtractor
 from asr.model import SpeechModel
 from asr.settings import TrainConfig
 from asr.streaming import NotStreamable, Segment, StreamError, StreamingRecognizer, StreamUpdate
-from asr.text import ENGLISH_TEXT
+from asr.text import BLANK, ENGLISH_TEXT
 from asr.transcribe import Transcriber
 
 
@@ -305,6 +305,50 @@ def test_endpoints_cut_segments_at_silences(utterances):
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:], strict=False))
 
 
+def open_segment_text(recognizer: StreamingRecognizer) -> str:
+    """Greedy text of the open segment's log-prob rows decoded from scratch ("" before its first speech)."""
+    if recognizer.speech_start is None:
+        return ""
+    rows = torch.stack(recognizer.segment)[None]
+    return greedy_decode(rows, torch.tensor([rows.shape[1]]), recognizer.transcriber.text.vocabulary)[0]
+
+
+@pytest.mark.parametrize("detector", [False, True])
+def test_the_partial_is_the_open_segments_greedy_text_after_every_chunk(utterances, detector: bool):
+    """The partial kept up frame by frame equals decoding the open segment's rows whole, whatever the chunk sizes:
+    a random model whose blank wins about half the frames (letters repeated across blanks, spaces; one long
+    segment) and the energy detector (segments cut at the silences, inside a chunk)."""
+    if detector:
+        recognizer = StreamingRecognizer(energy_detector(), endpoint_ms=300)
+        wave = with_silences(utterances, seconds=0.5)[0][:8 * 16000]
+    else:
+        cfg = streaming_config()
+        model = random_streaming_model(cfg, seed=4)  # says "a", "d" and spaces
+        transcriber = Transcriber(cfg, model)
+        wave = utterances[0]
+        with torch.no_grad():
+            log_probs = offline_log_probs(model, transcriber.features, wave)
+            model.classifier[-1].bias[BLANK] += (log_probs[:, 1:].max(dim=-1).values - log_probs[:, BLANK]).median()
+        recognizer = StreamingRecognizer(transcriber, endpoint_ms=1e9, max_segment_s=1e9)
+    partials, finals = set(), 0
+    with torch_threads(1):
+        for sizes in ([160], [479, 480, 481], [1, 7, 2000, 0, 333], [16000]):
+            recognizer.reset()
+            i, k = 0, 0
+            while i < wave.numel():
+                n = sizes[k % len(sizes)]
+                update = recognizer.accept(wave[i:i + n])
+                assert update.partial == open_segment_text(recognizer), (sizes, i)
+                partials.add(update.partial)
+                finals += len(update.finals)
+                i, k = i + n, k + 1
+            recognizer.finish()
+    if detector:  # segments were cut, and the partial restarted after each
+        assert partials == {"", "a"} and finals >= 2 * 4
+    else:  # the text grew along the way
+        assert len(partials) > 5
+
+
 def test_a_bidirectional_model_streams_in_segment_mode(utterances):
     """The existing (bidirectional) models work live too: segments at the silences, from re-run passes."""
     wave, spans = with_silences(utterances)
@@ -317,6 +361,30 @@ def test_a_bidirectional_model_streams_in_segment_mode(utterances):
         assert any(start - 0.1 <= s.start < end for s in finals)
     assert all(any(start - 0.1 <= s.start and s.end <= end + 0.1 for start, end in spans) for s in finals)
     assert recognizer.held()["samples"] <= 30 * 16000
+
+
+@pytest.mark.parametrize("max_segment_s", [30.0, 1.2])
+def test_segment_mode_gives_the_same_passes_whatever_the_chunk_size(utterances, max_segment_s: float):
+    """Chunks that divide partial_ms run the same passes on the same audio: the same partials at each pass and
+    the same finals, from 10 ms chunks (the audio kept piece by piece) as from one chunk a pass."""
+    wave = with_silences(utterances, seconds=0.6)[0]
+    every = 4800  # partial_ms 300
+
+    def run(chunk: int) -> tuple[list[str], list[Segment]]:
+        recognizer = StreamingRecognizer(energy_detector(streaming=False), endpoint_ms=500, partial_ms=300,
+                                         max_segment_s=max_segment_s)
+        at_passes, finals = [], []
+        for piece in wave.split(chunk):
+            update = recognizer.accept(piece)
+            finals += update.finals
+            assert recognizer.held()["samples"] <= max_segment_s * 16000
+            if recognizer.seconds * 16000 % every == 0:
+                at_passes.append(update.partial)
+        return at_passes, finals + list(recognizer.finish().finals)
+
+    small, whole = run(160), run(every)
+    assert small == whole
+    assert any(small[0]) and len(small[1]) >= 3
 
 
 def test_max_segment_length_cuts_long_speech(utterances):
