@@ -7,6 +7,8 @@ frame t depends on features up to a fixed number of frames ahead only, so it can
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -152,12 +154,40 @@ class LookAhead(nn.Module):
         """(B, T + N, D) -> the (B, T, D) outputs whose N future frames x holds (no padding added)."""
         return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
+    def step(self, x: torch.Tensor, pending: torch.Tensor | None, final: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next inputs (B, T, D) of a stream and the inputs still awaiting their future (B, <= N, D) (None: the
+        start) -> the outputs (B, T', D) those complete and the inputs that still await theirs. final=True: the end
+        of the stream (zeros past it, as `forward` pads; everything is out and nothing awaits). Piece by piece, the
+        outputs are `forward`'s on the whole."""
+        x = x if pending is None else torch.cat([pending, x], dim=1)
+        if final:
+            x = nn.functional.pad(x, (0, 0, 0, self.frames))
+        ready = x.shape[1] - self.frames
+        if ready <= 0:
+            return x[:, :0], x
+        return self.window(x), None if final else x[:, ready:]
+
 
 def conv_output_length(length, conv: nn.Conv2d, dim: int):
     """Exact output size of `conv` along `dim` (0 = frequency, 1 = time): floor((n + 2p - k) / s) + 1, written
     with a non-negative numerator so that exporters which truncate integer division (ONNX) agree, even at n = 0."""
     k, s, p = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim]
     return (length + 2 * p - k + s) // s
+
+
+@dataclass
+class StreamState:
+    """What a streaming model's layers after its convolutions carry from one piece of a stream to the next
+    (`SpeechModel.tail`): each GRU's hidden state (B, H) and the look-ahead's inputs awaiting their future."""
+
+    hidden: list[torch.Tensor | None]  # one per GRU layer; None: the start
+    pending: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, model: SpeechModel) -> StreamState:
+        """The state before a stream's first frame."""
+        return cls([None] * len(model.rnns))
 
 
 class SpeechModel(nn.Module):
@@ -219,13 +249,31 @@ class SpeechModel(nn.Module):
         mask = (torch.arange(x.shape[-1], device=x.device) < out_lengths[:, None])[:, None, None, :].to(x.dtype)
         for block in self.cnn:
             x = block(x, mask)
+        return self.tail(x, out_lengths), out_lengths
+
+    def tail(self, x: torch.Tensor, lengths: torch.Tensor | None, state: StreamState | None = None,
+             final: bool = True) -> torch.Tensor:
+        """Everything after the convolutions: their map (B, C, F', T') -> float32 log-probabilities (B, T', classes).
+
+        state=None: whole utterances of `lengths` (B,) valid frames each (`forward`). With a StreamState (a
+        streaming model; lengths unused), x is the next piece of a stream, without padding: the GRUs carry their
+        hidden states in `state` and the look-ahead the frames awaiting their future, so the rows returned, those
+        whose look-ahead is complete (T' - lookahead or fewer; all of them at `final`, the stream's end), are, piece
+        after piece, the ones `forward` gives on the whole (asr.streaming.ModelStream)."""
         b, c, f, t = x.shape
         x = self.proj(x.permute(0, 3, 1, 2).reshape(b, t, c * f))  # (B, T', D)
-        for rnn in self.rnns:
-            x = rnn(x, out_lengths)
-        if self.lookahead is not None:  # frames past the end are zeros to it, as at the end of a stream
-            x = self.lookahead(x * mask[:, 0, 0, :, None])
-        return self.classifier(x).float().log_softmax(dim=-1), out_lengths
+        for i, rnn in enumerate(self.rnns):
+            if state is None:
+                x = rnn(x, lengths)
+            else:
+                x, state.hidden[i] = rnn.step(x, state.hidden[i])
+        if self.lookahead is not None:  # frames past the end are zeros to it
+            if state is None:
+                valid = torch.arange(t, device=x.device) < lengths.to(x.device)[:, None]
+                x = self.lookahead(x * valid[..., None].to(x.dtype))
+            else:
+                x, state.pending = self.lookahead.step(x, state.pending, final)
+        return self.classifier(x).float().log_softmax(dim=-1)
 
 
 def ctc_loss_sum(log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: dict[str, torch.Tensor],

@@ -33,7 +33,7 @@ from torch import nn
 from asr import UserError
 from asr.decoding import greedy_decode
 from asr.features import FeatureExtractor
-from asr.model import SpeechModel, conv_output_length
+from asr.model import SpeechModel, StreamState, conv_output_length
 from asr.precision import autocast
 from asr.text import BLANK
 
@@ -114,8 +114,10 @@ class ModelStream:
 
     The convolutions are recomputed on a sliding window: the stem (3 frames, stride time_stride) keeps its stride
     alignment, and the residual blocks' 2 * cnn_layers frames of context on each side are kept; only the frames
-    whose context the window holds are passed on. The GRUs carry their hidden states; the look-ahead keeps its last
-    `lookahead` input frames. At `finish` every stage is padded with zeros as the offline model pads the end."""
+    whose context the window holds are passed on, to the model's own layers after the convolutions
+    (`SpeechModel.tail`, as `forward` runs them) with a StreamState: the GRUs carry their hidden states, the
+    look-ahead keeps its last `lookahead` input frames. At `finish` every stage is padded with zeros as the offline
+    model pads the end."""
 
     def __init__(self, model: SpeechModel):
         self.model = model
@@ -132,8 +134,7 @@ class ModelStream:
         self.stem_out: torch.Tensor | None = None  # (1, C, F', n) stem outputs from stem_start on
         self.stem_start = 0
         self.cnn_count = 0       # CNN outputs passed on
-        self.hidden: list[torch.Tensor | None] = [None] * len(m.rnns)
-        self.pending: torch.Tensor | None = None  # (1, n <= lookahead, D) GRU outputs awaiting their future
+        self.state = StreamState.start(m)  # the GRUs' hidden states, the look-ahead's frames awaiting their future
 
     @property
     def device(self) -> torch.device:
@@ -150,12 +151,7 @@ class ModelStream:
         x = self._cnn(x, final)
         if x.shape[-1] == 0 and not final:
             return torch.zeros(0, m.classifier[-1].out_features)
-        b, c, f, t = x.shape
-        x = m.proj(x.permute(0, 3, 1, 2).reshape(b, t, c * f))
-        for i, rnn in enumerate(m.rnns):
-            x, self.hidden[i] = rnn.step(x, self.hidden[i])
-        x = self._lookahead(x, final)
-        return m.classifier(x).float().log_softmax(dim=-1)[0].cpu()
+        return m.tail(x, None, self.state, final)[0].cpu()
 
     def _stem(self, final: bool) -> torch.Tensor:
         """Stem outputs (1, C, F', n) that the frames so far complete (all of them when final)."""
@@ -199,22 +195,6 @@ class ModelStream:
         self.stem_out = x[..., keep - self.stem_start:]
         self.stem_start, self.cnn_count = keep, end
         return out
-
-    def _lookahead(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        """The look-ahead layer's outputs (1, n, D) that the GRU outputs so far complete."""
-        la = self.model.lookahead
-        if la is None:
-            return x
-        x = x if self.pending is None else torch.cat([self.pending, x], dim=1)
-        if final:
-            x = nn.functional.pad(x, (0, 0, 0, la.frames))
-        ready = x.shape[1] - la.frames
-        if ready <= 0:
-            self.pending = x
-            return x[:, :0]
-        self.pending = None if final else x[:, ready:]
-        return la.window(x)
-
 
 
 class StreamingRecognizer:
@@ -345,7 +325,7 @@ class StreamingRecognizer:
         f, m = self.feature_stream, self.model_stream
         return {"samples": f.buffer.numel() + f.head.numel() + f.last.numel(), "feature_frames": m.features.shape[1],
                 "stem_frames": 0 if m.stem_out is None else m.stem_out.shape[-1],
-                "lookahead_frames": 0 if m.pending is None else m.pending.shape[1],
+                "lookahead_frames": 0 if m.state.pending is None else m.state.pending.shape[1],
                 "segment_frames": len(self.segment)}
 
     def _log_probs(self, frames: torch.Tensor, final: bool) -> torch.Tensor:

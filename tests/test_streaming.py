@@ -28,7 +28,7 @@ from asr.config import ConfigError, FeatureConfig, RecognizerConfig, from_dict, 
 from asr.data.dataset import read_split
 from asr.decoding import greedy_decode
 from asr.features import FeatureExtractor
-from asr.model import SpeechModel
+from asr.model import LookAhead, SpeechModel
 from asr.settings import TrainConfig
 from asr.streaming import NotStreamable, Segment, StreamError, StreamingRecognizer, StreamUpdate
 from asr.text import BLANK, ENGLISH_TEXT
@@ -93,6 +93,26 @@ def test_lookahead_zero_is_strictly_causal_and_lookahead_n_sees_n_frames_ahead()
         first = next(t for t in range(a.shape[0]) if stride * (t + context) + 1 >= k) - lookahead
         assert torch.equal(a[:first], b[:first]), f"lookahead {lookahead}: a frame before {first} heard the change"
         assert (a[first] - b[first]).abs().max() > 1e-3, f"lookahead {lookahead}: frame {first} did not hear it"
+
+
+def test_the_lookahead_stepped_in_pieces_equals_it_on_the_whole():
+    torch.manual_seed(0)
+    layer = LookAhead(5, 3)
+    torch.nn.init.normal_(layer.conv.weight)
+    x = torch.randn(2, 40, 5)
+    with torch.no_grad():
+        expected = layer(x)
+        for sizes in ([1], [0, 2, 5], [40]):
+            pieces, pending, i, k = [], None, 0, 0
+            while i < x.shape[1]:
+                n = sizes[k % len(sizes)]
+                out, pending = layer.step(x[:, i:i + n], pending)
+                pieces.append(out)
+                assert pending.shape[1] <= 3
+                i, k = i + n, k + 1
+            out, pending = layer.step(x[:, :0], pending, final=True)
+            assert pending is None
+            assert torch.allclose(torch.cat([*pieces, out], dim=1), expected, atol=1e-6), sizes
 
 
 def test_causal_features_hear_no_later_samples(utterances):
