@@ -23,7 +23,7 @@ from typing import BinaryIO, TextIO
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio
 
 from asr import first_line
 from asr.audio import AudioError
@@ -85,14 +85,18 @@ class PcmDecoder:
 # ---------------------------------------------------------------------------------------- resampling, chunks
 class StreamResampler:
     """Resamples a stream chunk by chunk to exactly what `torchaudio.functional.resample` gives for the whole
-    stream (up to float rounding): each output block is computed once all the input it depends on has arrived."""
+    stream (up to float rounding): each output block is computed once all the input it depends on has arrived.
+    The sinc kernel is built once, here (`torchaudio.transforms.Resample`, float32 as the functional builds it for
+    float32 audio), not per chunk."""
 
     def __init__(self, orig: int, new: int):
         g = math.gcd(orig, new)
         self.orig, self.new = orig // g, new // g  # one block: `orig` samples in, `new` out
         self.same = orig == new
-        # torchaudio's sinc kernel reaches this far either side of a block (lowpass_filter_width 6, rolloff 0.99)
-        self.width = math.ceil(6 * self.orig / (min(self.orig, self.new) * 0.99))
+        self._resample = None if self.same else torchaudio.transforms.Resample(self.orig, self.new,
+                                                                               dtype=torch.float32)
+        # the kernel reaches this far either side of a block
+        self.width = 0 if self._resample is None else self._resample.width
         self._buf = np.zeros(0, np.float32)
         self._base = 0       # stream index of _buf[0] (a multiple of orig)
         self._block = 0      # next output block to emit
@@ -116,7 +120,7 @@ class StreamResampler:
     def _emit(self, upto: int | None, final: bool) -> np.ndarray:
         if (upto is not None and upto <= self._block) or len(self._buf) == 0:
             return np.zeros(0, np.float32)
-        out = AF.resample(torch.from_numpy(self._buf), self.orig, self.new).numpy()
+        out = self._resample(torch.from_numpy(self._buf)).numpy()
         first = (self._block - self._base // self.orig) * self.new
         if final:
             total = math.ceil(self._seen * self.new / self.orig)  # torchaudio's length for the whole stream
