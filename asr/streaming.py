@@ -270,6 +270,8 @@ class StreamingRecognizer:
     def _new_segment(self) -> None:
         self.segment: list[torch.Tensor] = []  # the open segment's log-prob rows
         self.segment_partial = ""              # their greedy text, as of the last rows added
+        self.segment_chars = ""                # their best path's characters, repeats merged and blanks dropped
+        self.last_label = BLANK                # the best label of their last row
         self.speech_start: int | None = None   # first and last non-blank frames of the open segment
         self.speech_end = 0
         self.blank_run = 0
@@ -336,12 +338,17 @@ class StreamingRecognizer:
             return self.model_stream.push(frames, final)
 
     def _take(self, log_probs: torch.Tensor) -> StreamUpdate:
-        """Adds output frames to the open segment, finalizing segments at endpoints."""
+        """Adds output frames to the open segment, finalizing segments at endpoints. The partial (greedy text) is
+        kept up frame by frame, from the new frames' best labels only: its cost does not grow with the segment."""
         finals: list[Segment] = []
         log_probs = log_probs.float()
         best = log_probs.argmax(dim=-1).tolist() if log_probs.numel() else []
+        symbols = self.transcriber.text.vocabulary.symbols
         for row, label in zip(log_probs, best, strict=True):
             self.segment.append(row.clone())  # not a view: it would keep its whole chunk's rows alive
+            if label != self.last_label and label != BLANK:  # greedy decoding's collapse, one frame at a time
+                self.segment_chars += symbols[label]
+            self.last_label = label
             if label != BLANK:
                 if self.speech_start is None:
                     self.speech_start = self.frames
@@ -355,8 +362,7 @@ class StreamingRecognizer:
                     or len(self.segment) >= self.max_frames:
                 finals += self._finalize()
         if best and self.speech_start is not None:  # no new rows (a chunk shorter than a frame): text as it was
-            self.segment_partial = greedy_decode(torch.stack(self.segment)[None], torch.tensor([len(self.segment)]),
-                                                 self.transcriber.text.vocabulary)[0]
+            self.segment_partial = " ".join(self.segment_chars.split())  # as greedy_decode spaces it
         return StreamUpdate(self.segment_partial, tuple(finals))
 
     def _finalize(self) -> tuple[Segment, ...]:
