@@ -323,7 +323,7 @@ class StreamingRecognizer:
     def held(self) -> dict[str, int]:
         """What the recognizer holds now, in samples or frames per buffer: bounded whatever the stream's length."""
         if self.segment_mode is not None:
-            return {"samples": self.segment_mode.audio.numel()}
+            return {"samples": self.segment_mode.held}
         f, m = self.feature_stream, self.model_stream
         return {"samples": f.buffer.numel() + f.head.numel() + f.last.numel(), "feature_frames": m.features.shape[1],
                 "stem_frames": 0 if m.stem_out is None else m.stem_out.shape[-1],
@@ -381,7 +381,8 @@ class StreamingRecognizer:
 class SegmentMode:
     """A bidirectional model's live transcription (StreamingRecognizer's mode "segment"): the open segment's audio,
     run through the offline model again every `partial_ms` of new audio. Holds at most max_segment_s of audio (the
-    open segment's; before any speech, only the last endpoint's worth)."""
+    open segment's; before any speech, only the last endpoint's worth), as the pieces it came in, concatenated once
+    a pass (not once a piece: a chunk costs the same early and late in a segment)."""
 
     def __init__(self, owner: StreamingRecognizer, partial_ms: float, max_segment_s: float):
         self.owner = owner
@@ -392,8 +393,9 @@ class SegmentMode:
         self.reset()
 
     def reset(self) -> None:
-        self.audio = torch.zeros(0)  # the open segment's samples
-        self.audio_start = 0         # stream sample index of audio[0]
+        self.pieces: list[torch.Tensor] = []  # the open segment's samples, in order
+        self.held = 0                # how many
+        self.audio_start = 0         # stream sample index of the first
         self.samples = 0             # samples accepted
         self.since_pass = 0
         self.partial = ""
@@ -401,14 +403,15 @@ class SegmentMode:
     def accept(self, wave: torch.Tensor) -> StreamUpdate:
         finals: list[Segment] = []
         for piece in wave.split(self.every):  # passes every partial_ms, and segments no longer than the maximum
-            room = max(0, self.max_samples - self.audio.numel())
+            room = max(0, self.max_samples - self.held)
             for part in (piece[:room], piece[room:]):
                 if not part.numel():
                     continue
-                self.audio = torch.cat([self.audio, part])
+                self.pieces.append(part.clone())  # not a view: the caller may reuse its buffer
+                self.held += part.numel()
                 self.samples += part.numel()
                 self.since_pass += part.numel()
-                if self.since_pass >= self.every or self.audio.numel() >= self.max_samples:
+                if self.since_pass >= self.every or self.held >= self.max_samples:
                     finals += self._pass(final=False)
         return StreamUpdate(self.partial, tuple(finals))
 
@@ -419,33 +422,42 @@ class SegmentMode:
         """Runs the offline model on the open segment; finalizes it at an endpoint, its maximum or the end."""
         self.since_pass = 0
         t, owner = self.owner.transcriber, self.owner
-        if self.audio.numel() < self.min_samples:
+        if self.held < self.min_samples:
             return ()
+        audio = self.audio()
         with torch.inference_mode():
-            feats = t.features(self.audio)
+            feats = t.features(audio)
             with autocast(t.device, t.precision.dtype):
                 log_probs, _ = t.model(feats[None].to(t.device), torch.tensor([feats.shape[-1]], device=t.device))
         log_probs = log_probs[0].float().cpu()
         spoken = (log_probs.argmax(dim=-1) != BLANK).nonzero().flatten().tolist()
         if not spoken:  # leading silence: keep the last endpoint's worth, where speech may be starting
-            keep = 0 if final else min(self.audio.numel(), round(owner.endpoint_frames * owner.frame_seconds
-                                                                 * t.sample_rate))
-            self._drop(self.audio.numel() - keep)
+            keep = 0 if final else min(self.held, round(owner.endpoint_frames * owner.frame_seconds * t.sample_rate))
+            self._drop(self.held - keep)
             self.partial = ""
             return ()
         ended = log_probs.shape[0] - 1 - spoken[-1] >= owner.endpoint_frames
-        if not (final or ended or self.audio.numel() >= self.max_samples):
+        if not (final or ended or self.held >= self.max_samples):
             self.partial = greedy_decode(log_probs[None], torch.tensor([log_probs.shape[0]]), t.text.vocabulary)[0]
             return ()
         text = t.decoder(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
         offset = self.audio_start / t.sample_rate
         seconds = owner.frame_seconds
-        heard = (self.audio_start + self.audio.numel()) / t.sample_rate
+        heard = (self.audio_start + self.held) / t.sample_rate
         segment = Segment(text, offset + spoken[0] * seconds, min(offset + (spoken[-1] + 1) * seconds, heard))
-        self._drop(self.audio.numel())
+        self._drop(self.held)
         self.partial = ""
         return (segment,) if text else ()
 
+    def audio(self) -> torch.Tensor:
+        """The open segment's samples (held,), its pieces concatenated (and kept as one)."""
+        if len(self.pieces) != 1:
+            self.pieces = [torch.cat(self.pieces)] if self.pieces else [torch.zeros(0)]
+        return self.pieces[0]
+
     def _drop(self, n: int) -> None:
-        self.audio = self.audio[n:]
+        """Forgets the open segment's first n samples."""
+        rest = self.audio()[n:]
+        self.pieces = [rest] if rest.numel() else []
+        self.held -= n
         self.audio_start += n
