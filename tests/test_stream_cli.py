@@ -320,7 +320,7 @@ def test_realtime_takes_at_least_the_audio_duration(model, clip, tmp_path):
 @pytest.mark.parametrize("args, stdin, says", [
     (["a.wav", "b.wav"], None, "--stream takes one input"),
     ([], None, "--stream needs an input"),
-    (["-", "--realtime"], b"\x00\x01", "--realtime paces a file"),
+    (["-", "--realtime"], b"\x00\x01", "--realtime needs --stream FILE: it paces a file"),
     (["-"], b"", "stdin: no audio, the input is empty"),
     (["-"], b"Traceback (most recent call last):\n", "stdin: this is text, not audio"),
     (["-"], b"\x89PNG\r\n\x1a\n" + bytes(100), "stdin: this is a PNG image"),
@@ -332,14 +332,40 @@ def test_bad_input_is_refused_in_one_line_before_the_model_loads(args, stdin, sa
 
 
 def test_options_that_need_stream_say_so():
-    assert refused(invoke(["transcribe", "x.wav", "--realtime"])) == "Error: --realtime needs --stream (or --mic)"
-    for option in (["--raw_rate", "8000"], ["--chunk_ms", "20"], ["--endpoint_ms", "300"], ["--partials"]):
+    assert refused(invoke(["transcribe", "x.wav", "--realtime"])) == \
+        "Error: --realtime needs --stream FILE: it paces a file; stdin and the microphone arrive at their own pace"
+    for option in (["--chunk_ms", "20"], ["--endpoint_ms", "300"], ["--partials"]):
         line = refused(invoke(["transcribe", "x.wav", *option]))  # ignored options are refused, not dropped
         assert line == f"Error: {option[0]} needs --stream (or --mic)", line
     line = refused(invoke(["transcribe", "--stream", "-", "--partials"], stdin=b"\x00\x01"))
     assert line.startswith("Error: --partials prints JSON lines: give --json too"), line
     assert refused(invoke(["transcribe", "--mic", "x.wav"])).startswith("Error: --mic captures from the microphone")
     assert invoke(["transcribe"]).exit_code == 2  # no files, no --stream: click's usage error, as before
+
+
+RAW_NEEDS = "needs --stream - (raw PCM on stdin): an audio file or the microphone says its own format and rate"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["x.wav", "--raw_rate", "8000"], f"--raw_rate {RAW_NEEDS}"),
+    (["--stream", "x.wav", "--raw_format", "f32le"], f"--raw_format {RAW_NEEDS}"),
+    (["--stream", "x.wav", "--raw_rate", "8000"], f"--raw_rate {RAW_NEEDS}"),
+    (["--mic", "--raw_rate", "44100"], f"--raw_rate {RAW_NEEDS}"),
+    (["--mic", "--realtime"], "--realtime needs --stream FILE: it paces a file"),
+    (["--stream", "x.wav", "--chunk_seconds", "5"], "--chunk_seconds cuts whole files into pieces: leave it out with "
+                                                    "--stream or --mic, whose audio comes in --chunk_ms pieces"),
+    (["--mic", "--chunk_seconds", "5"], "--chunk_seconds cuts whole files into pieces"),
+])
+def test_options_the_input_would_ignore_are_refused_before_anything_is_read(args, says):
+    """The file (x.wav) need not exist, nor the model, nor a microphone: the options are checked first."""
+    line = refused(invoke(["transcribe", *args, "--model_uri", "no-such-model.pt"]))
+    assert line.startswith(f"Error: {says}"), line
+
+
+def test_raw_pcm_on_stdin_still_takes_its_format_and_rate():
+    line = refused(invoke(["transcribe", "--stream", "-", "--raw_format", "f32le", "--raw_rate", "8000",
+                           "--model_uri", "no-such-model.pt"], stdin=bytes(64)))
+    assert line.startswith("Error: no-such-model.pt: not a checkpoint"), line  # past the options, at the model
 
 
 def test_mic_where_it_cannot_work_says_what_is_missing_in_one_line():
