@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -378,6 +379,37 @@ def test_mic_where_it_cannot_work_says_what_is_missing_in_one_line():
         assert "pip install sounddevice" in line
     else:
         assert line.startswith(("Error: --mic: sounddevice cannot load PortAudio", "Error: --mic: no microphone")), line
+
+
+def test_serve_stream_on_a_taken_port_says_so_before_the_model_loads():
+    """The model named does not exist: its error would come first if the model loaded before the port was tried."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refused(invoke(["serve-stream", "--port", str(port), "--model_uri", "no-such-model.pt"]))
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: "), line
+    assert line.endswith("stop what listens there, or give another --port (0 = any free one)"), line
+
+
+def test_serve_stream_on_an_address_not_of_this_machine_says_so_before_the_model_loads():
+    # TEST-NET-1, never assigned (a host name nothing resolves is said the same way, but may wait on DNS)
+    line = refused(invoke(["serve-stream", "--host", "192.0.2.1", "--model_uri", "no-such-model.pt"]))
+    assert line.startswith("Error: cannot listen on 192.0.2.1:8765: "), line
+    assert line.endswith("give --host an address of this machine (127.0.0.1, or 0.0.0.0 for all its interfaces)"), line
+
+
+def test_the_address_check_leaves_the_port_free():
+    from asr.stream_server import check_address
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    check_address("127.0.0.1", port)
+    with socket.socket() as server:  # what the server then binds, as asyncio does
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
 
 
 @pytest.mark.slow
