@@ -297,6 +297,7 @@ def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: di
     """`asr transcribe --stream` and `--mic`: the input is checked (stdin sniffed, the file opened, the microphone
     found) before the model loads; segments print as they end; Ctrl-C finalizes the open segment and exits 0."""
     from asr import live
+    from asr.audio import open_audio
     from asr.loading import load_transcriber
     from asr.streaming import StreamingRecognizer
     from asr.tracking.store import setup_uri
@@ -312,7 +313,7 @@ def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: di
         stdin = sys.stdin.buffer
         kind, head = live.stdin_kind(stdin)
     else:
-        audio = live.open_audio(source)
+        audio = open_audio(source)
     setup_uri(cfg.model_uri)
     streaming_threads()
     recognizer = StreamingRecognizer(load_transcriber(cfg.model_uri, overrides=decoder_options(options)),

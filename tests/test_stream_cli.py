@@ -426,11 +426,45 @@ def test_samples_that_are_not_finite_on_stdin_are_refused_in_one_line(model, tmp
     wave[RATE // 2] = np.nan
     raw = invoke(["transcribe", "--stream", "-", "--model_uri", str(model), "--raw_format", "f32le"],
                  stdin=wave.astype("<f4").tobytes())
-    assert refused(raw) == "Error: stdin: samples not finite (NaN or infinite); the audio is corrupt"
+    assert refused(raw) == "Error: stdin: 1 sample not finite (NaN or infinite); the audio is corrupt"
     path = tmp_path / "nan.wav"
     sf.write(path, wave, RATE, subtype="FLOAT")
     wav = invoke(["transcribe", "--stream", "-", "--model_uri", str(model)], stdin=path.read_bytes())
-    assert refused(wav) == "Error: stdin: samples not finite (NaN or infinite); the audio is corrupt"
+    assert refused(wav) == "Error: stdin: 1 sample not finite (NaN or infinite); the audio is corrupt"
+
+
+def bad_file(kind: str, clip: Path, folder: Path) -> Path:
+    """A file of the `kind` asr.audio refuses, written in `folder`."""
+    path = folder / ("bad.flac" if kind in ("not audio", "truncated") else "bad.wav")
+    if kind == "empty":
+        sf.write(path, np.zeros(0, np.float32), RATE)
+    elif kind == "not audio":
+        path.write_text("a transcript, not audio\n")
+    elif kind == "truncated":
+        data = clip.read_bytes()
+        path.write_bytes(data[: len(data) // 3])  # an interrupted copy: the decoder loses sync part-way
+    else:
+        wave = np.zeros(RATE, np.float32)
+        wave[[10, 20]] = np.nan
+        sf.write(path, wave, RATE, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [("empty", "audio is too short (0.000 s"),
+                                        ("not audio", "cannot read audio, the file is corrupt, truncated or not audio"),
+                                        ("truncated", "cannot read audio, the file is corrupt, truncated or not audio"),
+                                        ("not finite", "2 samples not finite (NaN or infinite)")])
+def test_a_bad_file_streamed_is_refused_as_it_is_offline(model, clip, tmp_path, kind, says):
+    """`--stream FILE` opens and reads a file with asr.audio's checks (open_audio, read_blocks, check_finite): the
+    one line `asr transcribe FILE` says. An empty file, or one that is not audio, is refused before the model
+    loads (the model named then does not exist)."""
+    path = bad_file(kind, clip, tmp_path)
+    offline_line = refused(invoke(["transcribe", str(path), "--model_uri", str(model)]))
+    assert offline_line.startswith(f"Error: {path}: {says}"), offline_line
+    assert refused(invoke(["transcribe", "--stream", str(path), "--model_uri", str(model)])) == offline_line
+    if kind in ("empty", "not audio"):
+        assert refused(invoke(["transcribe", "--stream", str(path), "--model_uri", "no-such-model.pt"])) == \
+            offline_line
 
 
 def test_a_container_that_is_not_audio_inside(model):
