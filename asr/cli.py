@@ -348,12 +348,15 @@ def serve_stream(**options) -> None:
 
     Example: asr serve-stream --model_uri models:/SpeechRecognitionModel@production --port 8765
     """
-    from asr.loading import load_transcriber
-    from asr.stream_server import Limits, StreamSettings, check_address, run
-    from asr.tracking.store import setup_uri
+    from asr.listening import check_address
 
     cfg = settings(StreamServerConfig, options)
-    check_address(cfg.host, cfg.port)  # a port in use is said at once, not once the model has loaded
+    check_address(cfg.host, cfg.port)  # a port in use is said at once, not after torch's import and the model's load
+
+    from asr.loading import load_transcriber
+    from asr.stream_server import Limits, StreamSettings, run
+    from asr.tracking.store import setup_uri
+
     setup_uri(cfg.model_uri)
     streaming_threads()
     transcriber = load_transcriber(cfg.model_uri, overrides=decoder_options(options))

@@ -400,7 +400,7 @@ def test_serve_stream_on_an_address_not_of_this_machine_says_so_before_the_model
 
 
 def test_the_address_check_leaves_the_port_free():
-    from asr.stream_server import check_address
+    from asr.listening import check_address
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
