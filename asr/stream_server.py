@@ -138,7 +138,7 @@ class StreamServer:
         try:
             server = await serve(self.handle, host, port, max_size=READ_FACTOR * self.limits.max_message_bytes,
                                  compression=None)
-        except OSError as e:  # taken since check_address
+        except OSError as e:  # taken since the command's check_address (or run() called without one)
             raise cannot_listen(host, port, e) from None
         async with server:
             ready(server.sockets[0].getsockname()[1])
