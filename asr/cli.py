@@ -224,10 +224,8 @@ def transcribe(files: tuple[str, ...], **options) -> None:
     if cfg.stream or cfg.mic:
         transcribe_stream(files, cfg, options)
         return
-    defaults = TranscribeConfig()
-    for name in STREAM_ONLY:  # an option that would be ignored is refused, not silently dropped
-        if getattr(cfg, name) != getattr(defaults, name):
-            raise UserError(f"--{name} needs --stream (or --mic)")
+    if problem := ignored_option(cfg, "files"):
+        raise UserError(problem)
     if not files:
         ctx = click.get_current_context()
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "files"))
@@ -246,7 +244,32 @@ def transcribe(files: tuple[str, ...], **options) -> None:
             click.echo(text if len(files) == 1 else f"{path}\t{text}")
 
 
-STREAM_ONLY = ("realtime", "partials", "chunk_ms", "endpoint_ms", "raw_format", "raw_rate")  # TranscribeConfig
+# The options of `asr transcribe` that only some of its inputs use: given with another input, one would be ignored,
+# so it is refused instead (ignored_option). Inputs: "files" (offline), "file" (--stream FILE), "stdin" (--stream -)
+# and "mic". Option: (the inputs that use it, what the refusal says after --OPTION).
+LIVE_INPUTS = frozenset({"file", "stdin", "mic"})
+RAW_ONLY = "needs --stream - (raw PCM on stdin): an audio file or the microphone says its own format and rate"
+INPUT_ONLY: dict[str, tuple[frozenset[str], str]] = {
+    "realtime": (frozenset({"file"}), "needs --stream FILE: it paces a file; stdin and the microphone arrive at "
+                                      "their own pace"),
+    "partials": (LIVE_INPUTS, "needs --stream (or --mic)"),
+    "chunk_ms": (LIVE_INPUTS, "needs --stream (or --mic)"),
+    "endpoint_ms": (LIVE_INPUTS, "needs --stream (or --mic)"),
+    "raw_format": (frozenset({"stdin"}), RAW_ONLY),
+    "raw_rate": (frozenset({"stdin"}), RAW_ONLY),
+    "chunk_seconds": (frozenset({"files"}), "cuts whole files into pieces: leave it out with --stream or --mic, "
+                                            "whose audio comes in --chunk_ms pieces"),
+}
+
+
+def ignored_option(cfg: TranscribeConfig, source: str) -> str | None:
+    """The refusal (one line) of the first option of `cfg` set away from its default that input `source` ("files",
+    "file", "stdin" or "mic"; see INPUT_ONLY) would ignore, or None."""
+    defaults = TranscribeConfig()
+    for name, (used_by, says) in INPUT_ONLY.items():
+        if source not in used_by and getattr(cfg, name) != getattr(defaults, name):
+            return f"--{name} {says}"
+    return None
 
 
 def streaming_threads() -> None:
@@ -267,15 +290,14 @@ def stream_problem(files: tuple[str, ...], cfg: TranscribeConfig) -> str | None:
             (f"; got {len(files)}" if files else "")
     if cfg.partials and not cfg.json:
         return "--partials prints JSON lines: give --json too (on a terminal, partials refresh one line anyway)"
-    if cfg.realtime and (cfg.mic or files[0] == "-"):
-        return "--realtime paces a file; stdin and the microphone already arrive at their own pace"
-    return None
+    return ignored_option(cfg, "mic" if cfg.mic else "stdin" if files[0] == "-" else "file")
 
 
 def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: dict) -> None:
     """`asr transcribe --stream` and `--mic`: the input is checked (stdin sniffed, the file opened, the microphone
     found) before the model loads; segments print as they end; Ctrl-C finalizes the open segment and exits 0."""
     from asr import live
+    from asr.audio import open_audio
     from asr.loading import load_transcriber
     from asr.streaming import StreamingRecognizer
     from asr.tracking.store import setup_uri
@@ -291,7 +313,7 @@ def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: di
         stdin = sys.stdin.buffer
         kind, head = live.stdin_kind(stdin)
     else:
-        audio = live.open_audio(source)
+        audio = open_audio(source)
     setup_uri(cfg.model_uri)
     streaming_threads()
     recognizer = StreamingRecognizer(load_transcriber(cfg.model_uri, overrides=decoder_options(options)),
@@ -326,11 +348,15 @@ def serve_stream(**options) -> None:
 
     Example: asr serve-stream --model_uri models:/SpeechRecognitionModel@production --port 8765
     """
+    from asr.listening import check_address
+
+    cfg = settings(StreamServerConfig, options)
+    check_address(cfg.host, cfg.port)  # a port in use is said at once, not after torch's import and the model's load
+
     from asr.loading import load_transcriber
     from asr.stream_server import Limits, StreamSettings, run
     from asr.tracking.store import setup_uri
 
-    cfg = settings(StreamServerConfig, options)
     setup_uri(cfg.model_uri)
     streaming_threads()
     transcriber = load_transcriber(cfg.model_uri, overrides=decoder_options(options))

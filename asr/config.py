@@ -29,13 +29,16 @@ class ConfigError(UserError):
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, min: float | None = None,
         below: float | None = None, flag: bool = False, required: bool = False,
-        check: Callable[[Any], str | None] | None = None, exists: str = "") -> Any:
+        check: Callable[[Any], str | None] | None = None, exists: str = "", shown: str = "") -> Any:
     """A dataclass field that carries its own --help text, allowed values, range (min <= value < below), whether
     the CLI takes it as a flag (--json) or requires it, a `check` (value -> what is wrong with it, or None) run
     whenever the config is built, and whether its (non-empty) value names a "file" or "dir" that must `exist`
-    (see check_paths: checked when a command starts, not whenever a config is built)."""
+    (see check_paths: checked when a command starts, not whenever a config is built). `shown`: what --help says
+    its default is, when that is not the value (a setting left out means something else, e.g. "the model's own");
+    the value itself stays the default everywhere (CLI, MLproject, settings files)."""
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "below": below,
-                                            "flag": flag, "required": required, "check": check, "exists": exists})
+                                            "flag": flag, "required": required, "check": check, "exists": exists,
+                                            "shown": shown})
 
 
 def section(cls: type) -> Any:
@@ -153,27 +156,36 @@ class RecognizerConfig:
     model: ModelConfig = section(ModelConfig)
 
 
+MODELS_OWN = "the model's own"  # what --help shows as the default of a decoder setting left out
+
+
 @dataclass
-class DecodeConfig(Checked):
-    """How log-probabilities become text, and how audio reaches the model, at inference time."""
-    decoder: str = opt("greedy", "greedy (best path, fastest) or beam (CTC beam search; --lm/--lexicon imply it); "
-                       "not given: the model's own (beam + LM for a model trained with one), else greedy",
-                       ("greedy", "beam"))
-    beam_size: int = opt(50, "beam search: hypotheses kept after each frame (not given: the model's own)", min=1)
-    beam_threshold: float = opt(25.0, "beam search: drop hypotheses scoring this much below the best (not given: "
-                                "the model's own)", min=0)
-    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary (not "
-                  "given: the model's own, if it has one)", exists="file")
+class StreamDecodeConfig(Checked):
+    """How log-probabilities become text, and what the acoustic model computes in: the inference settings a live
+    stream takes too (its audio comes in chunks of its own). A decoder setting left out keeps the model's own."""
+    decoder: str = opt("greedy", "greedy (best path, fastest) or beam (CTC beam search; --lm/--lexicon imply it); a "
+                       "model trained with an LM decodes with beam + LM by default", ("greedy", "beam"),
+                       shown=f"{MODELS_OWN}, else greedy")
+    beam_size: int = opt(50, "beam search: hypotheses kept after each frame", min=1, shown=MODELS_OWN)
+    beam_threshold: float = opt(25.0, "beam search: drop hypotheses scoring this much below the best", min=0,
+                                shown=MODELS_OWN)
+    lm: str = opt("", "KenLM word n-gram LM for beam search, ARPA (e.g. from `asr lm build`) or KenLM binary",
+                  exists="file", shown=f"{MODELS_OWN}, if it has one")
     lexicon: str = opt("", "lexicon file (word, then its letters and |); '' = the LM's vocabulary, or no lexicon "
-                       "without an LM (not given: the model's own)", exists="file")
-    lm_weight: float = opt(1.5, "weight of the LM's log-probability (not given: the model's own, tuned on dev; "
-                           "tune with `asr lm tune`)")
-    word_score: float = opt(0.0, "score added per word (insertion bonus; not given: the model's own, tuned on dev)")
-    chunk_seconds: float = opt(20.0, "longer audio is cut at its quietest points into pieces at most this long",
-                               min=1.0)
+                       "without an LM", exists="file", shown=MODELS_OWN)
+    lm_weight: float = opt(1.5, "weight of the LM's log-probability (tune it with `asr lm tune`)",
+                           shown=f"{MODELS_OWN}, tuned on dev")
+    word_score: float = opt(0.0, "score added per word (insertion bonus)", shown=f"{MODELS_OWN}, tuned on dev")
     precision: str = opt("fp32", "acoustic model arithmetic: fp32, bf16 autocast, int8 (dynamic quantization), or "
                          "auto (bf16 only if a probe of this model's forward pass, cached, measures it 5% faster)",
                          ("fp32", "bf16", "int8", "auto"))
+
+
+@dataclass
+class DecodeConfig(StreamDecodeConfig):
+    """How log-probabilities become text, and how audio reaches the model, at inference time (whole files)."""
+    chunk_seconds: float = opt(20.0, "longer audio is cut at its quietest points into pieces at most this long",
+                               min=1.0)
 
 
 def is_section(f: dataclasses.Field) -> bool:
@@ -277,7 +289,8 @@ def click_options(*classes: type) -> Callable[[Callable], Callable]:
             kind = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") and not listed \
                 else _TYPES.get(f.type, str)
             given = {"required": True} if f.metadata.get("required") else \
-                {"default": cli_value(f.default), "show_default": True}  # a default, even None, satisfies required
+                {"default": cli_value(f.default),  # a default, even None, satisfies required
+                 "show_default": f.metadata.get("shown") or True}  # a string: --help shows it for the value
             if f.type == "bool":  # --name alone means true; --name true/false as MLproject and main.py pass it
                 given.update(is_flag=False, flag_value=True)
             fn = click.option(*names, f.name, type=kind, help=f.metadata["help"], **given)(fn)

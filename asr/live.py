@@ -17,7 +17,6 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 import torchaudio
 
 from asr import first_line
-from asr.audio import AudioError
+from asr.audio import AudioError, check_finite, open_audio, read_blocks
 from asr.streaming import Segment, StreamingRecognizer, StreamUpdate
 
 STDIN = "-"
@@ -311,32 +310,20 @@ class _Recording:
 
 
 # ---------------------------------------------------------------------------------------------- files, pacing
-def open_audio(source: str | Path | BinaryIO, name: str | None = None) -> sf.SoundFile:
-    """An audio file soundfile reads (a path, or a seekable file object), opened. Raises AudioError, naming `name`
-    (default: the path), when it is not audio."""
-    name = name or str(source)
-    if isinstance(source, str | Path) and not Path(source).is_file():
-        raise AudioError(f"{name}: no such file")
-    try:
-        return sf.SoundFile(str(source) if isinstance(source, Path) else source)
-    except Exception as e:  # noqa: BLE001 -- soundfile raises several types for unreadable files
-        raise AudioError(f"{name}: cannot read audio, the file is corrupt, truncated or not audio "
-                         f"({first_line(e).split(': ', 1)[-1]})") from None
-
-
 def file_chunks(f: sf.SoundFile, sample_rate: int, chunk: int, name: str) -> Iterator[np.ndarray]:
     """Chunks of `chunk` samples at `sample_rate` of an open audio file (open_audio), read a block at a time and
     closed at the end."""
     with f:
         per_read = max(1, chunk * f.samplerate // sample_rate)
-        blocks = (b.mean(axis=1, dtype=np.float32) for b in f.blocks(per_read, dtype="float32", always_2d=True))
+        blocks = (b.mean(axis=1, dtype=np.float32) for b in read_blocks(f, per_read, name))
         yield from to_chunks(_finite(blocks, name), f.samplerate, sample_rate, chunk)
 
 
 def _finite(blocks: Iterable[np.ndarray], name: str) -> Iterator[np.ndarray]:
+    """`blocks`, each checked as load_audio checks a whole file (check_finite: AudioError at the first block with
+    a NaN or infinite sample, counting that block's)."""
     for b in blocks:
-        if not np.isfinite(b).all():
-            raise AudioError(f"{name}: samples not finite (NaN or infinite); the audio is corrupt")
+        check_finite(b, name)
         yield b
 
 

@@ -39,10 +39,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from asr import UserError, first_line
+from asr import first_line
+from asr.listening import cannot_listen
+from asr.live import PCM_FORMATS, PcmDecoder
 from asr.streaming import StreamingRecognizer, StreamUpdate
 
-FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}  # sample formats: numpy dtype of each
+FORMATS = ("s16le", "f32le")  # the sample formats a client may declare (asr.live.PCM_FORMATS decodes them)
 END_TYPES = ("end", "eof")
 CONFIG_TYPES = (None, "config", "start")  # the first text message may say {"type": "config"} or nothing
 # Messages over max_message_bytes but within this many times it are read and answered with an error; larger ones
@@ -136,8 +138,8 @@ class StreamServer:
         try:
             server = await serve(self.handle, host, port, max_size=READ_FACTOR * self.limits.max_message_bytes,
                                  compression=None)
-        except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or first_line(e)}") from None
+        except OSError as e:  # taken since the command's check_address (or run() called without one)
+            raise cannot_listen(host, port, e) from None
         async with server:
             ready(server.sockets[0].getsockname()[1])
             await stop
@@ -150,7 +152,7 @@ class Session:
     def __init__(self, server: StreamServer):
         self.server = server
         self.recognizer = server.recognizer()
-        self.dtype = FORMATS["s16le"]
+        self.decode = PcmDecoder(PCM_FORMATS["s16le"])
         self.samples = 0      # accepted so far
         self.finals = 0       # sent so far
         self.partial = ""     # last sent
@@ -214,17 +216,16 @@ class Session:
         if rate != self.server.sample_rate:
             raise Refused(f"sample_rate {rate!r}: this model takes {self.server.sample_rate} Hz mono; resample the "
                           "audio before sending it", CloseCode.UNSUPPORTED_DATA)
-        self.dtype = FORMATS[fmt]
+        self.decode = PcmDecoder(PCM_FORMATS[fmt])
 
     async def audio(self, ws: ServerConnection, data: bytes) -> None:
         """Samples into the recognizer, and its update out. Raises Refused for bytes that are not whole samples
         (the stream goes on), too large a message or too long a session (closing)."""
         self.check_size(len(data))
-        width = self.dtype.itemsize
-        if len(data) % width:
+        width = self.decode.frame_bytes
+        if len(data) % width:  # refused whole: the decoder would keep the part sample for the next message
             raise Refused(f"a binary message of {len(data)} bytes is not whole {width}-byte samples; ignored")
-        samples = np.frombuffer(data, dtype=self.dtype)
-        samples = samples.astype(np.float32) / 32768 if self.dtype.kind == "i" else samples.astype(np.float32)
+        samples = self.decode(data)
         if not np.isfinite(samples).all():
             raise Refused("samples that are NaN or infinite; ignored")
         limit = self.server.limits.max_session_seconds

@@ -14,6 +14,7 @@ import sys
 import click
 import pytest
 import yaml
+from click.testing import CliRunner
 from conftest import REPO, asr_command, one_line_error, run_cli, run_cli_here, subprocess_env
 
 from asr import config, settings
@@ -172,6 +173,41 @@ def test_asr_options_have_the_dataclass_defaults_types_and_choices(command, cls)
             kind = {"int": "integer", "float": "float", "bool": "boolean"}.get(f.type, "text")
             assert p.type.name == kind, f.name
         assert p.help == f.metadata["help"]
+
+
+DECODING_COMMANDS = [("transcribe",), ("evaluate",), ("serve-stream",), ("lm", "tune")]
+
+
+@pytest.mark.parametrize("command", DECODING_COMMANDS, ids=" ".join)
+def test_decoder_options_show_the_models_own_decoder_as_their_default(command):
+    """A decoder setting left out keeps the model's own (asr.decoding.with_overrides): --help says that, not the
+    value the config holds, which stays the option's default (the model's own decoder, not greedy, is what runs)."""
+    from asr.decoding import DECODER_SETTINGS
+
+    cmd = asr_cli
+    for name in command:
+        cmd = cmd.commands[name]
+    shown = {f.name: f.metadata["shown"] for f in config.fields(config.DecodeConfig) if f.metadata["shown"]}
+    assert set(shown) == set(DECODER_SETTINGS)
+    ctx = click.Context(cmd)
+    records = {p.name: p.get_help_record(ctx)[1] for p in cmd.params if isinstance(p, click.Option)}
+    for name, says in shown.items():
+        assert says.startswith("the model's own") and records[name].endswith(f"[default: ({says})]"), name
+        assert cmd.params[[p.name for p in cmd.params].index(name)].default == getattr(config.DecodeConfig, name)
+    assert records["precision"].endswith("[default: fp32]")  # a setting that is its value when left out
+    text = " ".join(CliRunner().invoke(asr_cli, [*command, "--help"]).output.split())
+    assert "[default: (the model's own, else greedy)]" in text and "[default: greedy]" not in text
+    assert "[default: 50]" not in text and "[default: 1.5]" not in text
+
+
+def test_serve_stream_offers_only_the_options_a_stream_uses():
+    """--chunk_seconds cuts whole files: a stream comes in its client's messages, so serve-stream does not take it
+    (click's usage error, exit 2) but does take every decoder setting and the precision."""
+    params = {p.name for p in asr_cli.commands["serve-stream"].params}
+    assert {f.name for f in config.fields(config.StreamDecodeConfig)} <= params
+    assert "chunk_seconds" not in params and "chunk_seconds" in {f.name for f in config.fields(config.DecodeConfig)}
+    result = CliRunner().invoke(asr_cli, ["serve-stream", "--chunk_seconds", "5"])
+    assert result.exit_code == 2 and "No such option '--chunk_seconds'" in result.output
 
 
 def test_list_settings_take_commas_or_json_lists_and_check_their_values(tmp_path):

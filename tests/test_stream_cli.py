@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -320,7 +321,7 @@ def test_realtime_takes_at_least_the_audio_duration(model, clip, tmp_path):
 @pytest.mark.parametrize("args, stdin, says", [
     (["a.wav", "b.wav"], None, "--stream takes one input"),
     ([], None, "--stream needs an input"),
-    (["-", "--realtime"], b"\x00\x01", "--realtime paces a file"),
+    (["-", "--realtime"], b"\x00\x01", "--realtime needs --stream FILE: it paces a file"),
     (["-"], b"", "stdin: no audio, the input is empty"),
     (["-"], b"Traceback (most recent call last):\n", "stdin: this is text, not audio"),
     (["-"], b"\x89PNG\r\n\x1a\n" + bytes(100), "stdin: this is a PNG image"),
@@ -332,14 +333,40 @@ def test_bad_input_is_refused_in_one_line_before_the_model_loads(args, stdin, sa
 
 
 def test_options_that_need_stream_say_so():
-    assert refused(invoke(["transcribe", "x.wav", "--realtime"])) == "Error: --realtime needs --stream (or --mic)"
-    for option in (["--raw_rate", "8000"], ["--chunk_ms", "20"], ["--endpoint_ms", "300"], ["--partials"]):
+    assert refused(invoke(["transcribe", "x.wav", "--realtime"])) == \
+        "Error: --realtime needs --stream FILE: it paces a file; stdin and the microphone arrive at their own pace"
+    for option in (["--chunk_ms", "20"], ["--endpoint_ms", "300"], ["--partials"]):
         line = refused(invoke(["transcribe", "x.wav", *option]))  # ignored options are refused, not dropped
         assert line == f"Error: {option[0]} needs --stream (or --mic)", line
     line = refused(invoke(["transcribe", "--stream", "-", "--partials"], stdin=b"\x00\x01"))
     assert line.startswith("Error: --partials prints JSON lines: give --json too"), line
     assert refused(invoke(["transcribe", "--mic", "x.wav"])).startswith("Error: --mic captures from the microphone")
     assert invoke(["transcribe"]).exit_code == 2  # no files, no --stream: click's usage error, as before
+
+
+RAW_NEEDS = "needs --stream - (raw PCM on stdin): an audio file or the microphone says its own format and rate"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["x.wav", "--raw_rate", "8000"], f"--raw_rate {RAW_NEEDS}"),
+    (["--stream", "x.wav", "--raw_format", "f32le"], f"--raw_format {RAW_NEEDS}"),
+    (["--stream", "x.wav", "--raw_rate", "8000"], f"--raw_rate {RAW_NEEDS}"),
+    (["--mic", "--raw_rate", "44100"], f"--raw_rate {RAW_NEEDS}"),
+    (["--mic", "--realtime"], "--realtime needs --stream FILE: it paces a file"),
+    (["--stream", "x.wav", "--chunk_seconds", "5"], "--chunk_seconds cuts whole files into pieces: leave it out with "
+                                                    "--stream or --mic, whose audio comes in --chunk_ms pieces"),
+    (["--mic", "--chunk_seconds", "5"], "--chunk_seconds cuts whole files into pieces"),
+])
+def test_options_the_input_would_ignore_are_refused_before_anything_is_read(args, says):
+    """The file (x.wav) need not exist, nor the model, nor a microphone: the options are checked first."""
+    line = refused(invoke(["transcribe", *args, "--model_uri", "no-such-model.pt"]))
+    assert line.startswith(f"Error: {says}"), line
+
+
+def test_raw_pcm_on_stdin_still_takes_its_format_and_rate():
+    line = refused(invoke(["transcribe", "--stream", "-", "--raw_format", "f32le", "--raw_rate", "8000",
+                           "--model_uri", "no-such-model.pt"], stdin=bytes(64)))
+    assert line.startswith("Error: no-such-model.pt: not a checkpoint"), line  # past the options, at the model
 
 
 def test_mic_where_it_cannot_work_says_what_is_missing_in_one_line():
@@ -352,6 +379,37 @@ def test_mic_where_it_cannot_work_says_what_is_missing_in_one_line():
         assert "pip install sounddevice" in line
     else:
         assert line.startswith(("Error: --mic: sounddevice cannot load PortAudio", "Error: --mic: no microphone")), line
+
+
+def test_serve_stream_on_a_taken_port_says_so_before_the_model_loads():
+    """The model named does not exist: its error would come first if the model loaded before the port was tried."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refused(invoke(["serve-stream", "--port", str(port), "--model_uri", "no-such-model.pt"]))
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: "), line
+    assert line.endswith("stop what listens there, or give another --port (0 = any free one)"), line
+
+
+def test_serve_stream_on_an_address_not_of_this_machine_says_so_before_the_model_loads():
+    # TEST-NET-1, never assigned (a host name nothing resolves is said the same way, but may wait on DNS)
+    line = refused(invoke(["serve-stream", "--host", "192.0.2.1", "--model_uri", "no-such-model.pt"]))
+    assert line.startswith("Error: cannot listen on 192.0.2.1:8765: "), line
+    assert line.endswith("give --host an address of this machine (127.0.0.1, or 0.0.0.0 for all its interfaces)"), line
+
+
+def test_the_address_check_leaves_the_port_free():
+    from asr.listening import check_address
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    check_address("127.0.0.1", port)
+    with socket.socket() as server:  # what the server then binds, as asyncio does
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
 
 
 @pytest.mark.slow
@@ -368,11 +426,45 @@ def test_samples_that_are_not_finite_on_stdin_are_refused_in_one_line(model, tmp
     wave[RATE // 2] = np.nan
     raw = invoke(["transcribe", "--stream", "-", "--model_uri", str(model), "--raw_format", "f32le"],
                  stdin=wave.astype("<f4").tobytes())
-    assert refused(raw) == "Error: stdin: samples not finite (NaN or infinite); the audio is corrupt"
+    assert refused(raw) == "Error: stdin: 1 sample not finite (NaN or infinite); the audio is corrupt"
     path = tmp_path / "nan.wav"
     sf.write(path, wave, RATE, subtype="FLOAT")
     wav = invoke(["transcribe", "--stream", "-", "--model_uri", str(model)], stdin=path.read_bytes())
-    assert refused(wav) == "Error: stdin: samples not finite (NaN or infinite); the audio is corrupt"
+    assert refused(wav) == "Error: stdin: 1 sample not finite (NaN or infinite); the audio is corrupt"
+
+
+def bad_file(kind: str, clip: Path, folder: Path) -> Path:
+    """A file of the `kind` asr.audio refuses, written in `folder`."""
+    path = folder / ("bad.flac" if kind in ("not audio", "truncated") else "bad.wav")
+    if kind == "empty":
+        sf.write(path, np.zeros(0, np.float32), RATE)
+    elif kind == "not audio":
+        path.write_text("a transcript, not audio\n")
+    elif kind == "truncated":
+        data = clip.read_bytes()
+        path.write_bytes(data[: len(data) // 3])  # an interrupted copy: the decoder loses sync part-way
+    else:
+        wave = np.zeros(RATE, np.float32)
+        wave[[10, 20]] = np.nan
+        sf.write(path, wave, RATE, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [("empty", "audio is too short (0.000 s"),
+                                        ("not audio", "cannot read audio, the file is corrupt, truncated or not audio"),
+                                        ("truncated", "cannot read audio, the file is corrupt, truncated or not audio"),
+                                        ("not finite", "2 samples not finite (NaN or infinite)")])
+def test_a_bad_file_streamed_is_refused_as_it_is_offline(model, clip, tmp_path, kind, says):
+    """`--stream FILE` opens and reads a file with asr.audio's checks (open_audio, read_blocks, check_finite): the
+    one line `asr transcribe FILE` says. An empty file, or one that is not audio, is refused before the model
+    loads (the model named then does not exist)."""
+    path = bad_file(kind, clip, tmp_path)
+    offline_line = refused(invoke(["transcribe", str(path), "--model_uri", str(model)]))
+    assert offline_line.startswith(f"Error: {path}: {says}"), offline_line
+    assert refused(invoke(["transcribe", "--stream", str(path), "--model_uri", str(model)])) == offline_line
+    if kind in ("empty", "not audio"):
+        assert refused(invoke(["transcribe", "--stream", str(path), "--model_uri", "no-such-model.pt"])) == \
+            offline_line
 
 
 def test_a_container_that_is_not_audio_inside(model):

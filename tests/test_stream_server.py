@@ -145,19 +145,27 @@ def test_a_stream_over_the_network_gets_the_transcript_of_the_streaming_api(serv
     finals = [m for m in messages if m["type"] == "final"]
     bounds = [x for m in finals for x in (m["start"], m["end"])]
     assert bounds == sorted(bounds) and 0 <= bounds[0] and bounds[-1] <= pcm.size / 16000 + 1e-3
-    # f32le carries the same samples
+    # f32le carries the same samples; a message of NaN, or of a part of a 4-byte sample, is refused and dropped
     floats = (pcm.astype(np.float32) / 32768).astype("<f4")
 
-    async def as_floats() -> list[dict]:
+    async def as_floats() -> tuple[list[dict], list[dict]]:
         async with connect(server.url) as ws:
             await ws.send(json.dumps({"sample_rate": 16000, "format": "f32le"}))
+            refusals = []
+            for bad in (np.array([0.1, np.nan], "<f4").tobytes(), floats[:3].tobytes()[:10]):
+                await ws.send(bad)
+                refusals.append(json.loads(await ws.recv()))
             step = int(CHUNK_SECONDS * 16000)
             for i in range(0, floats.size, step):
                 await ws.send(floats[i:i + step].tobytes())
             await ws.send(json.dumps({"type": "eof"}))
-            return await replies(ws)
+            return refusals, await replies(ws)
 
-    assert transcript(asyncio.run(as_floats())) == expected
+    refusals, messages = asyncio.run(as_floats())
+    assert [m["type"] for m in refusals] == ["error", "error"]
+    assert refusals[0]["message"] == "samples that are NaN or infinite; ignored"
+    assert "10 bytes is not whole 4-byte samples" in refusals[1]["message"]
+    assert transcript(messages) == expected
 
 
 def test_bad_messages_get_errors_and_the_stream_goes_on(server: Server, pcm, expected):
