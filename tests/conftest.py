@@ -70,6 +70,24 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
     return dest
 
 
+def relabelled_split(dest: Path, source: Path, transcripts: list[str]) -> Path:
+    """A split of the first len(transcripts) utterances of `source` (audio linked, real speech) whose transcript
+    lines say `transcripts` instead: the plumbing does not care what the audio says."""
+    from asr.data.dataset import read_split
+
+    utts = read_split(source)[: len(transcripts)]
+    assert len(utts) == len(transcripts)
+    lines: dict[Path, list[str]] = {}
+    for u, line in zip(utts, transcripts, strict=True):
+        chapter = dest / u.speaker / u.chapter
+        chapter.mkdir(parents=True, exist_ok=True)
+        (chapter / u.path.name).symlink_to(u.path.resolve())
+        lines.setdefault(chapter / f"{u.speaker}-{u.chapter}.trans.txt", []).append(f"{u.file_id} {line}")
+    for trans, text in lines.items():
+        trans.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return dest
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """$XDG_CACHE_HOME in a temporary folder for the whole session, in this process and the ones it starts: what
