@@ -7,7 +7,7 @@
 
 import click
 
-from asr.cli import friendly_errors, run_train, run_validate, settings
+from asr.cli import friendly_errors, quiet_mlflow_bars, run_train, run_validate, settings
 from asr.config import click_options, from_dict
 from asr.settings import TrainConfig, ValidateConfig
 
@@ -19,6 +19,7 @@ from asr.settings import TrainConfig, ValidateConfig
 @friendly_errors
 def main(train: bool, **options) -> None:
     """Train (default) or validate a speech recognition model tracked in MLflow."""
+    quiet_mlflow_bars()
     if train:
         # The MLproject passes every parameter, most at their defaults: for a --resume, only the values that differ
         # from the defaults are settings the user asked for (None).

@@ -106,6 +106,7 @@ def main() -> None:
 
     Runs are tracked in $MLFLOW_TRACKING_URI (default sqlite:///mlflow.db with artifacts in ./mlruns).
     """
+    quiet_mlflow_bars()
 
 
 def with_settings_file(options: dict, config_file: str | None) -> tuple[TrainConfig, set[str]]:
@@ -197,7 +198,17 @@ def with_psycopg2(uri: str) -> str:
 
 
 def show_progress() -> bool:
-    return sys.stderr.isatty() or bool(os.environ.get("ASR_PROGRESS"))
+    """Progress bars on a terminal; elsewhere, with $ASR_PROGRESS set, plain lines (see asr.data.progress)."""
+    from asr.data.progress import wanted
+
+    return wanted()
+
+
+def quiet_mlflow_bars() -> None:
+    """Off a terminal, MLflow's own artifact progress bars (a model's files fetched or logged) stay off too: each
+    redraw would be kept in the log. $MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, when set, still decides."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @main.command()
@@ -509,7 +520,7 @@ def synth(**options) -> None:
     from asr.data.synth.corpus import synthesize_corpus
 
     cfg = from_dict(SynthConfig, options)
-    summary = synthesize_corpus(cfg)
+    summary = synthesize_corpus(cfg, progress=show_progress())
     for split in ("train", "dev", "test"):
         s = summary[split]
         click.echo(f"{Path(cfg.root) / split}: {s['utterances']} utterances, {s['minutes']:.1f} min, "
@@ -524,7 +535,7 @@ def download(**options) -> None:
     from asr.data.download import DEFAULT_MIRROR, download_split
 
     cfg = from_dict(DownloadConfig, options)
-    click.echo(f"ready: {download_split(cfg.split, Path(cfg.root), cfg.mirror or DEFAULT_MIRROR)}")
+    click.echo(f"ready: {download_split(cfg.split, Path(cfg.root), cfg.mirror or DEFAULT_MIRROR, show_progress())}")
 
 
 @data.command()

@@ -29,16 +29,19 @@ class ConfigError(UserError):
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, min: float | None = None,
         below: float | None = None, flag: bool = False, required: bool = False,
-        check: Callable[[Any], str | None] | None = None, exists: str = "", shown: str = "") -> Any:
+        check: Callable[[Any], str | None] | None = None, exists: str = "", shown: str = "",
+        needs: str = "") -> Any:
     """A dataclass field that carries its own --help text, allowed values, range (min <= value < below), whether
     the CLI takes it as a flag (--json) or requires it, a `check` (value -> what is wrong with it, or None) run
-    whenever the config is built, and whether its (non-empty) value names a "file" or "dir" that must `exist`
-    (see check_paths: checked when a command starts, not whenever a config is built). `shown`: what --help says
-    its default is, when that is not the value (a setting left out means something else, e.g. "the model's own");
-    the value itself stays the default everywhere (CLI, MLproject, settings files)."""
+    whenever the config is built, whether its (non-empty) value names a "file" or "dir" that must `exist`
+    (see check_paths: checked when a command starts, not whenever a config is built), and the bool setting it
+    `needs` to mean anything (e.g. --lookahead, --streaming): without it on, the setting is left out of the
+    MLflow params (to_params) and is not an MLproject parameter (see asr.settings.render_mlproject). `shown`: what
+    --help says its default is, when that is not the value (a setting left out means something else, e.g. "the
+    model's own"); the value itself stays the default everywhere (CLI, MLproject, settings files)."""
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "below": below,
                                             "flag": flag, "required": required, "check": check, "exists": exists,
-                                            "shown": shown})
+                                            "shown": shown, "needs": needs})
 
 
 def section(cls: type) -> Any:
@@ -136,7 +139,7 @@ class ModelConfig(Checked):
                           "normalization)")
     lookahead: int = opt(DEFAULT_LOOKAHEAD, "--streaming only: future frames (at the GRUs' frame rate) the "
                          "look-ahead layer after the GRUs sees; the latency it adds is lookahead * time_stride * "
-                         "hop_ms (0 = none: strictly causal)", min=0)
+                         "hop_ms (0 = none: strictly causal)", min=0, needs="streaming")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -204,8 +207,11 @@ def cli_value(value: Any) -> Any:
 
 
 def to_params(cfg: Any) -> dict[str, Any]:
-    """Flat settings as MLflow params (lists comma-separated, as they were given)."""
-    return {k: cli_value(v) for k, v in to_dict(cfg).items()}
+    """Flat settings as MLflow params (lists comma-separated, as they were given), less those that mean nothing
+    in this config: a setting whose `needs` (see opt) is off, e.g. --lookahead of a bidirectional model."""
+    flat = to_dict(cfg)
+    needs = {f.name: f.metadata.get("needs") for f in fields(type(cfg))}
+    return {k: cli_value(v) for k, v in flat.items() if not needs.get(k) or flat[needs[k]]}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

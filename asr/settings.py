@@ -579,20 +579,32 @@ _MLPROJECT_TYPES = {"int": "float", "float": "float", "str": "string", "bool": "
                     "tuple[float, ...]": "string"}
 
 
+def mlproject_fields(cls: type) -> list:
+    """The settings of `cls` an MLproject entry point declares: all but those that `need` another setting on (see
+    asr.config.opt). `mlflow run` logs every declared parameter, at its default too, which would give every
+    bidirectional run a meaningless lookahead param; an undeclared one given with -P (-P lookahead=3) is still
+    appended to the command (--lookahead 3) and logged."""
+    return [f for f in fields(cls) if not f.metadata.get("needs")]
+
+
 def render_mlproject() -> str:
     """The MLproject file, generated from the configs so its parameters can never drift from the code."""
     def params(cls: type, indent: str) -> list[str]:
         out = []
-        for f in fields(cls):
+        for f in mlproject_fields(cls):
             default = json.dumps(cli_value(f.default))
             out.append(f"{indent}{f.name}: {{type: {_MLPROJECT_TYPES[f.type]}, default: {default}}}")
         return out
 
     def flags(cls: type) -> str:
-        return " ".join(f"--{f.name} {{{f.name}}}" for f in fields(cls))
+        return " ".join(f"--{f.name} {{{f.name}}}" for f in mlproject_fields(cls))
 
+    conditional = [f"{f.name} ({f.metadata['needs']})" for f in fields(TrainConfig) if f.metadata.get("needs")]
     lines = [
         "# Generated from asr/settings.py by `python -m asr.settings > MLproject`; edit the dataclasses, not this.",
+        "# Not declared, since `mlflow run` logs every declared parameter and these mean nothing without the setting",
+        f"# named: {', '.join(conditional)}. Give them with -P NAME=VALUE all the same: MLflow appends them to the",
+        "# command as --NAME VALUE.",
         "name: speech-recognition",
         "",
         "conda_env: conda.yaml",

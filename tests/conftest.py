@@ -70,6 +70,24 @@ def short_split(dest: Path, source: Path, count: int) -> Path:
     return dest
 
 
+def relabelled_split(dest: Path, source: Path, transcripts: list[str]) -> Path:
+    """A split of the first len(transcripts) utterances of `source` (audio linked, real speech) whose transcript
+    lines say `transcripts` instead: the plumbing does not care what the audio says."""
+    from asr.data.dataset import read_split
+
+    utts = read_split(source)[: len(transcripts)]
+    assert len(utts) == len(transcripts)
+    lines: dict[Path, list[str]] = {}
+    for u, line in zip(utts, transcripts, strict=True):
+        chapter = dest / u.speaker / u.chapter
+        chapter.mkdir(parents=True, exist_ok=True)
+        (chapter / u.path.name).symlink_to(u.path.resolve())
+        lines.setdefault(chapter / f"{u.speaker}-{u.chapter}.trans.txt", []).append(f"{u.file_id} {line}")
+    for trans, text in lines.items():
+        trans.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return dest
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """$XDG_CACHE_HOME in a temporary folder for the whole session, in this process and the ones it starts: what
@@ -206,14 +224,15 @@ def run_cli_alongside(pool: Executor, args: list[str], cwd: Path, tracking_uri: 
     return pool.submit(subprocess.run, args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def run_cli_here(args: list[str], cwd: Path, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+def run_cli_here(args: list[str], cwd: Path, tracking_uri: str | None = None,
+                 env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`asr ARGS` run in this process through click's CliRunner, with what run_cli gives a subprocess (cwd, the
     tracking store, no MLflow state of this process); returns what run_cli returns: exit code, stdout, stderr. An
     exception the command lets through is exit 1 with its traceback in stderr, as a process would show it. For
     checks of what a command says and does, not of the process: it saves the interpreter start-up and the imports
     of torch and MLflow (seconds each). What only a process shows (its exit status, library output at start-up)
-    stays with the real subprocess each such test keeps (run_cli). MLflow's global state, the cwd, the environment
-    and torch's thread count are put back afterwards."""
+    stays with the real subprocess each such test keeps (run_cli). `env_vars` are set for the command. MLflow's
+    global state, the cwd, the environment and torch's thread count are put back afterwards."""
     import traceback
 
     import mlflow
@@ -226,6 +245,7 @@ def run_cli_here(args: list[str], cwd: Path, tracking_uri: str | None = None) ->
     env: dict[str, str | None] = {k: None for k in MLFLOW_ENV} | {"ASR_PROGRESS": None}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.update(env_vars or {})
     saved_cwd, saved_env, threads = Path.cwd(), dict(os.environ), torch.get_num_threads()
     os.chdir(cwd)
     try:

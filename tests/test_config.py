@@ -71,8 +71,9 @@ def test_mlproject_entry_points_mirror_the_dataclasses():
     for entry, cls in ENTRY_POINTS.items():
         ep = spec["entry_points"][entry]
         params = ep["parameters"]
-        assert list(params) == names(cls), entry
-        for f in config.fields(cls):
+        declared = [f.name for f in settings.mlproject_fields(cls)]
+        assert list(params) == declared, entry
+        for f in settings.mlproject_fields(cls):
             p = params[f.name]
             if f.type in ("int", "float"):
                 assert p["type"] == "float", (entry, f.name)
@@ -83,7 +84,7 @@ def test_mlproject_entry_points_mirror_the_dataclasses():
         # every parameter is passed once, as --name {name}
         tokens = shlex.split(ep["command"])
         flags = {tokens[i]: tokens[i + 1] for i in range(len(tokens) - 1) if tokens[i].startswith("--")}
-        for name in names(cls):
+        for name in declared:
             assert flags.get(f"--{name}") == f"{{{name}}}", (entry, name)
             assert ep["command"].count(f"{{{name}}}") == 1, (entry, name)
     assert spec["entry_points"]["train"]["command"].startswith("python main.py --train True ")
@@ -104,6 +105,25 @@ def test_mlproject_default_command_parses_back_to_the_default_config(entry, cls)
     ctx = main_py.main.make_context("main.py", argv[2:])
     assert ctx.params["train"] is (entry == "train")
     assert from_dict(cls, ctx.params) == cls()
+
+
+def test_a_setting_that_needs_another_is_neither_declared_nor_logged_without_it():
+    """--lookahead means something to --streaming models only: a bidirectional run (the default) does not log it,
+    neither through its own params nor through `mlflow run` (which logs every declared parameter, so the MLproject
+    does not declare it); -P lookahead=N still reaches a streaming run's command, as MLflow appends it."""
+    from mlflow.projects import _project_spec
+
+    assert "lookahead" not in config.to_params(TrainConfig())
+    streaming = from_dict(TrainConfig, {"streaming": True, "lookahead": 0})
+    assert config.to_params(streaming)["lookahead"] == 0 and config.to_params(streaming)["streaming"] is True
+    train = _project_spec.load_project(str(REPO)).get_entry_point("train")
+    logged, extra = train.compute_parameters({}, None)  # what `mlflow run -e train .` logs
+    assert "lookahead" not in {**logged, **extra} and logged["streaming"] == "False"
+    logged, extra = train.compute_parameters({"streaming": "true", "lookahead": "3"}, None)
+    assert extra == {"lookahead": "3"}
+    argv = shlex.split(train.compute_command({"streaming": "true", "lookahead": "3"}, None))
+    ctx = load_main_py().main.make_context("main.py", argv[2:])
+    assert from_dict(TrainConfig, ctx.params).model.lookahead == 3
 
 
 # ---------------------------------------------------------------- the CLIs offer every field

@@ -93,6 +93,7 @@ def test_training_run_is_tracked_in_mlflow(trained_store):
     params = run.data.params
     for key, value in to_params(cfg).items():
         assert params[key] == str(value), key
+    assert "lookahead" not in params  # a bidirectional model has no look-ahead (--streaming only)
     n_params = sum(p.numel() for p in SpeechModel.from_config(cfg, len(VOCAB)).parameters())
     assert params["parameters"] == str(n_params)
     assert params["train_utterances"] == str(cfg.data.max_utterances)

@@ -432,3 +432,30 @@ def test_export_writes_the_models_decoder_settings_without_opening_its_lm(traine
                                           env={"MLFLOW_TRACKING_URI": trained_lm.uri})
             assert exported.exit_code == 0, (name, exported.output)
             assert read_metadata(out, "torchscript")["decoder"] == expected, name
+
+
+def test_export_of_a_model_whose_lm_cannot_be_read_writes_its_decoder_settings(tmp_path):
+    """`asr export` needs the acoustic model and the decoder's settings, not its LM: a run folder whose lm.arpa is
+    no LM (which serving refuses) exports, naming the LM and carrying the tuned weights. The fast twin of the
+    trained-model test above."""
+    from click.testing import CliRunner
+
+    from asr.checkpoint import save_checkpoint
+    from asr.cli import main
+    from asr.decoding import DecoderError, write_model_decoder
+    from asr.loading import load_transcriber
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_checkpoint(folder / "model.pt", CONFIG, make_model())
+    (folder / "lm.arpa").write_bytes(b"\x00\x01 this is no ARPA file")
+    write_model_decoder(DecodeConfig(decoder="beam", lm=str(folder / "lm.arpa"), beam_size=7, lm_weight=0.75,
+                                     word_score=-1.0), folder, lm_order=3)
+    with pytest.raises(DecoderError):
+        load_transcriber(str(folder))  # what serving needs: the LM itself
+    out = tmp_path / "exported.pt"
+    exported = CliRunner().invoke(main, ["export", "--model-uri", str(folder), "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert read_metadata(out, "torchscript")["decoder"] == {
+        "type": "beam", "beam_size": 7, "beam_threshold": DecodeConfig().beam_threshold, "lm_weight": 0.75,
+        "word_score": -1.0, "lm": "lm.arpa", "lexicon": None}

@@ -470,7 +470,7 @@ def test_tiny_streaming_training_registers_loads_transcribes_and_streams(tiny_co
     cfg = tiny_config(streaming=True, lookahead=1, output_dir=str(tmp_path / "out"))
     result = train(cfg, progress=False)
     params = MlflowClient().get_run(result.run_id).data.params
-    assert params["streaming"] == "True" and int(params["feature_stats_utterances"]) >= 1
+    assert params["streaming"] == "True" and params["lookahead"] == "1" and int(params["feature_stats_utterances"]) >= 1
     assert int(params["feature_stats_frames"]) > 100
     transcriber = asr.load(f"models:/SpeechRecognitionModel/{result.promotion.version}")
     model = transcriber.fp32_model

@@ -15,6 +15,7 @@ from conftest import (
     mlflow_store,
     new_store,
     one_line_error,
+    relabelled_split,
     run_cli,
     run_cli_here,
 )
@@ -22,7 +23,6 @@ from mlflow import MlflowClient
 
 from asr.checkpoint import CheckpointError, load_recognizer, model_state, save_checkpoint
 from asr.config import ConfigError, DecodeConfig, from_dict
-from asr.data.dataset import read_split
 from asr.decoding import BeamSearchDecoder, DecoderError, greedy_decode, make_decoder
 from asr.export import export_model, read_metadata
 from asr.lm import build_arpa, write_lexicon
@@ -35,22 +35,6 @@ from asr.training.train import train
 from asr.vocabulary import ENGLISH, VocabularyError
 
 pytestmark = pytest.mark.slow  # tiny trainings on real audio
-
-
-def relabelled_split(dest: Path, source: Path, transcripts: list[str]) -> Path:
-    """A split of the first len(transcripts) utterances of `source` (audio linked, real speech) whose transcript
-    lines say `transcripts` instead: the plumbing does not care what the audio says."""
-    utts = read_split(source)[: len(transcripts)]
-    assert len(utts) == len(transcripts)
-    lines: dict[Path, list[str]] = {}
-    for u, line in zip(utts, transcripts, strict=True):
-        chapter = dest / u.speaker / u.chapter
-        chapter.mkdir(parents=True, exist_ok=True)
-        (chapter / u.path.name).symlink_to(u.path.resolve())
-        lines.setdefault(chapter / f"{u.speaker}-{u.chapter}.trans.txt", []).append(f"{u.file_id} {line}")
-    for trans, text in lines.items():
-        trans.write_text("\n".join(text) + "\n", encoding="utf-8")
-    return dest
 
 
 def artifact(run_id: str, name: str) -> dict:

@@ -66,3 +66,28 @@ def test_bad_vocabulary_files_are_refused_in_one_line(tmp_path, content, message
 def test_a_missing_vocabulary_file_says_what_to_give(tmp_path):
     with pytest.raises(VocabularyError, match="no such file .give english, auto, or a file of characters"):
         read_vocabulary(tmp_path / "nope.txt")
+
+
+def test_vocab_auto_labels_the_training_transcripts_it_learned_from(short_dev, tmp_path):
+    """--vocab auto reads the training transcripts once: the dataset is labelled from the reading the vocabulary was
+    learned from, not from a second reading of the folders, which would also see a transcript changed in between
+    (here a letter the vocabulary does not have, that the labels would silently drop)."""
+    import torch
+    from conftest import make_tiny_config, relabelled_split
+
+    from asr.model import SpeechModel
+    from asr.training.batches import run_text, training_data
+    from asr.training.distributed import Context
+
+    split = relabelled_split(tmp_path / "split", short_dev, ["UNA PIÑA", "EL NIÑO"])
+    cfg = make_tiny_config(split, vocab="auto", language="es", vocab_min_count=1, feature_cache="memory")
+    text = run_text(cfg)
+    assert "ñ" in text.normalizer.vocabulary and "ü" not in text.normalizer.vocabulary
+    for trans in split.rglob("*.trans.txt"):  # the corpus changes after the vocabulary was learned
+        trans.write_text(trans.read_text(encoding="utf-8").replace("Ñ", "Ü"), encoding="utf-8")
+    model = SpeechModel.from_config(cfg.recognizer(), len(text.normalizer.vocabulary))
+    data = training_data(cfg, model, Context(0, 1, torch.device("cpu")), False, lambda _: None, text)
+    assert sorted(u.transcript for u in data.train_set.utterances) == ["EL NIÑO", "UNA PIÑA"]
+    labelled = sorted(text.normalizer.vocabulary.decode(labels) for labels in data.train_set.labels)
+    assert labelled == ["el niño", "una piña"] and data.train_set.text_counts.metrics()["text_chars_dropped"] == 0
+    assert data.text.normalizer == text.normalizer and data.text.train_reading is None  # not kept for the run

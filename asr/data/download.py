@@ -11,9 +11,8 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from tqdm import tqdm
-
 from asr import UserError
+from asr.data.progress import progress_bar
 
 DEFAULT_MIRROR = "https://www.openslr.org/resources/12"
 
@@ -100,9 +99,8 @@ def _fetch(url: str, part: Path, archive: Path, timeout: float, progress: bool) 
                 offset = 0  # server ignored the Range header: restart from scratch
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
-            with open(part, "ab" if resumed else "wb") as out, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=archive.name, disable=not progress,
+            with open(part, "ab" if resumed else "wb") as out, progress_bar(
+                total=total, initial=offset, unit="B", unit_scale=True, desc=archive.name, enabled=progress,
             ) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)

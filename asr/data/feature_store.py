@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from asr import UserError
 from asr.atomic import atomic_path
 from asr.audio import AudioError, load_audio
+from asr.data.progress import progress_bar
 from asr.features import FeatureExtractor
 
 if TYPE_CHECKING:
@@ -133,8 +133,8 @@ def computed_features(utterances: Sequence[Utterance], features: FeatureExtracto
     loader = torch.utils.data.DataLoader(Featurizer(utterances, features), sampler=indices, batch_size=None,
                                          num_workers=workers, worker_init_fn=single_threaded_worker,
                                          generator=torch.Generator())
-    yield from tqdm(zip(indices, loader, strict=True), total=len(indices), desc=desc, unit="utt",
-                    disable=not progress, leave=False)
+    yield from progress_bar(zip(indices, loader, strict=True), total=len(indices), desc=desc, unit="utt",
+                            enabled=progress, leave=False)
 
 
 # ---------------------------------------------------------------- writing a store
@@ -190,7 +190,7 @@ def featurize(utterances: Sequence[Utterance], features: FeatureExtractor, folde
                                          worker_init_fn=single_threaded_worker, generator=torch.Generator())
     size = shard_utterances()
     total = sum(len(utterances[k * size:(k + 1) * size]) for k in todo)
-    with tqdm(total=total, desc=desc, unit="utt", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="utt", enabled=progress, leave=False) as bar:
         for unreadable, count in loader:
             done.unreadable += unreadable
             done.written += 1

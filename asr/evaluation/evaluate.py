@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import mlflow
 import torch
-from tqdm import tqdm
 
 from asr import UserError
 from asr.audio import AudioError, load_audio
 from asr.config import DecodeConfig, check_paths, to_params
 from asr.data.dataset import CorpusReading, DataError, LeftOut, Utterance, read_corpus, split_names
+from asr.data.progress import progress_bar
 from asr.decoding import describe, make_decoder
 from asr.loading import load_transcriber
 from asr.metrics import cer, wer
@@ -89,7 +89,7 @@ def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: boo
     """Groups of utterances with their emissions and the audio seconds they hold. An audio file that cannot be
     used is skipped and its message added to `unreadable` (as training does: one corrupt file must not stop the
     scoring of a split); without `unreadable`, it raises."""
-    bar = tqdm(total=len(utts), desc=desc, unit="utt", disable=not progress)
+    bar = progress_bar(total=len(utts), desc=desc, unit="utt", enabled=progress)
     for start in range(0, len(utts), GROUP):
         chunk, group, waves = utts[start:start + GROUP], [], []
         for u in chunk:
@@ -213,7 +213,7 @@ def grid_search(transcriber: Transcriber, emissions: list[list[torch.Tensor]], r
     then CER, then the first in grid order) and the grid."""
     grid = []
     points = list(itertools.product(lm_weights, word_scores))
-    for weight, bonus in tqdm(points, desc="grid", disable=not progress):
+    for weight, bonus in progress_bar(points, desc="grid", enabled=progress):
         decoder = make_decoder(dataclasses.replace(base, lm_weight=weight, word_score=bonus), transcriber.text)
         hypotheses = transcriber.decode(emissions, decoder)
         grid.append({"lm_weight": weight, "word_score": bonus, "wer": wer(references, hypotheses),

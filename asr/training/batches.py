@@ -7,7 +7,7 @@ import math
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -45,6 +45,10 @@ class RunText:
     normalizer: TextNormalizer   # what the model carries
     rare: dict[str, int] = field(default_factory=dict)
     source: str = "english"     # english, the vocabulary file, learned from..., or resumed run
+    # The training splits as read to learn the vocabulary (--vocab auto), for training_data to label instead of
+    # reading the folders a second time (which could also find other transcripts than the vocabulary was learned
+    # from); None when nothing was read.
+    train_reading: CorpusReading | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         """One line: the vocabulary, where it comes from, and what a learned one left out."""
@@ -65,10 +69,12 @@ def sampled(utterances: list[Utterance], limit: int = 0, seed: int = 0) -> list[
 
 
 def load_dataset(dirs: Sequence[str], features: FeatureExtractor, limit: int = 0, seed: int = 0,
-                 augment: WaveAugment | None = None, text: TextNormalizer = ENGLISH_TEXT) -> SpeechDataset:
+                 augment: WaveAugment | None = None, text: TextNormalizer = ENGLISH_TEXT,
+                 reading: CorpusReading | None = None) -> SpeechDataset:
     """The utterances of one or more split folders, `limit` of them sampled with `seed` if set, labelled by `text`,
-    and what the reader left out of them."""
-    reading = read_corpus(dirs)
+    and what the reader left out of them. `reading`: the folders as read_corpus already read them (not read
+    again)."""
+    reading = reading if reading is not None else read_corpus(dirs)
     return SpeechDataset(sampled(reading.utterances, limit, seed), features, augment, seed, reading.left_out, text)
 
 
@@ -87,17 +93,18 @@ def fixed_vocabulary(cfg: TextConfig) -> Vocabulary | None:
 def run_text(cfg: TrainConfig, resume_state: dict | None = None) -> RunText:
     """How this run's transcripts become labels: a resumed run's from its checkpoint, else from --vocab, --language
     and --lowercase; --vocab auto learns the vocabulary from the transcripts of the training utterances the run
-    uses (their text only: no audio is read)."""
+    uses (their text only: no audio is read), and keeps that reading (RunText.train_reading) for training_data."""
     if resume_state is not None:
         return RunText(ckpt.checkpoint_text(resume_state), source="resumed run")
     t = cfg.text
     vocabulary = fixed_vocabulary(t)
     if vocabulary is not None:
         return RunText(TextNormalizer(vocabulary, t.language, t.lowercase), source=t.vocab)
-    utterances = sampled(read_corpus(cfg.data.train_data).utterances, cfg.data.max_utterances, cfg.optim.seed)
+    reading = read_corpus(cfg.data.train_data)
+    utterances = sampled(reading.utterances, cfg.data.max_utterances, cfg.optim.seed)  # those load_dataset takes
     text, rare = TextNormalizer.from_transcripts((u.transcript for u in utterances), t.vocab_min_count,
                                                  t.lowercase, t.language)
-    return RunText(text, rare, f"learned from {len(utterances)} training transcripts")
+    return RunText(text, rare, f"learned from {len(utterances)} training transcripts", reading)
 
 
 def wave_augment(cfg: TrainConfig) -> WaveAugment:
@@ -109,13 +116,14 @@ def wave_augment(cfg: TrainConfig) -> WaveAugment:
 def training_data(cfg: TrainConfig, model: SpeechModel, ctx: dist.Context, progress: bool, say=print,
                   text: RunText | None = None) -> TrainData:
     """Reads and featurizes the training and dev splits (see `featurize_split`), labelled by `text` (default
-    English), and picks the training utterances `model` can learn from; says which files it could not read and
-    what the corpus reader left out."""
+    English; the training splits as it read them, if it did), and picks the training utterances `model` can learn
+    from; says which files it could not read and what the corpus reader left out."""
     text = text or RunText(ENGLISH_TEXT)
     features = FeatureExtractor.for_recognizer(cfg.recognizer())
     augment = wave_augment(cfg)
     train_set = load_dataset(cfg.data.train_data, features, cfg.data.max_utterances, cfg.optim.seed, augment,
-                             text.normalizer)
+                             text.normalizer, text.train_reading)
+    text = replace(text, train_reading=None)  # the run keeps its text settings, not the whole corpus's reading
     dev_set = load_dataset(cfg.data.dev_data, features, text=text.normalizer)
     for line in left_out_lines(dict.fromkeys(train_set.left_out + dev_set.left_out)):  # once each, before featurizing
         say(line)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 import torchaudio
 from torch import nn
-from tqdm import tqdm
 
 from asr.batching import plan_batches
 from asr.data.dataset import SpeechDataset, collate
+from asr.data.progress import progress_bar
 from asr.decoding import greedy_decode
 from asr.metrics import cer, wer
 from asr.model import SpeechModel, ctc_loss_sum
@@ -152,8 +152,8 @@ def train_one_epoch(t: Trainer, data: TrainData, pos: Progress, after_step: Call
     batches = epoch_batches(cfg, data.train_lengths, data.items, pos.epoch, ctx.world)
     loaded = iter(train_loader(data.train_set, [dist.shard(b, ctx) for b in batches[pos.batch:]], data.loader_workers,
                                ctx.device))
-    bar = tqdm(total=len(batches) - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.optim.epoch}", unit="batch",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=len(batches) - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.optim.epoch}", unit="batch",
+                       enabled=progress, leave=False)
     loss_sum = 0.0
     for k in range(pos.batch, len(batches)):
         group_start = k - k % cfg.optim.accumulate

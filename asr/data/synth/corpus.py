@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
+from asr.data.progress import Bar, progress_bar
 from asr.data.synth.espeak import Espeak, SynthError, speak
 from asr.data.synth.languages import Language, language
 from asr.data.synth.sentences import VOCAB_SOURCE_SIZE, sample_sentence
@@ -205,7 +205,7 @@ def _plan_corpus(plans: dict[str, list[_Utterance]], root: Path, roster: dict[st
 
 def _render_all(jobs: list[tuple[Path, _Utterance]], workers: int, progress: bool) -> dict[Path, int]:
     """Synthesises every job; returns samples written per file."""
-    with tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc="synthesising", unit="utt", enabled=progress) as bar:
         if workers <= 1:
             return dict(_count(map(_render, jobs), bar))
         # spawn: fresh interpreters, whatever the caller has. An executor, not a Pool: a worker that dies (a crash
@@ -245,7 +245,7 @@ def _render(job: tuple[Path, _Utterance]) -> tuple[Path, int]:
     return path, len(audio)
 
 
-def _count(results: Iterator[tuple[Path, int]], bar: tqdm) -> Iterator[tuple[Path, int]]:
+def _count(results: Iterator[tuple[Path, int]], bar: Bar) -> Iterator[tuple[Path, int]]:
     for item in results:
         bar.update()
         yield item
