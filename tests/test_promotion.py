@@ -39,35 +39,6 @@ def test_same_dev_set_compares_dev_wers_as_before(isolated_mlflow: str):
     assert worse.describe() == "version 3 not promoted (policy if-better; dev WER 0.500 vs version 2's 0.400)"
     assert production(client, name) == ("2", {"2"})
     assert client.get_model_version(name, "3").tags[registry.DEV_DIGEST_TAG] == DEV
-    assert contest_tags(client, name) == {}  # each contest settled: nothing left to clutter the registry
-
-
-def contest_tags(client: MlflowClient, name: str) -> dict[str, set[str]]:
-    """version -> the contest tags it carries (contender, in flight), for the versions carrying any."""
-    found = {str(v.version): {t for t in (registry.CONTENDER_TAG, registry.IN_FLIGHT_TAG) if t in v.tags}
-             for v in client.search_model_versions(f"name='{name}'")}
-    return {v: tags for v, tags in found.items() if tags}
-
-
-def test_contender_tags_stay_while_a_promotion_is_in_flight_and_go_when_the_last_one_leaves(isolated_mlflow: str):
-    """A settled contest leaves no contender tag on any version, not even one from before tags were cleared (an
-    hour old). While another promoter is in flight (it may have read the registry before this contender's tag was
-    set), the tags stay, since its settling needs them; the last promoter to leave clears them."""
-    client, name = MlflowClient(), "InFlight"
-    registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, DEV, "always")
-    stale = by_hand(client, name, {registry.WER_TAG: "0.700000", registry.DEV_DIGEST_TAG: DEV,
-                                   registry.CONTENDER_TAG: f"{time.time() - 2 * registry.CONTENDER_SECONDS:.3f}"})
-    won = registry.register_and_promote("file:///nowhere/3", name, "run-3", 0.5, DEV, "if-better")
-    assert won.promoted and contest_tags(client, name) == {}  # the old claim went with the settled contest
-    now = f"{time.time():.3f}"
-    other = by_hand(client, name, {registry.WER_TAG: "0.900000", registry.DEV_DIGEST_TAG: DEV,
-                                   registry.IN_FLIGHT_TAG: now})  # another promoter, still deciding
-    better = registry.register_and_promote("file:///nowhere/5", name, "run-5", 0.4, DEV, "if-better")
-    assert better.promoted and contest_tags(client, name) == {better.version: {registry.CONTENDER_TAG},
-                                                              other: {registry.IN_FLIGHT_TAG}}
-    registry.leave_contest(client, name, other)  # it decided against promoting, and is the last to leave
-    assert contest_tags(client, name) == {} and production(client, name) == (better.version, {better.version})
-    assert stale == "2"
 
 
 def test_a_production_version_without_dev_digest_is_kept_with_the_reason(isolated_mlflow: str):
@@ -100,7 +71,7 @@ def test_a_contender_on_another_dev_set_is_ignored(isolated_mlflow: str):
     registry.register_and_promote("file:///nowhere/1", name, "run-1", 0.6, DEV, "always")
     claimed = f"{time.time():.3f}"
     elsewhere = by_hand(client, name, {registry.WER_TAG: "0.050000", registry.DEV_DIGEST_TAG: OTHER_DEV,
-                                       registry.CONTENDER_TAG: claimed, registry.IN_FLIGHT_TAG: claimed})
+                                       registry.CONTENDER_TAG: claimed})
     mine = registry.register_and_promote("file:///nowhere/3", name, "run-3", 0.4, DEV, "if-better")
     assert (mine.version, mine.promoted, mine.previous) == ("3", True, "1")
     assert production(client, name) == ("3", {"3"})

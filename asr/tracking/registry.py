@@ -5,9 +5,7 @@ classic `Production` stage, archiving the previous one, so stage-based workflows
 
 `if-better` promotion is made atomic without a lock (a registry has no transactions): a promoter that decides to
 promote first tags its version a contender, then moves the alias, then re-checks; a worse contender that moved
-the alias last hands it back to the best one. See settle_contest. The contender tags are cleared once the contest
-is settled: by the last promoter to finish, which knows it is the last because every `if-better` promoter marks
-its version in flight before it reads anything it decides on (see leave_contest).
+the alias last hands it back to the best one. See settle_contest.
 
 Dev WERs compare only between versions scored on the same dev set: each version carries the digest of its dev
 split (DEV_DIGEST_TAG), and `if-better` neither beats nor yields to a version scored on another one.
@@ -39,11 +37,7 @@ DECODER_TAG = "decoder"  # version tag saying how the version decodes, e.g. "bea
 # Version tag an `if-better` promoter sets (to the time, in seconds since the epoch) before it moves the alias: the
 # contenders of one round of concurrent promotions, so the last one to move can hand Production to the best of them.
 CONTENDER_TAG = "production_contender"
-# Version tag an `if-better` promoter sets (to the time) before it reads the Production version and the contenders,
-# and deletes when it is done: while any version carries it, the contest is not settled and the contender tags stay.
-IN_FLIGHT_TAG = "promotion_in_flight"
-CONTENDER_SECONDS = 3600.0  # how long a claim (or a promoter in flight) counts: longer than any promotion takes,
-#                             even one retrying for a while; a promoter killed mid-way stops counting then
+CONTENDER_SECONDS = 3600.0  # how long a claim counts: longer than any promotion takes, even one retrying for a while
 # Registry errors that concurrent writers cause and a retry cures: SQLite's writer lock held past its busy
 # timeout, or two processes inserting the same alias row at once.
 TRANSIENT = ("database is locked", "UNIQUE constraint failed", "IntegrityError")
@@ -103,16 +97,15 @@ def not_found(e: MlflowException) -> bool:
                                                            and "not found" in e.message)
 
 
-def current_production(client: MlflowClient, name: str, registered: str = ""):
+def current_production(client: MlflowClient, name: str):
     """The version carrying the production alias, else the one in stage Production, else None (no such model or
-    no Production version). Any other registry error raises TrackingError (saying that version `registered`, if
-    given, is registered but not promoted): read as "no Production version", a store error would let `if-better`
-    promote whatever it is comparing."""
+    no Production version). Any other registry error raises TrackingError: read as "no Production version", a
+    store error would let `if-better` promote whatever it is comparing."""
     try:
         return retrying(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
     except MlflowException as e:
         if not not_found(e):
-            raise unreadable(name, e, registered) from None
+            raise unreadable(name, e) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
@@ -120,14 +113,14 @@ def current_production(client: MlflowClient, name: str, registered: str = ""):
         except MlflowException as e:
             if not_found(e):
                 return None
-            raise unreadable(name, e, registered) from None
+            raise unreadable(name, e) from None
     return versions[0] if versions else None
 
 
-def unreadable(name: str, e: MlflowException, registered: str = "") -> TrackingError:
-    done = f"version {registered} is registered, not promoted" if registered else "nothing was registered or promoted"
+def unreadable(name: str, e: MlflowException) -> TrackingError:
     return TrackingError(f"cannot read {name}'s Production version from the model registry "
-                         f"({redact(mlflow.get_registry_uri())}): {first_line(e)}; {done}")
+                         f"({redact(mlflow.get_registry_uri())}): {first_line(e)}; nothing was registered "
+                         "or promoted")
 
 
 def dev_wer_of(version) -> float:
@@ -152,19 +145,11 @@ def best_of(versions: list):
     return min(versions, key=lambda v: (dev_wer_of(v), int(v.version)))
 
 
-def all_versions(client: MlflowClient, name: str) -> list:
-    return retrying(lambda: client.search_model_versions(f"name='{name}'"))
-
-
-def recently_tagged(versions: list, tag: str) -> list:
-    """Those of `versions` whose `tag` (a time, seconds since the epoch) was set in the last CONTENDER_SECONDS."""
-    now = time.time()
-    return [v for v in versions if tag in v.tags and now - float(v.tags[tag]) < CONTENDER_SECONDS]
-
-
 def contenders(client: MlflowClient, name: str) -> list:
     """Versions an `if-better` promoter claimed Production for in the last CONTENDER_SECONDS."""
-    return recently_tagged(all_versions(client, name), CONTENDER_TAG)
+    now = time.time()
+    found = retrying(lambda: client.search_model_versions(f"name='{name}'"))
+    return [v for v in found if CONTENDER_TAG in v.tags and now - float(v.tags[CONTENDER_TAG]) < CONTENDER_SECONDS]
 
 
 def should_promote(policy: str, mine, production, rivals: list) -> bool:
@@ -223,36 +208,11 @@ def settle_contest(client: MlflowClient, name: str, rounds: int = 20) -> str:
                         f"check the registry (alias {PRODUCTION_ALIAS})")
 
 
-def end_contests(client: MlflowClient, name: str, versions: list | None = None) -> None:
-    """Clears the contender tags of `versions` (default: every version of `name`), however old: after a
-    promotion by policy `always`, the next `if-better` one compares with the version that policy chose, not with an
-    earlier, better contender; after a settled contest, the tags only clutter the registry."""
-    for v in all_versions(client, name) if versions is None else versions:
-        if CONTENDER_TAG in v.tags:
-            with warnings.catch_warnings():  # two promoters leaving at once both clear it: one DELETE finds no row
-                warnings.filterwarnings("ignore", message=".*expected to delete")
-                retrying(lambda v=v: client.delete_model_version_tag(name, str(v.version), CONTENDER_TAG))
-
-
-def enter_contest(client: MlflowClient, name: str, version: str) -> None:
-    """Marks `version`'s `if-better` promotion in flight (IN_FLIGHT_TAG), before it reads what it decides on."""
-    retrying(lambda: client.set_model_version_tag(name, version, IN_FLIGHT_TAG, f"{time.time():.3f}"))
-
-
-def leave_contest(client: MlflowClient, name: str, version: str) -> None:
-    """Ends `version`'s `if-better` promotion (settled, or decided against): drops its in-flight mark and, when no
-    other promotion is in flight, clears the contender tags, which the contest no longer needs.
-
-    Why that keeps `if-better` atomic: a contender tag is needed while a promoter that has not seen it may still
-    move the alias, i.e. one that read the registry before the tag was set. Such a promoter marked itself in flight
-    before reading, so it is seen here (in the same reading of the registry as the tags cleared: a contender tagged
-    after it is left alone), and whichever promoter leaves last clears them. By then the alias is on the best of
-    the contenders (settle_contest), so a promoter that starts later compares with the Production version, which
-    beats them all."""
-    retrying(lambda: client.delete_model_version_tag(name, version, IN_FLIGHT_TAG))
-    versions = all_versions(client, name)
-    if not recently_tagged(versions, IN_FLIGHT_TAG):
-        end_contests(client, name, versions)
+def end_contests(client: MlflowClient, name: str) -> None:
+    """Clears the contender tags: after a promotion by policy `always`, the next `if-better` one compares with the
+    version that policy chose, not with an earlier, better contender."""
+    for v in contenders(client, name):
+        retrying(lambda v=v: client.delete_model_version_tag(name, str(v.version), CONTENDER_TAG))
 
 
 def settle_production(client: MlflowClient, name: str, rounds: int = 20) -> str:
@@ -319,18 +279,13 @@ def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float,
     promotes it as `policy` says. The Production version is read before registering, so a store that cannot
     answer fails this step (TrackingError) with the registry as it was.
 
-    `if-better` marks this version in flight (enter_contest), decides against the Production version and the recent
-    contenders scored on the same dev set, tags this version a contender, moves the alias and settles
-    (settle_contest), so concurrent promoters leave the best of them in Production; the last of them to finish
-    clears the contender tags (leave_contest). A Production version scored on another dev set (or on an unknown
-    one) is kept. `decided`, if given, is called between the decision and the move (tests use it to order
-    concurrent ones)."""
+    `if-better` decides against the Production version and the recent contenders scored on the same dev set,
+    tags this version a contender, moves the alias and settles (settle_contest), so concurrent promoters leave the
+    best of them in Production. A Production version scored on another dev set (or on an unknown one) is kept.
+    `decided`, if given, is called between the decision and the move (tests use it to order concurrent ones)."""
     client = MlflowClient()
     current = current_production(client, name)
     version = register(model_uri, name, run_id, dev_wer, dev_digest, tags)
-    if policy == "if-better":
-        enter_contest(client, name, version)
-        current = current_production(client, name, version)  # read again, now that this promoter is seen in flight
     mine = retrying(lambda: client.get_model_version(name, version))
     resumed = current is not None and str(current.version) == version  # promoted by this run before it was killed
     if resumed:
@@ -347,8 +302,6 @@ def register_and_promote(model_uri: str, name: str, run_id: str, dev_wer: float,
     elif promoted:
         promote(name, version)
         end_contests(client, name)
-    if policy == "if-better":
-        leave_contest(client, name, version)
     if current is None:
         return Promotion(version, promoted, policy, dev_wer, name=name, dev_digest=dev_digest_of(mine))
     previous_wer = dev_wer_of(current) if WER_TAG in current.tags else None
