@@ -306,7 +306,8 @@ def stream_problem(files: tuple[str, ...], cfg: TranscribeConfig) -> str | None:
 
 def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: dict) -> None:
     """`asr transcribe --stream` and `--mic`: the input is checked (stdin sniffed, the file opened, the microphone
-    found) before the model loads; segments print as they end; Ctrl-C finalizes the open segment and exits 0."""
+    found) before the model loads; segments print as they end; Ctrl-C or SIGTERM finalizes the open segment and exits
+    0."""
     from asr import live
     from asr.audio import open_audio
     from asr.loading import load_transcriber
@@ -341,7 +342,8 @@ def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: di
         chunks = live.paced(chunks, rate) if cfg.realtime else chunks
     printer = live.Printer(sys.stdout, json_lines=cfg.json, partials=cfg.partials, tty=sys.stdout.isatty())
     try:
-        live.recognize(chunks, recognizer, printer)
+        with live.sigterm_as_interrupt():  # SIGTERM (kill, a service stop) keeps what was heard, as Ctrl-C does
+            live.recognize(chunks, recognizer, printer)
     finally:
         printer.close()
 
