@@ -241,6 +241,8 @@ def transcribe(files: tuple[str, ...], **options) -> None:
         ctx = click.get_current_context()
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "files"))
     for path in files:  # all of them before the model loads, and before any is transcribed
+        if path == "-" and not Path(path).is_file():
+            raise UserError("- (stdin) is read as it arrives: give --stream - (raw PCM, WAV or FLAC bytes on stdin)")
         if not Path(path).is_file():
             raise click.ClickException(f"{path}: no such file")
     setup_uri(cfg.model_uri)

@@ -341,6 +341,8 @@ def test_options_that_need_stream_say_so():
     line = refused(invoke(["transcribe", "--stream", "-", "--partials"], stdin=b"\x00\x01"))
     assert line.startswith("Error: --partials prints JSON lines: give --json too"), line
     assert refused(invoke(["transcribe", "--mic", "x.wav"])).startswith("Error: --mic captures from the microphone")
+    line = refused(invoke(["transcribe", "-", "--model_uri", "no-such-model.pt"], stdin=bytes(64)))
+    assert line == "Error: - (stdin) is read as it arrives: give --stream - (raw PCM, WAV or FLAC bytes on stdin)"
     assert invoke(["transcribe"]).exit_code == 2  # no files, no --stream: click's usage error, as before
 
 
