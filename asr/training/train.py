@@ -318,7 +318,8 @@ def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
             f"{stats.batches} batches){'  *' if improved else ''}")
     pos.epoch, pos.batch = pos.epoch + 1, 0
     if cfg.optim.patience and pos.bad_epochs >= cfg.optim.patience:
-        run.say(f"early stop: no better dev WER/CER for {lineage.counted(cfg.optim.patience, 'epoch')} (best: epoch {pos.best_epoch})")
+        run.say(f"early stop: no better dev WER/CER for {lineage.counted(cfg.optim.patience, 'epoch')} "
+                f"(best: epoch {pos.best_epoch})")
         pos.epoch = cfg.optim.epoch
 
 
