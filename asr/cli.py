@@ -486,20 +486,23 @@ def lm_tune(**options) -> None:
 def export(**options) -> None:
     """Export the acoustic model (features -> log-probabilities) to TorchScript or ONNX, checked against PyTorch.
 
+    Without --format, the file's extension says which: .onnx is ONNX; .pt, .ts (or a folder) TorchScript.
+
     Inputs: features (batch, n_mfcc, frames) float32 and lengths (batch,) int64; outputs: log_probs
     (batch, frames', classes) and out_lengths. The file carries asr.json (vocabulary, blank, MFCC settings,
     decoder): examples/onnx_transcribe.py turns audio into text with it and no asr package.
     """
     import torch
 
-    from asr.export import export_model, max_abs_diff, quantize_dynamic
+    from asr.export import export_model, format_for, max_abs_diff, quantize_dynamic
     from asr.loading import load_acoustic_model
     from asr.tracking.store import setup_uri
 
     cfg = settings(ExportConfig, options)
+    fmt = format_for(cfg.out, cfg.format if "format" in given_options(options) else None)  # before the model loads
     setup_uri(cfg.model_uri)
     recognizer, model, own, text = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
-    n_mfcc, fmt = recognizer.features.n_mfcc, cfg.format
+    n_mfcc = recognizer.features.n_mfcc
     path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize, text=text)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])
