@@ -166,6 +166,7 @@ def promote(**options) -> None:
 
 @main.command()
 @click_options(ServerConfig)
+@friendly_errors
 def server(**options) -> None:
     """Run the MLflow tracking server and UI in the foreground (Ctrl-C stops it).
 
@@ -173,10 +174,18 @@ def server(**options) -> None:
     upload and download them through this server (mlflow-artifacts:/ URIs), so they need no storage credentials.
     Team setup (README): --backend_store_uri postgresql://USER:PASSWORD@HOST:5432/DB --host 0.0.0.0
     --allowed_hosts mlflow.example.com:5000; clients set MLFLOW_TRACKING_URI=http://mlflow.example.com:5000.
+    Without --backend_store_uri, a database in $MLFLOW_TRACKING_URI (sqlite:, postgresql:, ...) is the store.
     """
     from asr import redact
+    from asr.listening import check_address
 
     cfg = from_dict(ServerConfig, options)
+    check_address(cfg.host, cfg.port)  # a port in use is said at once, not by MLflow's workers after seconds
+    if "backend_store_uri" not in given_options(options):
+        store, note = store_from_environment(os.environ.get("MLFLOW_TRACKING_URI", ""), cfg.backend_store_uri)
+        cfg = dataclasses.replace(cfg, backend_store_uri=store)
+        if note:
+            click.echo(note, err=True)
     argv = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination",
             cfg.artifacts_destination, "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
     if cfg.allowed_hosts:
@@ -189,6 +198,24 @@ def server(**options) -> None:
     click.echo(f"MLflow UI on http://{cfg.host}:{cfg.port} (store {redact(cfg.backend_store_uri)}); "
                "Ctrl-C stops it")
     os.execve(sys.executable, argv, env)
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # SQLAlchemy's, which MLflow's stores take
+
+
+def store_from_environment(tracking_uri: str, default: str) -> tuple[str, str | None]:
+    """The store `asr server` serves when --backend_store_uri is not given, and a note (one line) when
+    $MLFLOW_TRACKING_URI (`tracking_uri`, '' when unset) is set but not used: the store it names when it is a
+    database URI (scheme in DATABASE_SCHEMES, a +driver allowed: what `asr train` there logs to), else `default`
+    (an http(s) URI names a server, this one's clients' setting, not where it keeps its runs)."""
+    scheme = tracking_uri.partition(":")[0].partition("+")[0].lower()
+    if not tracking_uri or scheme in DATABASE_SCHEMES:
+        return tracking_uri or default, None
+    from asr import redact
+
+    kind = "a tracking server, not a store" if scheme in ("http", "https") else "no database"
+    return default, (f"$MLFLOW_TRACKING_URI={redact(tracking_uri)} names {kind}: serving {default}; "
+                     "--backend_store_uri chooses the store")
 
 
 def with_psycopg2(uri: str) -> str:
