@@ -166,6 +166,7 @@ def promote(**options) -> None:
 
 @main.command()
 @click_options(ServerConfig)
+@friendly_errors
 def server(**options) -> None:
     """Run the MLflow tracking server and UI in the foreground (Ctrl-C stops it).
 
@@ -173,10 +174,18 @@ def server(**options) -> None:
     upload and download them through this server (mlflow-artifacts:/ URIs), so they need no storage credentials.
     Team setup (README): --backend_store_uri postgresql://USER:PASSWORD@HOST:5432/DB --host 0.0.0.0
     --allowed_hosts mlflow.example.com:5000; clients set MLFLOW_TRACKING_URI=http://mlflow.example.com:5000.
+    Without --backend_store_uri, a database in $MLFLOW_TRACKING_URI (sqlite:, postgresql:, ...) is the store.
     """
     from asr import redact
+    from asr.listening import check_address
 
     cfg = from_dict(ServerConfig, options)
+    check_address(cfg.host, cfg.port)  # a port in use is said at once, not by MLflow's workers after seconds
+    if "backend_store_uri" not in given_options(options):
+        store, note = store_from_environment(os.environ.get("MLFLOW_TRACKING_URI", ""), cfg.backend_store_uri)
+        cfg = dataclasses.replace(cfg, backend_store_uri=store)
+        if note:
+            click.echo(note, err=True)
     argv = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination",
             cfg.artifacts_destination, "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
     if cfg.allowed_hosts:
@@ -189,6 +198,24 @@ def server(**options) -> None:
     click.echo(f"MLflow UI on http://{cfg.host}:{cfg.port} (store {redact(cfg.backend_store_uri)}); "
                "Ctrl-C stops it")
     os.execve(sys.executable, argv, env)
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # SQLAlchemy's, which MLflow's stores take
+
+
+def store_from_environment(tracking_uri: str, default: str) -> tuple[str, str | None]:
+    """The store `asr server` serves when --backend_store_uri is not given, and a note (one line) when
+    $MLFLOW_TRACKING_URI (`tracking_uri`, '' when unset) is set but not used: the store it names when it is a
+    database URI (scheme in DATABASE_SCHEMES, a +driver allowed: what `asr train` there logs to), else `default`
+    (an http(s) URI names a server, this one's clients' setting, not where it keeps its runs)."""
+    scheme = tracking_uri.partition(":")[0].partition("+")[0].lower()
+    if not tracking_uri or scheme in DATABASE_SCHEMES:
+        return tracking_uri or default, None
+    from asr import redact
+
+    kind = "a tracking server, not a store" if scheme in ("http", "https") else "no database"
+    return default, (f"$MLFLOW_TRACKING_URI={redact(tracking_uri)} names {kind}: serving {default}; "
+                     "--backend_store_uri chooses the store")
 
 
 def with_psycopg2(uri: str) -> str:
@@ -241,6 +268,8 @@ def transcribe(files: tuple[str, ...], **options) -> None:
         ctx = click.get_current_context()
         raise click.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "files"))
     for path in files:  # all of them before the model loads, and before any is transcribed
+        if path == "-" and not Path(path).is_file():
+            raise UserError("- (stdin) is read as it arrives: give --stream - (raw PCM, WAV or FLAC bytes on stdin)")
         if not Path(path).is_file():
             raise click.ClickException(f"{path}: no such file")
     setup_uri(cfg.model_uri)
@@ -306,7 +335,8 @@ def stream_problem(files: tuple[str, ...], cfg: TranscribeConfig) -> str | None:
 
 def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: dict) -> None:
     """`asr transcribe --stream` and `--mic`: the input is checked (stdin sniffed, the file opened, the microphone
-    found) before the model loads; segments print as they end; Ctrl-C finalizes the open segment and exits 0."""
+    found) before the model loads; segments print as they end; Ctrl-C or SIGTERM finalizes the open segment and exits
+    0."""
     from asr import live
     from asr.audio import open_audio
     from asr.loading import load_transcriber
@@ -341,7 +371,8 @@ def transcribe_stream(files: tuple[str, ...], cfg: TranscribeConfig, options: di
         chunks = live.paced(chunks, rate) if cfg.realtime else chunks
     printer = live.Printer(sys.stdout, json_lines=cfg.json, partials=cfg.partials, tty=sys.stdout.isatty())
     try:
-        live.recognize(chunks, recognizer, printer)
+        with live.sigterm_as_interrupt():  # SIGTERM (kill, a service stop) keeps what was heard, as Ctrl-C does
+            live.recognize(chunks, recognizer, printer)
     finally:
         printer.close()
 
@@ -482,20 +513,23 @@ def lm_tune(**options) -> None:
 def export(**options) -> None:
     """Export the acoustic model (features -> log-probabilities) to TorchScript or ONNX, checked against PyTorch.
 
+    Without --format, the file's extension says which: .onnx is ONNX; .pt, .ts (or a folder) TorchScript.
+
     Inputs: features (batch, n_mfcc, frames) float32 and lengths (batch,) int64; outputs: log_probs
     (batch, frames', classes) and out_lengths. The file carries asr.json (vocabulary, blank, MFCC settings,
     decoder): examples/onnx_transcribe.py turns audio into text with it and no asr package.
     """
     import torch
 
-    from asr.export import export_model, max_abs_diff, quantize_dynamic
+    from asr.export import export_model, format_for, max_abs_diff, quantize_dynamic
     from asr.loading import load_acoustic_model
     from asr.tracking.store import setup_uri
 
     cfg = settings(ExportConfig, options)
+    fmt = format_for(cfg.out, cfg.format if "format" in given_options(options) else None)  # before the model loads
     setup_uri(cfg.model_uri)
     recognizer, model, own, text = load_acoustic_model(cfg.model_uri)  # decoder settings written, the LM never read
-    n_mfcc, fmt = recognizer.features.n_mfcc, cfg.format
+    n_mfcc = recognizer.features.n_mfcc
     path = export_model(model, fmt, cfg.out, config=recognizer, decode=own, quantize=cfg.quantize, text=text)
     g = torch.Generator().manual_seed(0)
     feats, lengths = torch.randn(2, n_mfcc, 700, generator=g), torch.tensor([700, 450])

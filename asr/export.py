@@ -41,6 +41,7 @@ from asr.text import BLANK, ENGLISH_TEXT, TextNormalizer
 
 FORMATS = ("torchscript", "onnx")
 DEFAULT_NAMES = {"torchscript": "acoustic_model.pt", "onnx": "acoustic_model.onnx"}
+EXTENSION_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}  # what a file's name says
 INPUT_NAMES = ("features", "lengths")
 OUTPUT_NAMES = ("log_probs", "out_lengths")
 ONNX_OPSET = 17      # the first with LayerNormalization
@@ -239,6 +240,20 @@ def max_abs_diff(model: SpeechModel | nn.Module, exported: str | Path, fmt: str,
     if not valid.any():
         return 0.0
     return (out.float() - ref.float()).abs()[valid].max().item()
+
+
+def format_for(out: str | Path, fmt: str | None) -> str:
+    """The format to write `out` in: `fmt` when given (None: not given), else the one its extension names (.onnx:
+    onnx; .pt, .ts: torchscript), else (a folder, another extension) torchscript. Raises ExportError when `fmt`
+    contradicts the extension: TorchScript in model.onnx would be a file no ONNX runtime opens."""
+    folder = Path(out).is_dir() or str(out).endswith(("/", os.sep))
+    named = None if folder else EXTENSION_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        return named or FORMATS[0]
+    if named and _check_format(fmt) != named:
+        raise ExportError(f"--format {fmt} contradicts --out {out}, a {Path(out).suffix} file ({named}): drop "
+                          f"--format, or name the file {Path(out).stem}{'.onnx' if fmt == 'onnx' else '.pt'}")
+    return fmt
 
 
 def _check_format(fmt: str) -> str:

@@ -13,9 +13,12 @@ import json
 import math
 import queue
 import shutil
+import signal
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
@@ -439,6 +442,26 @@ class Printer:
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While in the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does (a stream stopped by `kill`, a service
+    manager or a container's stop then finalizes what was heard, as `recognize` does at Ctrl-C, instead of dying
+    with it); the previous handler is put back after. Outside the main thread (where signals cannot be handled) it
+    changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def recognize(chunks: Iterable[np.ndarray], recognizer: StreamingRecognizer,

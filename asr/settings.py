@@ -459,7 +459,8 @@ class LMBuildConfig(Checked):
 class ExportConfig(Checked):
     model_uri: str = opt(DEFAULT_MODEL_URI, "model to export (same forms as `asr transcribe --model-uri`)",
                          check=model_uri_problem)
-    format: str = opt("torchscript", "what to write", ("torchscript", "onnx"))
+    format: str = opt("torchscript", "what to write; not given: what --out's extension says (.onnx: onnx; .pt, "
+                      ".ts: torchscript)", ("torchscript", "onnx"))
     out: str = opt("", "file (.pt or .onnx) or folder to write to", required=True)
     quantize: bool = opt(False, "dynamic int8 quantization of the GRU and linear layers (CPU)", flag=True)
 

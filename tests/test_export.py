@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from conftest import MODEL_NAME, REPO, mlflow_store, one_line_error, randomize_layernorms, split_dir
+from conftest import MODEL_NAME, REPO, mlflow_store, one_line_error, randomize_layernorms, run_cli_here, split_dir
 from torch import nn
 
 from asr.audio import load_audio
@@ -221,6 +221,28 @@ def test_bad_requests(model, tmp_path):
     with pytest.raises(ExportError, match="not found"):
         max_abs_diff(model, tmp_path / "missing.onnx", "onnx", *batch(SINGLE))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_the_file_extension_says_the_format_unless_given(tmp_path):
+    """`asr export --out model.onnx` writes ONNX (not TorchScript under an .onnx name); a --format that contradicts
+    the extension is refused in one line before the model loads (the model named there does not exist)."""
+    import onnx
+
+    from asr.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "model.pt", CONFIG, make_model())
+    for name, fmt in (("m.onnx", "onnx"), ("m.pt", "torchscript"), ("m.ts", "torchscript")):
+        done = run_cli_here(["export", "--model-uri", str(checkpoint), "--out", str(tmp_path / name)], tmp_path)
+        assert done.returncode == 0 and done.stdout.startswith(f"{tmp_path / name}: {fmt}, "), done.stderr
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
+    assert read_metadata(tmp_path / "m.ts", "torchscript")["blank"] == BLANK
+    for fmt, out, says in (("torchscript", "x.onnx", "--format torchscript contradicts --out x.onnx, a .onnx file "
+                                                     "(onnx): drop --format, or name the file x.pt"),
+                           ("onnx", "x.pt", "--format onnx contradicts --out x.pt, a .pt file (torchscript): drop "
+                                            "--format, or name the file x.onnx")):
+        refused = run_cli_here(["export", "--format", fmt, "--out", out, "--model-uri", "no-such.pt"], tmp_path)
+        assert one_line_error(refused) is None and refused.stderr.strip() == f"Error: {says}", refused.stderr
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.pt").exists()
 
 
 def test_output_folder_names(model, tmp_path):

@@ -13,7 +13,7 @@ from conftest import REPO
 from mlflow import MlflowClient
 
 from asr.data.dataset import Utterance, split_digest
-from asr.tracking.lineage import git_tags, source_tags, without_credentials
+from asr.tracking.lineage import git_tags, run_description, source_tags, split_summary, without_credentials
 from asr.training.train import train
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
@@ -22,6 +22,24 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init
 def utterance(file_id: str, transcript: str) -> Utterance:
     speaker, chapter, _ = file_id.split("-")
     return Utterance(file_id, Path(f"/corpus/{speaker}/{chapter}/{file_id}.flac"), transcript, speaker, chapter)
+
+
+def test_run_description_names_a_split_folder_once_and_counts_in_the_singular():
+    """data/demo/test is `test (57 utterances, ...)`, not `test test`; a folder that says more (test-clean) stays."""
+    scored = {"wer": 0.5, "cer": 0.25}
+
+    def how(test: str, dev: str, test_scores: dict[str, float] = scored) -> str:
+        return run_description("A model", split_summary(["data/demo/train"], 1, 60), "1 epoch (best: 1)",
+                               split_summary([dev], 1, 60), scored, split_summary([test], 57, 96), test_scores,
+                               ).split("\n\n")[1]
+
+    assert how("data/demo/test", "data/demo/dev") == ("Held-out test (57 utterances, 1.6 min): WER 0.500, CER 0.250; "
+                                                      "dev (1 utterance, 1.0 min): WER 0.500, CER 0.250 "
+                                                      "(greedy decoding).")
+    assert how("LibriSpeech/test-clean", "LibriSpeech/dev-clean").startswith(
+        "Held-out test test-clean (57 utterances, 1.6 min): WER 0.500, CER 0.250; dev dev-clean (1 utterance")
+    assert how("", "data/demo/dev", {}) == "No held-out test split; dev (1 utterance, 1.0 min): WER 0.500, CER " \
+                                           "0.250 (greedy decoding)."
 
 
 def test_split_digest_is_of_ids_and_transcripts_in_any_order():

@@ -341,6 +341,8 @@ def test_options_that_need_stream_say_so():
     line = refused(invoke(["transcribe", "--stream", "-", "--partials"], stdin=b"\x00\x01"))
     assert line.startswith("Error: --partials prints JSON lines: give --json too"), line
     assert refused(invoke(["transcribe", "--mic", "x.wav"])).startswith("Error: --mic captures from the microphone")
+    line = refused(invoke(["transcribe", "-", "--model_uri", "no-such-model.pt"], stdin=bytes(64)))
+    assert line == "Error: - (stdin) is read as it arrives: give --stream - (raw PCM, WAV or FLAC bytes on stdin)"
     assert invoke(["transcribe"]).exit_code == 2  # no files, no --stream: click's usage error, as before
 
 
@@ -473,8 +475,10 @@ def test_a_container_that_is_not_audio_inside(model):
 
 
 @pytest.mark.slow
-def test_ctrl_c_prints_the_open_segment_and_exits_0(model, clip, tmp_path):
-    """As `--mic` stops: SIGINT while the input is still open finalizes what was heard."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_prints_the_open_segment_and_exits_0(model, clip, tmp_path, stop):
+    """As `--mic` stops: SIGINT (Ctrl-C), or SIGTERM (kill, a service stop), while the input is still open
+    finalizes what was heard."""
     args = [*asr_command(), "transcribe", "--stream", "-", "--model_uri", str(model), "--json", "--partials",
             "--endpoint_ms", "5000"]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -483,7 +487,7 @@ def test_ctrl_c_prints_the_open_segment_and_exits_0(model, clip, tmp_path):
         proc.stdin.write(s16le(clip))
         proc.stdin.flush()  # and left open: more audio could come
         first = json.loads(proc.stdout.readline())  # a partial: the audio is being recognized
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

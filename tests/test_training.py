@@ -171,8 +171,9 @@ def test_gradient_accumulation_equals_the_bigger_batch(tiny_config, isolated_mlf
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_early_stopping_keeps_the_best_epoch(tiny_config, isolated_mlflow: str, tmp_path: Path):
-    """With a vanishing learning rate no epoch beats the first: patience 1 stops after epoch 2, best epoch 1."""
+def test_early_stopping_keeps_the_best_epoch(tiny_config, isolated_mlflow: str, tmp_path: Path, capsys):
+    """With a vanishing learning rate no epoch beats the first: patience 1 stops after epoch 2, best epoch 1, and
+    says so in the singular."""
     result = train(tiny_config(max_utterances=2, epoch=5, patience=1, learning_rate=1e-12,
                                output_dir=str(tmp_path / "out")), progress=False)
     client = MlflowClient()
@@ -180,6 +181,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_config, isolated_mlflow: str, 
     assert client.get_run(result.run_id).data.metrics["best_epoch"] == 1
     params = client.get_run(result.run_id).data.params
     assert (params["precision_used"], params["precision_probe"]) == ("fp32", "asked")
+    assert "early stop: no better dev WER/CER for 1 epoch (best: epoch 1)" in capsys.readouterr().out
 
 
 def test_precision_auto_takes_what_the_probe_measured_and_logs_why(tiny_config, isolated_mlflow: str, tmp_path: Path,

@@ -160,6 +160,14 @@ def split_summary(split_dirs: Sequence[str | Path], utterances: int, seconds: fl
     return f"{'+'.join(Path(d).name for d in split_dirs)} ({counted(utterances, 'utterance')}, {audio_length(seconds)})"
 
 
+def labelled(split: str, summary: str) -> str:
+    """`split` (a split's role: test, dev) before a split_summary, its folder's name left out when that is the
+    role again: `test (57 utterances, 1.6 min)`, not `test test (...)`; `test test-clean (...)` says more, and
+    stays."""
+    name, _, rest = summary.partition(" (")
+    return f"{split} ({rest}" if name == split and rest else f"{split} {summary}"
+
+
 def scores(scored: dict[str, float]) -> str:
     return f"WER {scored['wer']:.3f}, CER {scored['cer']:.3f}"
 
@@ -167,12 +175,14 @@ def scores(scored: dict[str, float]) -> str:
 def run_description(model: str, train: str, epochs: str, dev: str, dev_scores: dict[str, float], test: str,
                     test_scores: dict[str, float], decoder: str = "greedy decoding") -> str:
     """The run's description (`mlflow.note.content`, Markdown), in two lines (a paragraph each, so the UI shows two
-    lines): what was trained on what, then how well on the held-out test split (dev when there is none)."""
+    lines): what was trained on what, then how well on the held-out test split (dev when there is none). `train`,
+    `dev` and `test` are split_summary's; a split folder named test or dev is not named twice (labelled)."""
     what = f"{model}, trained {epochs} on {train}."
     if test_scores:
-        how = f"Held-out test {test}: {scores(test_scores)}; dev {dev}: {scores(dev_scores)} ({decoder})."
+        how = f"Held-out {labelled('test', test)}: {scores(test_scores)}; {labelled('dev', dev)}: " \
+              f"{scores(dev_scores)} ({decoder})."
     else:
-        how = f"No held-out test split; dev {dev}: {scores(dev_scores)} ({decoder})."
+        how = f"No held-out test split; {labelled('dev', dev)}: {scores(dev_scores)} ({decoder})."
     return f"{what}\n\n{how}"
 
 

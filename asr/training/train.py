@@ -214,7 +214,7 @@ def set_up(cfg: TrainConfig, ctx: dist.Context, resume: Resume | None, progress:
     run.say(f"transcripts (train): {data.train_set.text_counts.summary()}")
     run.say(f"model: {n_params / 1e6:.2f} M parameters{frozen}; {ctx.device.type} x {ctx.world}, "
             f"{precision.describe()}, {torch.get_num_threads()} threads; "
-            f"{cfg.optim.epoch} epochs, {steps} steps")
+            f"{lineage.counted(cfg.optim.epoch, 'epoch')}, {lineage.counted(steps, 'step')}")
     return run
 
 
@@ -318,7 +318,8 @@ def end_epoch(run: Run, stats: EpochStats, elapsed: float) -> None:
             f"{stats.batches} batches){'  *' if improved else ''}")
     pos.epoch, pos.batch = pos.epoch + 1, 0
     if cfg.optim.patience and pos.bad_epochs >= cfg.optim.patience:
-        run.say(f"early stop: no better dev WER/CER for {cfg.optim.patience} epochs (best: epoch {pos.best_epoch})")
+        run.say(f"early stop: no better dev WER/CER for {lineage.counted(cfg.optim.patience, 'epoch')} "
+                f"(best: epoch {pos.best_epoch})")
         pos.epoch = cfg.optim.epoch
 
 
