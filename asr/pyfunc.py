@@ -180,16 +180,17 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
         against, where any other would be checked or warned about). Decoder settings are checked before any audio
         is read."""
         try:
+            from asr.decoding import check_request, with_overrides
+
             # MLflow fills in the signature's defaults, None: a param that is None was not asked for
             requested = {k: v for k, v in (params or {}).items() if k in REQUEST_PARAMS and v is not None}
+            check_request(requested)  # a contradiction first: it is the answer whatever the paths
             roots = allowed_roots()
             for name in PATH_PARAMS:
                 requested[name] = self._param_path(name, requested.get(name), roots)
             requested = {k: v for k, v in requested.items() if v is not None}
             decoder = None
             if requested:
-                from asr.decoding import with_overrides
-
                 decoder = self.transcriber.decoder_for(with_overrides(self.transcriber.decode_cfg, requested))
             rows = request_rows(model_input)
             budget = [max_request_seconds()]
