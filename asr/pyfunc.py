@@ -10,7 +10,8 @@ gives the same text for the same audio; one recording in is one text out.
 The model decodes with its own decoder (the LM, lexicon and tuned settings it was trained with; greedy for a
 model without one). Optional params change it per request: decoder, beam_size, lm, lexicon, lm_weight, word_score
 (LM and lexicon are paths on the serving machine, under ASR_SERVE_ALLOWED_ROOTS); a param left out keeps the
-model's own setting, and `decoder=greedy` alone decodes greedily. The model's decoder is built once, at load;
+model's own setting, and `decoder=greedy` decodes greedily (with an `lm` or `lexicon`, which need beam search, it
+is refused). The model's decoder is built once, at load;
 decoders for other settings are built on first use and a few are kept (asr.transcribe.Transcriber.decoder_for).
 
 Paths in a request are off unless the server's environment allows them: whoever can reach a scoring server's
