@@ -76,9 +76,14 @@ def given_options(options: dict) -> set[str]:
 
 
 def decoder_options(options: dict) -> dict:
-    """The decoder settings given on the command line: they change the model's own decoder, the others keep it."""
+    """The decoder settings given on the command line: they change the model's own decoder, the others keep it.
+    Raises DecoderError for settings that contradict each other (asr.decoding.check_request)."""
+    from asr.decoding import check_request
+
     decoding = {f.name for f in dataclasses.fields(DecodeConfig)}
-    return {k: options[k] for k in given_options(options) if k in decoding}
+    given = {k: options[k] for k in given_options(options) if k in decoding}
+    check_request(given)
+    return given
 
 
 def settings(cls: type, options: dict):
@@ -94,7 +99,7 @@ def run_validate(cfg: ValidateConfig) -> None:
 
     r = validate(cfg)
     click.echo(f"file id:   {r.utterance.file_id}  ({r.utterance.path})")
-    click.echo(f"model:     {r.model_uri}")
+    click.echo(f"model:     {r.model_uri}" + (f" (version {r.source.version})" if r.source.version else ""))
     click.echo(f"target:    {r.target}")
     click.echo(f"predicted: {r.prediction}")
     click.echo(f"WER {r.wer:.3f}  CER {r.cer:.3f}")

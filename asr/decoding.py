@@ -283,13 +283,27 @@ def make_decoder(cfg: DecodeConfig, text: TextNormalizer = ENGLISH_TEXT) -> Deco
     return functools.partial(greedy_decode, vocabulary=text.vocabulary)
 
 
+def check_request(given: Mapping[str, Any]) -> None:
+    """Refuses decoder settings that contradict each other, as given by a user or a request (before any model or
+    audio is read): `decoder=greedy` with an LM or a lexicon, which would need beam search. Raises DecoderError
+    naming both."""
+    if given.get("decoder") != "greedy":
+        return
+    if clash := [name for name in ("lm", "lexicon") if given.get(name)]:
+        named = " and ".join(f"--{name} {given[name]}" for name in clash)
+        raise DecoderError(f"--decoder greedy contradicts {named} (an LM or lexicon needs beam search): leave out "
+                           f"--decoder greedy to decode with {'them' if len(clash) > 1 else 'it'}, or "
+                           f"{' and '.join('--' + name for name in clash)} to decode greedily")
+
+
 def with_overrides(own: DecodeConfig, given: Mapping[str, Any]) -> DecodeConfig:
-    """A model's own decoding (`own`) with the settings a user or a request gave on top. `decoder=greedy` alone
-    drops the model's LM and lexicon (either would imply beam search); a new LM without a lexicon drops the
-    model's lexicon (spelled for the model's LM, not the new one). Raises ConfigError for a value that cannot
-    work."""
+    """A model's own decoding (`own`) with the settings a user or a request gave on top. `decoder=greedy` drops the
+    model's LM and lexicon (either would imply beam search); a new LM without a lexicon drops the model's lexicon
+    (spelled for the model's LM, not the new one). Raises DecoderError for settings that contradict each other
+    (check_request), ConfigError for a value that cannot work."""
+    check_request(given)
     values = dict(given)
-    if values.get("decoder") == "greedy" and not {"lm", "lexicon"} & values.keys():
+    if values.get("decoder") == "greedy":
         values.update(lm="", lexicon="")
     if values.get("lm") and "lexicon" not in values:
         values["lexicon"] = ""

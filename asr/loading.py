@@ -12,6 +12,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,56 @@ def fetch_checkpoint(ref: str, dest: Path) -> tuple[Path, str]:
     return _pyfunc_files(uri, dest)[0], name
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """The model a reference names, pinned: what a run scoring it records, so that its scores still say which
+    version they are of once a stage or alias has moved on."""
+    uri: str                    # what to load: a registry stage or alias as models:/NAME/VERSION, else the reference
+    registered_model: str = ""  # '' = not loaded from the registry (a run's model, a local file or folder)
+    version: str = ""
+    run_id: str = ""            # the run that logged the model; '' = none known (a local file or folder)
+
+
+def model_source(ref: str) -> ModelSource:
+    """The model `ref` names (see the module docstring for the forms) with its registered name, version and run
+    id where the tracking store knows them; a stage or alias is resolved to the version it points to now, which
+    is the one to load (ModelSource.uri). Raises ModelNotFound when the registry has no such model, stage,
+    alias or version."""
+    uri = tracking_reference(ref)
+    if uri is None:
+        return ModelSource(ref)
+    if uri.startswith("runs:/"):
+        from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+        return ModelSource(ref, run_id=RunsArtifactRepository.parse_runs_uri(uri)[0])
+    found = _registered(uri)
+    if found is None:
+        return ModelSource(ref)
+    name, version = found
+    try:
+        run_id = mlflow.MlflowClient().get_model_version(name, version).run_id or ""
+    except MlflowException as e:
+        raise _not_found(uri, e) from None
+    return ModelSource(f"models:/{name}/{version}", name, version, run_id)
+
+
 def _pinned(uri: str) -> tuple[str, str]:
     """A models:/NAME/STAGE or models:/NAME@ALIAS URI as models:/NAME/VERSION, with its name NAME/VERSION; other
     URIs as they are, named by themselves. Raises ModelNotFound when the registry has no such model, stage or
     alias."""
-    if not uri.startswith("models:/"):
+    found = _registered(uri)
+    if found is None:
         return uri, uri
+    name, version = found
+    return f"models:/{name}/{version}", f"{name}/{version}"
+
+
+def _registered(uri: str) -> tuple[str, str] | None:
+    """The registered model name and version a models:/ URI names now (a stage or alias resolved), or None for
+    another URI or a logged model by its id (models:/m-<id>). Raises ModelNotFound when the registry has no such
+    model, stage, alias or version."""
+    if not uri.startswith("models:/"):
+        return None
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     try:
@@ -125,9 +170,9 @@ def _pinned(uri: str) -> tuple[str, str]:
     except MlflowException as e:
         raise _not_found(uri, e) from None
     if len(found) == 1:  # models:/m-<id>, a logged model by its id
-        return uri, uri
+        return None
     name, version = found
-    return f"models:/{name}/{version}", f"{name}/{version}"
+    return name, str(version)
 
 
 def _pyfunc_files(uri: str, dest: Path) -> tuple[Path, Path | None]:

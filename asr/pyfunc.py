@@ -10,7 +10,8 @@ gives the same text for the same audio; one recording in is one text out.
 The model decodes with its own decoder (the LM, lexicon and tuned settings it was trained with; greedy for a
 model without one). Optional params change it per request: decoder, beam_size, lm, lexicon, lm_weight, word_score
 (LM and lexicon are paths on the serving machine, under ASR_SERVE_ALLOWED_ROOTS); a param left out keeps the
-model's own setting, and `decoder=greedy` alone decodes greedily. The model's decoder is built once, at load;
+model's own setting, and `decoder=greedy` decodes greedily (with an `lm` or `lexicon`, which need beam search, it
+is refused). The model's decoder is built once, at load;
 decoders for other settings are built on first use and a few are kept (asr.transcribe.Transcriber.decoder_for).
 
 Paths in a request are off unless the server's environment allows them: whoever can reach a scoring server's
@@ -180,16 +181,17 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
         against, where any other would be checked or warned about). Decoder settings are checked before any audio
         is read."""
         try:
+            from asr.decoding import check_request, with_overrides
+
             # MLflow fills in the signature's defaults, None: a param that is None was not asked for
             requested = {k: v for k, v in (params or {}).items() if k in REQUEST_PARAMS and v is not None}
+            check_request(requested)  # a contradiction first: it is the answer whatever the paths
             roots = allowed_roots()
             for name in PATH_PARAMS:
                 requested[name] = self._param_path(name, requested.get(name), roots)
             requested = {k: v for k, v in requested.items() if v is not None}
             decoder = None
             if requested:
-                from asr.decoding import with_overrides
-
                 decoder = self.transcriber.decoder_for(with_overrides(self.transcriber.decode_cfg, requested))
             rows = request_rows(model_input)
             budget = [max_request_seconds()]

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from asr.audio import load_audio, pieces, quiet_cut_points
 from asr.config import DecodeConfig
-from asr.data.dataset import read_split
+from asr.data.dataset import read_split, split_digest
 from asr.metrics import cer, wer
 from asr.text import normalized
 from asr.transcribe import Transcriber
@@ -167,6 +167,13 @@ def test_evaluate_scores_a_split_and_logs_the_worst_utterances(trained_store, tm
     assert run.data.metrics["wer"] == pytest.approx(scores.wer)
     assert run.data.metrics["cer"] == pytest.approx(scores.cer)
     assert run.data.params["dataset"] == test_clean and run.data.params["decoder"] == "greedy"
+    # which version the alias pointed to, and the split scored, stay on the run after the alias moves on
+    assert run.data.params["model_uri"] == f"models:/{MODEL_NAME}@production"
+    assert {k: run.data.tags.get(k) for k in ("registered_model", "model_version", "model_run_id")} == {
+        "registered_model": MODEL_NAME, "model_version": "1", "model_run_id": trained_store.result.run_id}
+    (scored,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in scored.tags} == {"mlflow.data.context": "evaluation"}
+    assert scored.dataset.digest == split_digest(utts) and scored.dataset.name == "LibriSpeech/test-clean"
     table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                                 artifact_path="worst_errors.json",
                                                                 dst_path=str(tmp_path))).read_text())
@@ -195,6 +202,7 @@ def test_lm_build_and_tune_cli(trained, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("SpeechRecognition").experiment_id],
                               "tags.task = 'lm-tune'")
     assert len(runs) == 1 and {"best_wer", "best_lm_weight", "best_word_score"} <= set(runs[0].data.metrics)
+    assert (runs[0].data.tags["registered_model"], runs[0].data.tags["model_version"]) == (MODEL_NAME, "1")
 
     bad = run_cli_here(["lm", "build", "--text", str(tmp_path / "none.txt")], cwd=tmp_path)
     assert one_line_error(bad) is None and "no such file" in bad.stderr

@@ -143,3 +143,20 @@ def test_system_metrics_for_a_short_run_and_none_when_off(tiny_config, isolated_
         assert system == set()
     assert run.data.params["system_metrics"] == str(on)
 
+
+
+def test_model_source_names_the_version_and_run_a_reference_loads(isolated_mlflow, tmp_path):
+    """A run id or runs:/ URI names its run; a local file names nothing more; a registry alias that does not exist
+    is ModelNotFound in one line (registered versions: tests/test_inference.py's evaluate test)."""
+    from asr.loading import ModelNotFound, ModelSource, model_source
+    from asr.tracking.lineage import model_tags
+
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert model_source(run_id) == ModelSource(run_id, run_id=run_id)
+    assert model_tags(model_source(f"runs:/{run_id}/model")) == {"model_run_id": run_id}
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"")
+    assert model_source(str(checkpoint)) == ModelSource(str(checkpoint)) and model_tags(ModelSource("x")) == {}
+    with pytest.raises(ModelNotFound, match="^cannot load models:/NoSuchModel@production from ") as e:
+        model_source("models:/NoSuchModel@production")
+    assert "\n" not in str(e.value)

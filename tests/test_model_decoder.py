@@ -35,7 +35,7 @@ from mlflow import MlflowClient
 from asr.audio import load_audio
 from asr.config import ConfigError, DecodeConfig
 from asr.data.dataset import read_splits
-from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
+from asr.decoding import DECODER_FILE, DecoderError, read_model_decoder, with_overrides
 from asr.lm import arpa_words, build_arpa
 from asr.metrics import cer, wer
 from asr.pyfunc import audio_to_base64
@@ -380,3 +380,26 @@ def test_overrides_on_top_of_the_models_decoder():
     assert with_overrides(own, {"lm": "other.arpa"}).lexicon == ""  # the model's lexicon spells the model's LM
     with pytest.raises(ConfigError, match="not among greedy"):
         with_overrides(own, {"decoder": "nope"})
+
+
+def test_overrides_refuse_greedy_with_an_lm_or_lexicon():
+    own = DecodeConfig(decoder="beam", lm="lm.arpa", lexicon="lex.txt")
+    with pytest.raises(DecoderError, match=r"^--decoder greedy contradicts --lm other.arpa \(") as e:
+        with_overrides(own, {"decoder": "greedy", "lm": "other.arpa"})
+    assert "\n" not in str(e.value)
+    with pytest.raises(DecoderError, match="contradicts --lm a.arpa and --lexicon b.txt"):
+        with_overrides(DecodeConfig(), {"decoder": "greedy", "lm": "a.arpa", "lexicon": "b.txt"})
+    # greedy with the LM and lexicon given empty says the same as greedy alone: no LM, no lexicon
+    assert with_overrides(own, {"decoder": "greedy", "lm": ""}) == DecodeConfig(decoder="greedy")
+    assert with_overrides(own, {"lm": "other.arpa"}).lm == "other.arpa"  # an LM alone implies beam search
+
+
+def test_greedy_with_an_lm_on_the_command_line_is_refused_before_anything_is_read(tmp_path):
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text("not read\n")
+    dataset = str(split_dir("dev-clean"))
+    for args in (["evaluate", "--dataset", dataset], ["lm", "tune", "--dataset", dataset]):
+        proc = run_cli_here([*args, "--decoder", "greedy", "--lm", str(arpa)], cwd=tmp_path)
+        assert one_line_error(proc) is None, args
+        assert f"--decoder greedy contradicts --lm {arpa}" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # no store, no run: refused before the model was looked for

@@ -113,6 +113,17 @@ def test_decoder_settings_are_refused_before_any_audio_is_read(model, tmp_path, 
         model.predict(None, pd.DataFrame({"audio": [missing]}), params={"decoder": "nope"})
 
 
+def test_greedy_with_an_lm_or_lexicon_is_a_bad_request(model, tmp_path):
+    """Contradicting settings are the answer whatever the paths say: checked before the paths and the audio (none
+    of these files exists, and no folder is allowed)."""
+    missing = str(tmp_path / "not-read.flac")
+    for given in ({"lm": "/srv/lm.arpa"}, {"lexicon": "/srv/lexicon.txt"}):
+        with pytest.raises(RequestError) as e:
+            model.predict(None, pd.DataFrame({"audio": [missing]}), params={"decoder": "greedy", **given})
+        name, path = next(iter(given.items()))
+        assert str(e.value).startswith(f"--decoder greedy contradicts --{name} {path} (") and "\n" not in str(e.value)
+
+
 def test_the_signature_leaves_the_request_shape_to_predict():
     """A column schema makes MLflow reshape requests before predict sees them (a list of audio strings became zero
     rows); the decoder params stay in the signature, where MLflow checks their types."""

@@ -8,6 +8,7 @@ import itertools
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 import torch
@@ -17,10 +18,11 @@ from asr.audio import AudioError, load_audio
 from asr.config import DecodeConfig, check_paths, to_params
 from asr.data.dataset import CorpusReading, DataError, LeftOut, Utterance, read_corpus, split_names
 from asr.data.progress import progress_bar
-from asr.decoding import describe, make_decoder
-from asr.loading import load_transcriber
+from asr.decoding import check_request, describe, make_decoder
+from asr.loading import ModelSource, load_transcriber, model_source
 from asr.metrics import cer, wer
 from asr.settings import EvaluateConfig, TuneConfig
+from asr.tracking.lineage import EVALUATION, log_split, model_tags
 from asr.tracking.store import setup, setup_uri, side_run
 from asr.transcribe import Transcriber
 
@@ -37,6 +39,8 @@ class Scores:
     rows: list[dict] = field(default_factory=list)      # per utterance, worst first
     unreadable: list[str] = field(default_factory=list)  # why each audio file skipped could not be used
     left_out: list[LeftOut] = field(default_factory=list)  # what the corpus reader did not make utterances of
+    scored: list[Utterance] = field(default_factory=list)  # the utterances scored, in corpus order
+    durations: list[float] = field(default_factory=list)   # their audio, seconds each
 
     def skipped(self) -> dict[str, int]:
         return skip_counts(self.unreadable, self.left_out)
@@ -85,8 +89,8 @@ def utterances_of(dataset: Sequence[str], limit: int = 0) -> list[Utterance]:
 
 def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: bool, desc: str,
                   unreadable: list[str] | None = None
-                  ) -> Iterator[tuple[list[Utterance], list[list[torch.Tensor]], float]]:
-    """Groups of utterances with their emissions and the audio seconds they hold. An audio file that cannot be
+                  ) -> Iterator[tuple[list[Utterance], list[list[torch.Tensor]], list[float]]]:
+    """Groups of utterances with their emissions and the audio seconds of each. An audio file that cannot be
     used is skipped and its message added to `unreadable` (as training does: one corrupt file must not stop the
     scoring of a split); without `unreadable`, it raises."""
     bar = progress_bar(total=len(utts), desc=desc, unit="utt", enabled=progress)
@@ -101,7 +105,7 @@ def model_outputs(transcriber: Transcriber, utts: list[Utterance], progress: boo
                     raise
                 unreadable.append(str(e))
         if group:
-            yield group, transcriber.emissions(waves), sum(w.numel() for w in waves) / transcriber.sample_rate
+            yield group, transcriber.emissions(waves), [w.numel() / transcriber.sample_rate for w in waves]
         bar.update(len(chunk))
     bar.close()
     if unreadable and len(unreadable) == len(utts):
@@ -126,32 +130,34 @@ def _row(utt: Utterance, reference: str, hypothesis: str) -> dict:
 def score_split(transcriber: Transcriber, utts: list[Utterance], progress: bool = False, desc: str = "") -> Scores:
     """Transcribes `utts` with the transcriber's decoder and scores those whose audio can be used (the others are
     in `unreadable`; DataError when there are none); the wall time includes reading audio."""
-    references, hypotheses, scored, unreadable, audio_seconds = [], [], [], [], 0.0
+    references, hypotheses, scored, unreadable, durations = [], [], [], [], []
     start = time.perf_counter()
-    for group, emissions, audio in model_outputs(transcriber, utts, progress, desc, unreadable):
+    for group, emissions, seconds in model_outputs(transcriber, utts, progress, desc, unreadable):
         hypotheses += transcriber.decode(emissions)
         references += [transcriber.text.normalized(u.transcript) for u in group]
         scored += group
-        audio_seconds += audio
-    scores = score(references, hypotheses, scored, audio_seconds, time.perf_counter() - start)
-    scores.unreadable = unreadable
+        durations += seconds
+    scores = score(references, hypotheses, scored, sum(durations), time.perf_counter() - start)
+    scores.unreadable, scores.scored, scores.durations = unreadable, scored, durations
     return scores
 
 
-def _prepare(cfg: EvaluateConfig, given: Collection[str] | None = None) -> tuple[CorpusReading, Transcriber]:
-    """The utterances and the model, decoding as `given` says (see evaluate; None: every setting of cfg); the
-    experiment is set up only once both load, so a bad model or dataset leaves no experiment or store behind."""
+def _prepare(cfg: EvaluateConfig, given: Collection[str] | None = None
+             ) -> tuple[CorpusReading, Transcriber, ModelSource]:
+    """The utterances, the model decoding as `given` says (see evaluate; None: every setting of cfg), and which
+    model it is (a stage or alias pinned to its version, the one loaded); the experiment is set up only once both
+    load, so a bad model or dataset leaves no experiment or store behind."""
     check_paths(cfg)  # for callers other than the CLI: a missing LM or lexicon is found before the model loads
     reading = corpus_of(cfg.dataset, cfg.max_utterances)
     setup_uri(cfg.model_uri)
+    source = model_source(cfg.model_uri)
     if given is None:
-        transcriber = load_transcriber(cfg.model_uri, _decode_config(cfg))
+        transcriber = load_transcriber(source.uri, _decode_config(cfg))
     else:
-        decoding = {f.name for f in dataclasses.fields(DecodeConfig)}
-        transcriber = load_transcriber(cfg.model_uri, overrides={k: getattr(cfg, k) for k in given if k in decoding})
+        transcriber = load_transcriber(source.uri, overrides=_given_decoding(cfg, given))
     transcriber.batch_seconds = cfg.batch_seconds
     setup(cfg.experiment)
-    return reading, transcriber
+    return reading, transcriber, source
 
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True, given: Collection[str] | None = None) -> Scores:
@@ -160,11 +166,17 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True, given: Collection[str] 
     that differ from the defaults). Files that cannot be used are skipped and counted, not fatal (one corrupt file
     must not hide the score of the rest); the scores say over how many utterances they are, so runs stay
     comparable. Nothing scorable at all is a DataError."""
-    reading, transcriber = _prepare(cfg, _changed_decoding(cfg) if given is None else given)
+    reading, transcriber, source = _prepare(cfg, _changed_decoding(cfg) if given is None else given)
     scores = score_split(transcriber, reading.utterances, progress, "evaluate")
     scores.left_out = reading.left_out
-    _log(cfg, scores, transcriber.decode_cfg, transcriber.precision_params())
+    _log(cfg, scores, transcriber.decode_cfg, transcriber.precision_params(), source)
     return scores
+
+
+def _given_decoding(cfg: EvaluateConfig, given: Collection[str]) -> dict[str, Any]:
+    """The decoder settings `given` names, with their values in `cfg`."""
+    decoding = {f.name for f in dataclasses.fields(DecodeConfig)}
+    return {k: getattr(cfg, k) for k in given if k in decoding}
 
 
 def _changed_decoding(cfg: EvaluateConfig) -> set[str]:
@@ -177,12 +189,15 @@ def _decode_config(cfg: DecodeConfig) -> DecodeConfig:
     return DecodeConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DecodeConfig)})
 
 
-def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig, precision: dict[str, str]) -> None:
+def _log(cfg: EvaluateConfig, scores: Scores, decoded: DecodeConfig, precision: dict[str, str],
+         source: ModelSource) -> None:
     """The evaluation as a run; its decoder params are the settings it decoded with (the model's own, unless
     changed), `decoder_description` says which in a few words, and precision_used / precision_probe what the
-    acoustic model computed in and why."""
+    acoustic model computed in and why; tagged with the model version scored (lineage.model_tags), and the
+    utterances scored as dataset inputs (context EVALUATION, one per split folder)."""
     params = {**to_params(cfg), **to_params(decoded), "decoder_description": describe(decoded), **precision}
-    with side_run("evaluate", split_names(cfg.dataset), params):
+    with side_run("evaluate", split_names(cfg.dataset), params, model_tags(source)):
+        log_split(EVALUATION, cfg.dataset, scores.scored, scores.durations)
         mlflow.log_metrics({"wer": scores.wer, "cer": scores.cer, "utterances": scores.utterances,
                             "audio_seconds": scores.audio_seconds,
                             "audio_seconds_per_second": scores.audio_seconds / max(scores.seconds, 1e-9)})
@@ -226,7 +241,9 @@ def tune(cfg: TuneConfig, progress: bool = True, given: Collection[str] | None =
     cfg.lm with cfg's decoder settings or, without one, the model's own LM and lexicon with its own decoder settings
     changed by those `given` names (as in evaluate). Raises UserError for a model that carries no LM when no
     cfg.lm is given."""
-    reading, transcriber = _prepare(cfg, None if cfg.lm else _changed_decoding(cfg) if given is None else given)
+    given = _changed_decoding(cfg) if given is None else given
+    check_request(_given_decoding(cfg, given))  # --decoder greedy with --lm: refused before anything loads
+    reading, transcriber, source = _prepare(cfg, None if cfg.lm else given)
     base = transcriber.decode_cfg
     if not base.lm:
         raise UserError(f"no LM to tune: {cfg.model_uri} carries none (trained without one, or --decoder greedy "
@@ -235,7 +252,7 @@ def tune(cfg: TuneConfig, progress: bool = True, given: Collection[str] | None =
     emissions, references, _ = outputs_of(transcriber, reading.utterances, progress, "model", unreadable)
     best, grid = grid_search(transcriber, emissions, references, base, cfg.lm_weights, cfg.word_scores, progress)
     params = {**to_params(cfg), "lm": base.lm, "lexicon": base.lexicon, "lm_source": "option" if cfg.lm else "model"}
-    with side_run("lm-tune", split_names(cfg.dataset), params):
+    with side_run("lm-tune", split_names(cfg.dataset), params, model_tags(source)):
         mlflow.log_table({k: [p[k] for p in grid] for k in grid[0]}, "lm_grid.json")
         mlflow.log_metrics({"best_wer": best["wer"], "best_cer": best["cer"], "best_lm_weight": best["lm_weight"],
                             "best_word_score": best["word_score"], "utterances": len(references)})

@@ -9,9 +9,10 @@ import pandas as pd
 
 from asr.audio import load_audio
 from asr.data.dataset import DataError, Utterance, find_utterance
-from asr.loading import load_pyfunc
+from asr.loading import ModelSource, load_pyfunc, model_source
 from asr.metrics import cer, wer
 from asr.settings import ValidateConfig
+from asr.tracking.lineage import model_tags
 from asr.tracking.registry import model_uri
 from asr.tracking.store import setup, setup_uri, side_run
 
@@ -19,7 +20,8 @@ from asr.tracking.store import setup, setup_uri, side_run
 @dataclass
 class ValidationResult:
     utterance: Utterance
-    model_uri: str
+    model_uri: str         # as asked for, e.g. models:/NAME/Production
+    source: ModelSource    # the version that was scored (the stage or alias resolved when the model loaded)
     prediction: str
     target: str
     wer: float
@@ -44,7 +46,8 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
     uri = model_uri(cfg.registered_model, cfg.model_stage, cfg.model_alias, cfg.model_version)
     setup_uri(uri)  # a tracking server that does not answer: one line naming the model, in seconds
     setup(cfg.experiment)
-    model = load_pyfunc(uri)
+    source = model_source(uri)
+    model = load_pyfunc(source.uri)
     target = model.unwrap_python_model().transcriber.text.normalized(utterance.transcript)  # the model's letters
     if not target:
         raise no_letters(cfg.file_id, utterance)
@@ -52,9 +55,10 @@ def validate(cfg: ValidateConfig) -> ValidationResult:
     # (ASR_SERVE_ALLOWED_ROOTS), and this command is trusted with any file the user can read.
     audio = audio_to_base64(utterance.path)
     prediction = str(model.predict(pd.DataFrame({"audio": [audio]}))["text"][0])
-    result = ValidationResult(utterance, uri, prediction, target, wer([target], [prediction]),
+    result = ValidationResult(utterance, uri, source, prediction, target, wer([target], [prediction]),
                               cer([target], [prediction]))
-    with side_run("validate", cfg.file_id, {"model_uri": uri, "file_id": cfg.file_id, "audio": str(utterance.path)}):
+    params = {"model_uri": uri, "file_id": cfg.file_id, "audio": str(utterance.path)}
+    with side_run("validate", cfg.file_id, params, model_tags(source)):
         mlflow.log_metrics({"utterance_wer": result.wer, "utterance_cer": result.cer})
         mlflow.log_dict({"file_id": cfg.file_id, "target": target, "prediction": prediction}, "validation.json")
     return result

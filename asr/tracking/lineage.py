@@ -27,16 +27,21 @@ from mlflow.utils.mlflow_tags import (
 
 import asr
 from asr.data.dataset import Utterance, split_digest
+from asr.loading import ModelSource
 from asr.tracking.registry import retrying
 
-# MLflow's dataset input contexts (the `mlflow.data.context` input tag) of the three splits a run reads
-TRAINING, VALIDATION, TEST = "training", "validation", "test"
+# MLflow's dataset input contexts (the `mlflow.data.context` input tag) of the three splits a training run reads,
+# and of the split `asr evaluate` scores
+TRAINING, VALIDATION, TEST, EVALUATION = "training", "validation", "test", "evaluation"
 # One row per utterance: what a split holds, though only its folder is logged (the audio stays where it is)
 SPLIT_SCHEMA = Schema([ColSpec(DataType.string, "file_id"), ColSpec(DataType.string, "transcript"),
                        ColSpec(DataType.double, "seconds")])
 # Run and registered-version tags of a fine-tuned model (--init_from): the model it started from (NAME/VERSION,
 # runs:/RUN_ID/model, or a checkpoint's absolute path) and the sha256 of that checkpoint file, the exact weights
 PARENT_TAG, PARENT_SHA256_TAG = "parent", "parent_sha256"
+# Run tags naming a registered model version: the one a training run registered, the one an evaluate, validate or
+# lm-tune run scored (a stage or alias resolved to its version), and the run that logged the model scored
+REGISTERED_MODEL_TAG, MODEL_VERSION_TAG, MODEL_RUN_ID_TAG = "registered_model", "model_version", "model_run_id"
 GIT_TIMEOUT = 10.0  # seconds a git command may take before the tags it would give are left out
 VERSION_TAGS = ("torch_version", "torchaudio_version", "mlflow_version")
 
@@ -136,6 +141,14 @@ def source_tags(existing: dict[str, str], package_dir: Path | None = None) -> di
     if existing.get(MLFLOW_GIT_COMMIT, git.get(MLFLOW_GIT_COMMIT)) != git.get(MLFLOW_GIT_COMMIT):
         git = {}
     return {**{k: v for k, v in git.items() if k not in existing}, **version_tags()}
+
+
+def model_tags(source: ModelSource) -> dict[str, str]:
+    """The run tags saying which model a run scored: its registered name and version and the run that logged it,
+    those known (none for a local checkpoint or folder)."""
+    tags = {REGISTERED_MODEL_TAG: source.registered_model, MODEL_VERSION_TAG: source.version,
+            MODEL_RUN_ID_TAG: source.run_id}
+    return {k: v for k, v in tags.items() if v}
 
 
 def parent_tags(run_id: str) -> dict[str, str]:

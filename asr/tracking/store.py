@@ -181,11 +181,11 @@ def quick_http(timeout: int = 5, retries: int = 1) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def side_run(task: str, name: str, params: dict[str, Any]) -> Iterator[None]:
+def side_run(task: str, name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[None]:
     """A short run of its own, in the current experiment, for a job that is not training (evaluate, lm-tune,
-    validate): named TASK-NAME, tagged task=TASK, with its settings as params."""
+    validate): named TASK-NAME, tagged task=TASK and with `tags`, with its settings as params."""
     with mlflow.start_run(run_name=f"{task}-{name}"):
-        mlflow.set_tag("task", task)
+        mlflow.set_tags({"task": task, **(tags or {})})
         mlflow.log_params(params)
         yield
 

@@ -363,7 +363,8 @@ def finish(run: Run) -> TrainResult:
                                   "the model") from None
     kill_point("registered")
     publish_card(run, decoding, name, promotion.version)
-    mlflow.set_tags({"registered_model": name, "model_version": promotion.version, "promoted": str(promotion.promoted)})
+    mlflow.set_tags({lineage.REGISTERED_MODEL_TAG: name, lineage.MODEL_VERSION_TAG: promotion.version,
+                    "promoted": str(promotion.promoted)})
     print(f"{name} {promotion.describe()}")
     return TrainResult(run.run_id, dev, test, promotion, decoding)
 
