@@ -324,7 +324,8 @@ def test_validate_by_file_id_with_main_py(trained_store):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert TARGET_LINE in lines
-    assert f"model:     models:/{MODEL_NAME}/Production (version 1)" in lines
+    production = registry(MlflowClient())[1]["production"]  # tests above may have promoted another version
+    assert f"model:     models:/{MODEL_NAME}/Production (version {production})" in lines
     predicted = [line for line in lines if line.startswith("predicted:")]
     assert len(predicted) == 1 and set(predicted[0][len("predicted: "):].strip()) <= VOCAB_CHARS
     assert any(line.startswith("WER ") and "CER " in line for line in lines)
@@ -338,8 +339,8 @@ def test_validate_by_file_id_with_main_py(trained_store):
     run = runs[0]
     assert run.data.params["file_id"] == FILE_ID
     assert run.data.params["model_uri"] == f"models:/{MODEL_NAME}/Production"
-    assert (run.data.tags["registered_model"], run.data.tags["model_version"]) == (MODEL_NAME, "1")
-    assert run.data.tags["model_run_id"] == trained_store.result.run_id
+    assert (run.data.tags["registered_model"], run.data.tags["model_version"]) == (MODEL_NAME, str(production))
+    assert run.data.tags["model_run_id"] == client.get_model_version(MODEL_NAME, str(production)).run_id
     assert {"utterance_wer", "utterance_cer"} <= set(run.data.metrics)
     logged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/validation.json")
     assert logged["target"] == TRANSCRIPT.lower()
