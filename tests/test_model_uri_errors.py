@@ -1,0 +1,62 @@
+"""What --model_uri says about a reference that names no loadable model: an export (TorchScript or ONNX, which
+`asr export` writes and a new user may pass back), a file no torch.save wrote, a registry model, version or alias
+that does not exist, a tracking store that is not there. One line each, saying what to give instead."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import one_line_error, run_cli_here
+from stream_models import random_streaming_model, streaming_config
+
+from asr.checkpoint import CheckpointError, export_kind, save_checkpoint
+from asr.export import export_model
+from asr.loading import load_transcriber
+
+FROM = "give the checkpoint, run folder or models:/ URI it was exported from"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random model's checkpoint and its real TorchScript and ONNX exports."""
+    root = tmp_path_factory.mktemp("exports")
+    cfg = streaming_config(cnn_layers=1, rnn_layers=1, rnn_dim=8)
+    model = random_streaming_model(cfg)
+    return {"checkpoint": save_checkpoint(root / "model.pt", cfg, model),
+            "TorchScript": export_model(model, "torchscript", root / "ts" / "model.pt", config=cfg),
+            "ONNX": export_model(model, "onnx", root / "acoustic_model.onnx", config=cfg)}
+
+
+@pytest.mark.parametrize("kind", ["TorchScript", "ONNX"])
+def test_an_export_is_named_as_one_without_torch_warnings(exports, kind):
+    assert export_kind(exports[kind]) == kind and export_kind(exports["checkpoint"]) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.load's TorchScript UserWarning would be one
+        with pytest.raises(CheckpointError) as e:
+            load_transcriber(str(exports[kind]))
+    article = "an" if kind == "ONNX" else "a"
+    assert str(e.value) == f"{exports[kind]} is {article} {kind} export (what asr export writes), not a checkpoint: {FROM}"
+
+
+def test_an_export_in_a_run_folder_is_named_too(exports):
+    # `asr export --out OUTPUT_DIR/RUN_ID/model.pt` puts a TorchScript file where the folder form looks
+    with pytest.raises(CheckpointError, match=f"is a TorchScript export .*{FROM}$"):
+        load_transcriber(str(exports["TorchScript"].parent))
+
+
+@pytest.mark.parametrize("content", [b"hello world\n", b"\x08\x01garbage that is no protobuf", b""])
+def test_a_file_no_torch_save_wrote_is_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"^\S+notes.pt is not a checkpoint \(not a file torch.save wrote"):
+        load_transcriber(str(path))
+
+
+def test_transcribe_says_so_in_one_line(exports, tmp_path):
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"")  # never read: the model is loaded first
+    proc = run_cli_here(["transcribe", "--model-uri", str(exports["ONNX"]), str(audio)], cwd=tmp_path)
+    assert one_line_error(proc) is None, proc.stderr
+    assert proc.stderr.startswith(f"Error: {exports['ONNX']} is an ONNX export (what asr export writes)"), proc.stderr
