@@ -37,7 +37,8 @@ def test_an_export_is_named_as_one_without_torch_warnings(exports, kind):
         with pytest.raises(CheckpointError) as e:
             load_transcriber(str(exports[kind]))
     article = "an" if kind == "ONNX" else "a"
-    assert str(e.value) == f"{exports[kind]} is {article} {kind} export (what asr export writes), not a checkpoint: {FROM}"
+    said = f"{exports[kind]} is {article} {kind} export (what asr export writes), not a checkpoint: {FROM}"
+    assert str(e.value) == said
 
 
 def test_an_export_in_a_run_folder_is_named_too(exports):
