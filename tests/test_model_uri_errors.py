@@ -13,7 +13,7 @@ from stream_models import random_streaming_model, streaming_config
 
 from asr.checkpoint import CheckpointError, export_kind, save_checkpoint
 from asr.export import export_model
-from asr.loading import load_transcriber
+from asr.loading import ModelNotFound, load_transcriber
 
 FROM = "give the checkpoint, run folder or models:/ URI it was exported from"
 
@@ -61,3 +61,41 @@ def test_transcribe_says_so_in_one_line(exports, tmp_path):
     proc = run_cli_here(["transcribe", "--model-uri", str(exports["ONNX"]), str(audio)], cwd=tmp_path)
     assert one_line_error(proc) is None, proc.stderr
     assert proc.stderr.startswith(f"Error: {exports['ONNX']} is an ONNX export (what asr export writes)"), proc.stderr
+
+
+@pytest.fixture
+def registry(isolated_mlflow: str) -> str:
+    """A store where Name has versions 1, 2 and 4 (3 deleted) and the alias production on 2, and a run that
+    logged no model; returns that run's id. The versions point at nothing: nothing here gets that far."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    with mlflow.start_run() as run:
+        pass
+    client.create_registered_model("Name")
+    for _ in range(4):
+        client.create_model_version("Name", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.delete_model_version("Name", "3")
+    client.set_registered_model_alias("Name", "production", "2")
+    return run.info.run_id
+
+
+def test_registry_errors_say_what_is_missing_and_what_is_there(registry):
+    import mlflow
+
+    store = mlflow.get_tracking_uri()
+    cases = {"models:/Nope/1": "there is no registered model Nope here (train and register one with `asr train`)",
+             "models:/Name/9": "Name has no version 9 (it has versions 1, 2, 4)",
+             "models:/Name@prodution": "Name has no alias prodution (its aliases: production)",
+             "models:/Name": "models:/Name names no version: add one, e.g. models:/Name/4 or models:/Name@production "
+                             "(Name has versions 1, 2, 4)",
+             "models:/Name/Staging": "Name has no version in stage Staging (it has versions 1, 2, 4)",
+             f"runs:/{registry}/model": f"run {registry} has no model at 'model' (a run logs its model when training "
+                                        "finishes)",
+             "0123456789abcdef0123456789abcdef": "there is no run 0123456789abcdef0123456789abcdef in this tracking "
+                                                 "store"}
+    for ref, why in cases.items():
+        with pytest.raises(ModelNotFound) as e:
+            load_transcriber(ref)
+        uri = ref if ":" in ref else f"runs:/{ref}/model"
+        assert str(e.value) == f"cannot load {uri} from {store}: {why}"
