@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error, run_cli_here
+from conftest import new_store, one_line_error, run_cli_here
 from stream_models import random_streaming_model, streaming_config
 
 from asr.checkpoint import CheckpointError, export_kind, save_checkpoint
@@ -99,3 +99,27 @@ def test_registry_errors_say_what_is_missing_and_what_is_there(registry):
             load_transcriber(ref)
         uri = ref if ":" in ref else f"runs:/{ref}/model"
         assert str(e.value) == f"cannot load {uri} from {store}: {why}"
+
+
+def test_read_only_commands_in_a_folder_without_a_store_say_so_and_create_none(tmp_path, short_dev):
+    audio = next(short_dev.rglob("*.flac"))
+    commands = {"transcribe": ["transcribe", "--model-uri", "models:/Name/1", str(audio)],
+                "validate": ["validate", "--registered_model", "Name", "--model_version", "1", "--file_id", audio.stem,
+                             "--dataset", str(short_dev)],
+                "evaluate": ["evaluate", "--model_uri", "models:/Name@production", "--dataset", str(short_dev)],
+                "promote": ["promote", "--registered_model", "Name", "--model_version", "1"]}
+    for command, args in commands.items():  # MLFLOW_TRACKING_URI unset: the default store, ./mlflow.db
+        proc = run_cli_here(args, cwd=tmp_path)
+        assert one_line_error(proc) is None, (command, proc.stderr)
+        assert (f"there is no tracking store here (MLFLOW_TRACKING_URI is unset and there is no mlflow.db in "
+                f"{tmp_path}); run where you trained, or set MLFLOW_TRACKING_URI") in proc.stderr, proc.stderr
+        assert "Creating initial MLflow database" not in proc.stdout + proc.stderr
+        assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists(), command
+
+
+def test_with_a_store_here_the_registry_is_asked(tmp_path, empty_store_db, short_dev):
+    new_store(empty_store_db, tmp_path)  # ./mlflow.db, found through the default tracking URI
+    proc = run_cli_here(["evaluate", "--model_uri", "models:/Name@production", "--dataset", str(short_dev)],
+                        cwd=tmp_path)
+    assert one_line_error(proc) is None, proc.stderr
+    assert "there is no registered model Name here (train and register one with `asr train`)" in proc.stderr
