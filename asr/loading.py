@@ -78,6 +78,8 @@ def _missing(uri: str) -> str | None:
     ref = uri[len("models:/"):]
     name, alias = ref.split("@", 1) if "@" in ref else (ref, None)
     name, _, suffix = name.partition("/")
+    if re.fullmatch(r"m-[0-9a-f]+", name) and not suffix and alias is None:
+        return None  # a logged model by its id: MLflow's own line says it is not found
     try:
         model = client.get_registered_model(name)
     except MlflowException:
