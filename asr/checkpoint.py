@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's contents (config, vocab, model weights, and a training state's extras), whatever its
     vocabulary: what a fine-tuning run starts from. Raises CheckpointError for a missing, unsafe or unreadable
     file."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    _refuse_foreign(Path(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -114,6 +118,44 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
         raise CheckpointError(f"{path} is not a model checkpoint of this package (no config and weights in it)")
     return state
+
+
+def export_kind(path: Path) -> str | None:
+    """'TorchScript' or 'ONNX' when the file at `path` is such an export (what `asr export` writes), else None.
+    TorchScript: a zip archive with a constants.pkl record (torch's own test); ONNX: a protobuf ModelProto that
+    the onnx package parses and that holds a graph."""
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return "TorchScript" if any(n.split("/", 1)[-1] == "constants.pkl" for n in names) else None
+    if head != b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version, a varint)
+        return None
+    try:
+        import onnx
+
+        return "ONNX" if onnx.load(str(path), load_external_data=False).graph.node else None
+    except Exception:  # not protobuf, or not a model: the caller says what it is not
+        return None
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Raises CheckpointError, in one line saying what the file is, for an export or a file that no torch.save
+    wrote (neither a zip archive nor a pickle), before torch.load reads it."""
+    kind = export_kind(path)
+    if kind:
+        article = "an" if kind == "ONNX" else "a"
+        raise CheckpointError(f"{path} is {article} {kind} export (what asr export writes), not a checkpoint: give "
+                              "the checkpoint, run folder or models:/ URI it was exported from")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (or, legacy, a pickle)
+        raise CheckpointError(f"{path} is not a checkpoint (not a file torch.save wrote: give a model.pt, best.pt "
+                              "or last.pt)")
 
 
 def _load(path: str | Path) -> dict[str, Any]:

@@ -53,8 +53,60 @@ def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
 
 
 def _not_found(uri: str, e: MlflowException) -> ModelNotFound:
-    return ModelNotFound(f"cannot load {uri} from {redact(mlflow.get_tracking_uri())}: {e.message.splitlines()[0]} "
-                         "(train and register one with `asr train`)")
+    """One line: what of `uri` the tracking store lacks (the model, the version, the alias, the run, the run's
+    model) and what it has instead, or MLflow's own first line when the store cannot say (unreachable)."""
+    try:
+        why = _missing(uri)
+    except MlflowException:
+        why = None
+    return ModelNotFound(f"cannot load {uri} from {redact(mlflow.get_tracking_uri())}: "
+                         f"{why or e.message.splitlines()[0]}")
+
+
+def _missing(uri: str) -> str | None:
+    """What the tracking store lacks of a models:/ or runs:/ `uri`, with what it has; None when it has it all
+    (the failure was elsewhere). Raises MlflowException when the store cannot be read."""
+    client = mlflow.MlflowClient()
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            return f"there is no run {run_id} in this tracking store"
+        return f"run {run_id} has no model at '{path}' (a run logs its model when training finishes)"
+    if not uri.startswith("models:/"):
+        return None
+    ref = uri[len("models:/"):]
+    name, alias = ref.split("@", 1) if "@" in ref else (ref, None)
+    name, _, suffix = name.partition("/")
+    if re.fullmatch(r"m-[0-9a-f]+", name) and not suffix and alias is None:
+        return None  # a logged model by its id: MLflow's own line says it is not found
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return f"there is no registered model {name} here (train and register one with `asr train`)"
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    aliases = sorted(model.aliases)
+    if alias is not None:
+        listed = ", ".join(aliases) or "none"
+        return None if alias in aliases else f"{name} has no alias {alias} (its aliases: {listed})"
+    if not suffix:
+        return (f"models:/{name} names no version: add one, e.g. models:/{name}/{versions[-1] if versions else 1} "
+                f"or models:/{name}@{aliases[0] if aliases else 'ALIAS'} ({name} has {_versions(versions)})")
+    if suffix.isdigit():
+        return None if int(suffix) in versions else f"{name} has no version {suffix} (it has {_versions(versions)})"
+    return f"{name} has no version in stage {suffix} (it has {_versions(versions)})"
+
+
+def _versions(numbers: list[int]) -> str:
+    """'versions 1-3', 'versions 1, 2, 5', 'version 1' or 'no versions'."""
+    if not numbers:
+        return "no versions"
+    if len(numbers) == 1:
+        return f"version {numbers[0]}"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"versions {numbers[0]}-{numbers[-1]}"
+    return "versions " + ", ".join(map(str, numbers))
 
 
 def tracking_reference(ref: str) -> str | None:

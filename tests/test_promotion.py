@@ -132,12 +132,22 @@ def test_asr_promote_moves_alias_and_stage_to_the_version_it_names(tmp_path: Pat
 
 def test_asr_promote_refuses_what_it_cannot_promote_in_one_line(tmp_path: Path, isolated_mlflow: str):
     registry.register_and_promote("file:///nowhere/1", "Kept", "run-1", 0.6, DEV, "always")
-    cases = {("--registered_model", "Kept", "--model_version", "7"): "Kept has no version 7",
+    cases = {("--registered_model", "Kept", "--model_version", "7"): "Kept has no version 7 in the model registry (",
              ("--registered_model", "Kept", "--model_version", "two"): "a model version is a number",
-             ("--registered_model", "Nobody", "--model_version", "1"): "Nobody has no version 1"}
+             ("--registered_model", "Nobody", "--model_version", "1"):
+                 "there is no registered model Nobody in the model registry ("}
     for i, (args, says) in enumerate(cases.items()):  # the first as a real `asr` process, the others in this one
         proc = (run_cli([*asr_command(), "promote", *args], tmp_path, isolated_mlflow) if i == 0
                 else run_cli_here(["promote", *args], tmp_path, isolated_mlflow))
         assert one_line_error(proc) is None, (args, proc.returncode, proc.stderr)
         assert says in proc.stderr, (args, proc.stderr)
+        assert "registry" not in says or proc.stderr.rstrip().endswith(("; it has versions 1", "with asr train"))
+    assert production(MlflowClient(), "Kept") == ("1", {"1"})
+
+
+def test_asr_promote_of_the_production_version_says_it_already_is(tmp_path: Path, isolated_mlflow: str):
+    registry.register_and_promote("file:///nowhere/1", "Kept", "run-1", 0.6, DEV, "always")
+    proc = run_cli_here(["promote", "--registered_model", "Kept", "--model_version", "1"], tmp_path, isolated_mlflow)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Kept version 1 is already in Production (alias production); nothing to promote"
     assert production(MlflowClient(), "Kept") == ("1", {"1"})

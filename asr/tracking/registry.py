@@ -244,7 +244,9 @@ class Promotion:
 
     def describe(self) -> str:
         """The one line saying what happened to the version and why, e.g. `version 4 not promoted (policy
-        if-better; dev WER 0.412 vs version 3's 0.398)`."""
+        if-better; dev WER 0.412 vs version 3's 0.398)`, or `version 3 is already in Production ...`."""
+        if self.promoted and self.previous == self.version:
+            return f"version {self.version} is already in Production (alias production); nothing to promote"
         verdict = "promoted to Production (alias production)" if self.promoted else "not promoted"
         return f"version {self.version} {verdict} (policy {self.policy}{self.reason()})"
 
@@ -318,8 +320,7 @@ def promote_by_hand(name: str, version: str) -> Promotion:
         mine = retrying(lambda: client.get_model_version(name, version))
     except MlflowException as e:
         if not_found(e):
-            raise TrackingError(f"{name} has no version {version} in the model registry "
-                                f"({redact(mlflow.get_registry_uri())})") from None
+            raise TrackingError(_no_version(client, name, version)) from None
         raise unreadable(name, e) from None
     current = current_production(client, name)
     promote(name, version)
@@ -328,6 +329,22 @@ def promote_by_hand(name: str, version: str) -> Promotion:
     return Promotion(version, True, "by hand", dev_wer_of(mine), previous,
                      dev_wer_of(current) if current is not None and WER_TAG in current.tags else None, name,
                      dev_digest_of(mine), dev_digest_of(current) if current is not None else None)
+
+
+def _no_version(client: MlflowClient, name: str, version: str) -> str:
+    """One line on why `name` has no `version`: no such registered model (and what to do), or which versions it
+    has. Raises TrackingError when the registry cannot be read."""
+    registry = redact(mlflow.get_registry_uri())
+    try:
+        retrying(lambda: client.get_registered_model(name))
+    except MlflowException as e:
+        if not_found(e):
+            return (f"there is no registered model {name} in the model registry ({registry}); train and register "
+                    "one with asr train")
+        raise unreadable(name, e) from None
+    have = sorted(int(v.version) for v in retrying(lambda: client.search_model_versions(f"name='{name}'")))
+    return (f"{name} has no version {version} in the model registry ({registry}); it has versions "
+            f"{', '.join(map(str, have)) or 'none'}")
 
 
 def model_uri(name: str, stage: str = PRODUCTION_STAGE, alias: str = "", version: str = "") -> str:

@@ -134,9 +134,22 @@ def check_answers(uri: str, doing: str) -> None:
 
 def check_model_source(model_ref: str) -> None:
     """Raises TrackingUnreachable naming the model when `model_ref` is loaded from a tracking server (a models:/
-    or runs:/ URI, a run id) that does not answer; local checkpoints and folders need no server."""
+    or runs:/ URI, a run id) that does not answer, and TrackingError when it is loaded from the default local
+    store and there is none here (MLflow would create an empty one, then find no model in it); local checkpoints
+    and folders need no store."""
     if uri := tracking_reference(model_ref):
+        check_local_store(f"cannot load {uri}")
         check_answers(tracking_uri(), f"cannot load {uri}")
+
+
+def check_local_store(doing: str) -> None:
+    """Raises TrackingError, saying what needed the store (`doing`), when MLFLOW_TRACKING_URI is unset and the
+    default store (./mlflow.db) does not exist: reading from it would create it."""
+    local = DEFAULT_TRACKING_URI.removeprefix("sqlite:///")
+    if tracking_uri() == DEFAULT_TRACKING_URI and not Path(local).exists():
+        raise TrackingError(f"{doing}: there is no tracking store here (MLFLOW_TRACKING_URI is unset and there is "
+                            f"no {local} in {Path.cwd()}); run where you trained, or set MLFLOW_TRACKING_URI to "
+                            "the store the model is in")
 
 
 def failure(e: Exception) -> str:
