@@ -22,7 +22,9 @@ model's own files (its checkpoint, and an LM or lexicon it carries) are always a
 
 Bad input (unreadable audio, no recording in the request, a decoder setting that cannot work, more than
 ASR_MAX_REQUEST_SECONDS of audio in one request, a path outside ASR_SERVE_ALLOWED_ROOTS) raises RequestError,
-which MLflow's scoring server turns into HTTP 400 with the message.
+which MLflow's scoring server turns into HTTP 400 with the message. A path inside those folders where no file is
+says so. An ASR_SERVE_ALLOWED_ROOTS that cannot work (a relative path, a missing folder) stops the model loading
+(load_context raises UserError), so `mlflow models serve` fails at start.
 """
 
 from __future__ import annotations
@@ -84,13 +86,16 @@ def max_request_seconds() -> float:
 
 def allowed_roots() -> tuple[Path, ...]:
     """The folders a request may name paths under (env ASR_SERVE_ALLOWED_ROOTS, an os.pathsep-separated list of
-    absolute folders; default none: paths off), symlinks resolved. Read per request, like the other limits."""
+    absolute folders; default none: paths off), symlinks resolved. Read per request, like the other limits, and
+    checked once when the model loads. Raises RequestError, in one line, for an entry that is not an absolute path
+    to an existing folder."""
     value = os.environ.get(ROOTS_ENV, "")
     roots = []
     for entry in filter(None, value.split(os.pathsep)):
         if not os.path.isabs(entry) or not os.path.isdir(entry):
             raise RequestError(f"{ROOTS_ENV} on the server names {entry!r}, which is not an absolute path to a "
-                               f"folder; fix the setting ({os.pathsep}-separated folders) and restart the server")
+                               f"folder; fix the setting ({os.pathsep}-separated absolute folders) or unset it, and "
+                               f"restart the server")
         roots.append(Path(os.path.realpath(entry)))
     return tuple(roots)
 
@@ -103,6 +108,15 @@ def allowed_path(value: str, roots: tuple[Path, ...]) -> Path | None:
     return real if any(real.is_relative_to(root) for root in roots) else None
 
 
+def _no_file(value: str, real: Path | None) -> AudioError | None:
+    """The answer to an `audio` path inside the allowed roots (`real`, from allowed_path) where no file is: None when
+    `value` is no such path. The message names no path (a request's path is its sender's to know)."""
+    if real is None or os.sep not in value:
+        return None
+    return AudioError(f"audio names a path under the folders {ROOTS_ENV} names, but no such file is there; check "
+                      f"the path, or send the file's bytes as base64")
+
+
 def paths_off(what: str, instead: str) -> str:
     """The 400 for a request path outside the allowed roots: the same whether or not the file exists."""
     return (f"{what}: request paths are off on this server except under the folders its {ROOTS_ENV} names "
@@ -111,6 +125,13 @@ def paths_off(what: str, instead: str) -> str:
 
 class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        """Loads the checkpoint and the model's own decoder. Raises UserError (one line; not an MlflowException,
+        which hosts would wrap) when ASR_SERVE_ALLOWED_ROOTS cannot work, so a server fails at start, not per
+        request."""
+        try:
+            allowed_roots()
+        except RequestError as e:
+            raise UserError(str(e)) from None
         from asr.decoding import read_model_decoder
         from asr.transcribe import Transcriber
 
@@ -136,13 +157,13 @@ class SpeechRecognitionPyfunc(mlflow.pyfunc.PythonModel):
             try:
                 blob = io.BytesIO(base64.b64decode(value, validate=True))
             except (binascii.Error, ValueError):
-                raise not_audio(roots) from None
+                raise _no_file(value, real) or not_audio(roots) from None
             _spend(budget, _duration(blob), "base64 audio")
             try:
                 data, sr = sf.read(blob, dtype="float32")
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:  # base64, but not of audio soundfile reads
                 if "/" in value[:1] or os.sep in value:  # a path that happens to be valid base64 ("/data/abcd")
-                    raise not_audio(roots) from None
+                    raise _no_file(value, real) or not_audio(roots) from None
                 raise AudioError(f"base64 audio: cannot read audio ({first_line(e)})") from None
             return to_mono_16k(data, sr, rate, name="base64 audio")
         samples, sr = row.get("samples"), row.get("sample_rate")

@@ -14,13 +14,16 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from mlflow.exceptions import MlflowException
 
+from asr import UserError
 from asr.config import RecognizerConfig, from_dict
 from asr.lm import write_lexicon
 from asr.model import SpeechModel
@@ -197,6 +200,17 @@ def test_paths_are_read_only_inside_the_allowed_roots(model, chirp, folders, tmp
         assert ROOTS_ENV in message and f"`{name}`" in message
 
 
+def test_a_missing_file_inside_an_allowed_root_says_so(model, folders, monkeypatch):
+    """A path inside the root where no file is: "no such file", naming neither the path nor the root; a missing
+    file outside still gets the refusal that is the same whether or not the file exists."""
+    allowed, outside = folders
+    monkeypatch.setenv(ROOTS_ENV, str(allowed))
+    message = refusal(model, str(allowed / "no-such.flac"))
+    assert "no such file" in message and ROOTS_ENV in message and str(allowed) not in message, message
+    message = refusal(model, str(outside / "no-such.flac"))
+    assert "no such file" not in message and message == refusal(model, str(outside / "a.flac"))
+
+
 def test_a_root_named_through_a_symlink_allows_its_real_folder(model, chirp, folders, tmp_path, monkeypatch):
     allowed, _ = folders
     (tmp_path / "alias").symlink_to(allowed, target_is_directory=True)
@@ -210,6 +224,19 @@ def test_a_root_named_through_a_symlink_allows_its_real_folder(model, chirp, fol
 def test_a_setting_that_cannot_work_is_refused_before_any_audio_is_read(model, tmp_path, monkeypatch, setting):
     monkeypatch.setenv(ROOTS_ENV, setting)
     message = refusal(model, str(tmp_path / "not-read.flac"))
+    assert message.startswith(f"{ROOTS_ENV} on the server names {setting!r}") and "\n" not in message
+
+
+@pytest.mark.parametrize("setting", ["data", "/no/such/folder"])
+def test_a_setting_that_cannot_work_stops_the_model_loading(monkeypatch, setting):
+    """The check runs first thing in load_context (what `mlflow models serve` and mlflow.pyfunc.load_model call),
+    so the server fails at start with the one line instead of answering every request 400; a plain UserError, not
+    an MlflowException a host would wrap."""
+    monkeypatch.setenv(ROOTS_ENV, setting)
+    with pytest.raises(UserError) as e:
+        SpeechRecognitionPyfunc().load_context(SimpleNamespace(artifacts={}))
+    message = str(e.value)
+    assert not isinstance(e.value, MlflowException)
     assert message.startswith(f"{ROOTS_ENV} on the server names {setting!r}") and "\n" not in message
 
 
