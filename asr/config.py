@@ -196,8 +196,11 @@ def is_section(f: dataclasses.Field) -> bool:
 
 
 def fields(cls: type) -> list[dataclasses.Field]:
-    """The settings of a config class, sections flattened, in declaration order."""
-    return [leaf for f in dataclasses.fields(cls)
+    """The settings of a config class, sections flattened, in declaration order, less those it inherits but does
+    not use (its `unused` class attribute: a tuple of names, left at their defaults and offered nowhere: not on
+    the command line, in MLproject, settings files or logged params)."""
+    unused = getattr(cls, "unused", ())
+    return [leaf for f in dataclasses.fields(cls) if f.name not in unused
             for leaf in (fields(f.default_factory) if is_section(f) else [f])]
 
 
@@ -211,7 +214,7 @@ def to_params(cfg: Any) -> dict[str, Any]:
     in this config: a setting whose `needs` (see opt) is off, e.g. --lookahead of a bidirectional model."""
     flat = to_dict(cfg)
     needs = {f.name: f.metadata.get("needs") for f in fields(type(cfg))}
-    return {k: cli_value(v) for k, v in flat.items() if not needs.get(k) or flat[needs[k]]}
+    return {k: cli_value(v) for k, v in flat.items() if k in needs and (not needs[k] or flat[needs[k]])}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from asr import first_line
 from asr.config import (
@@ -378,6 +378,9 @@ class EvaluateConfig(DecodeConfig):
 
 @dataclass
 class TuneConfig(EvaluateConfig):
+    """`asr lm tune`: scores a grid of (lm_weight, word_score) on a dev split; what it does not use of evaluate's
+    settings (the single LM weight and word score the grid replaces, the worst-errors table) it does not offer."""
+    unused: ClassVar[tuple[str, ...]] = ("lm_weight", "word_score", "worst")
     dataset: tuple[str, ...] = opt(("data/demo/dev",), "split folder(s) the grid is scored on (a dev split, not "
                                    "the test split)", exists="dir")
     lm_weights: tuple[float, ...] = opt(LM_WEIGHTS, LM_WEIGHTS_HELP)

@@ -212,6 +212,9 @@ def test_decoder_options_show_the_models_own_decoder_as_their_default(command):
     ctx = click.Context(cmd)
     records = {p.name: p.get_help_record(ctx)[1] for p in cmd.params if isinstance(p, click.Option)}
     for name, says in shown.items():
+        if name not in records:  # one the command does not use (lm tune: the grid replaces lm_weight, word_score)
+            assert command == ("lm", "tune") and name in TuneConfig.unused, name
+            continue
         assert says.startswith("the model's own") and records[name].endswith(f"[default: ({says})]"), name
         assert cmd.params[[p.name for p in cmd.params].index(name)].default == getattr(config.DecodeConfig, name)
     assert records["precision"].endswith("[default: fp32]")  # a setting that is its value when left out
@@ -228,6 +231,21 @@ def test_serve_stream_offers_only_the_options_a_stream_uses():
     assert "chunk_seconds" not in params and "chunk_seconds" in {f.name for f in config.fields(config.DecodeConfig)}
     result = CliRunner().invoke(asr_cli, ["serve-stream", "--chunk_seconds", "5"])
     assert result.exit_code == 2 and "No such option '--chunk_seconds'" in result.output
+
+
+def test_lm_tune_offers_only_the_options_it_uses():
+    """The grid replaces --lm_weight and --word_score, and tune keeps no worst-errors table: tune does not offer
+    them (click's usage error, exit 2), logs no such params, and evaluate still takes all three."""
+    tune = {p.name for p in asr_cli.commands["lm"].commands["tune"].params}
+    unused = {"lm_weight", "word_score", "worst"}
+    assert not unused & tune and {"lm_weights", "word_scores", "lm", "decoder", "dataset"} <= tune
+    assert unused <= {p.name for p in asr_cli.commands["evaluate"].params}
+    assert not unused & set(config.to_params(TuneConfig()))
+    assert unused <= set(config.to_params(settings.EvaluateConfig()))
+    result = CliRunner().invoke(asr_cli, ["lm", "tune", "--worst", "5"])
+    assert result.exit_code == 2 and "No such option '--worst'" in result.output
+    with pytest.raises(config.ConfigError, match="unknown setting"):
+        from_dict(TuneConfig, {"lm_weight": 2.0}, strict=True)
 
 
 def test_list_settings_take_commas_or_json_lists_and_check_their_values(tmp_path):
