@@ -20,7 +20,7 @@ from typing import IO
 
 from asr import UserError
 from asr.atomic import atomic_path
-from asr.text import ENGLISH_TEXT, TextNormalizer
+from asr.text import ENGLISH_TEXT, TextNormalizer, not_utf8_at
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 SPECIAL = (BOS, EOS, UNK)
@@ -45,7 +45,9 @@ class NotArpaError(LMError):
 
 def read_sentences(path: str | Path, text: TextNormalizer = ENGLISH_TEXT) -> Iterator[str]:
     """Lines of a text file, normalized as `text` says (the acoustic model's normalization: English by default),
-    empty ones dropped: the LM must speak the same alphabet as the acoustic model it will score."""
+    empty ones dropped: the LM must speak the same alphabet as the acoustic model it will score. Raises LMError,
+    as the lines are read, for a file that is not UTF-8 text (an audio or model file given by mistake), naming the
+    first line that is not."""
     path = Path(path)
     if not path.is_file():
         raise LMError(f"LM text {path}: no such file")
@@ -53,11 +55,14 @@ def read_sentences(path: str | Path, text: TextNormalizer = ENGLISH_TEXT) -> Ite
 
 
 def _normalized_lines(path: Path, normalizer: TextNormalizer) -> Iterator[str]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            text = normalizer.normalized(line)
-            if text:
-                yield text
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            if (at := not_utf8_at(raw)) is not None:
+                raise LMError(f"LM text {path} line {number}: not UTF-8 text{at}: give a text file, one sentence "
+                              "per line, saved as UTF-8")
+            for line in raw.decode("utf-8").lstrip("\ufeff").splitlines():  # CR line ends too, as text mode reads
+                if text := normalizer.normalized(line):
+                    yield text
 
 
 def build_arpa(sentences: Iterable[str], order: int, out: str | Path, *, discount_fallback: bool = True) -> dict:

@@ -239,3 +239,12 @@ def decode(ids: list[int]) -> str:
     """Text of label ids in the English default's vocabulary (blanks are skipped)."""
     return ENGLISH.decode(ids)
 
+
+def not_utf8_at(line: bytes) -> str | None:
+    """Where `line` stops being UTF-8 text, as " (byte 0xNN at column N)" (columns count bytes from 1), or None
+    when it all decodes. A NUL byte counts as not text: UTF-8 allows it, but only binary files hold one."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f" (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+    return f" (byte 0x00 at column {line.index(0) + 1})" if 0 in line else None

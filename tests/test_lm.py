@@ -10,8 +10,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import asr_command, one_line_error, run_cli
+import soundfile as sf
+from conftest import asr_command, one_line_error, run_cli, run_cli_here
 
 from asr.lm import LMError, arpa_words, build_arpa, read_sentences, write_lexicon
 
@@ -268,6 +270,26 @@ def test_read_sentences_normalizes_and_drops_empty_lines(tmp_path):
     assert list(read_sentences(text)) == ["hello world", "'tis a well known forty two fact"]  # numbers spelled out
     with pytest.raises(LMError, match="no such file"):
         read_sentences(tmp_path / "missing.txt")
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"\xef\xbb\xbfcaf\xc3\xa9 one\r\nsecond line\rthird\n")  # BOM, CRLF, a lone CR
+    assert list(read_sentences(crlf)) == ["cafe one", "second line", "third"]
+
+
+def test_lm_build_refuses_a_file_that_is_not_text(tmp_path):
+    """`asr lm build --text` with an audio file (or a model, or anything with NUL bytes) built an LM of junk words
+    and said nothing; now one line names the file, the line and the first byte that is not UTF-8 text, and no LM
+    is written."""
+    flac = tmp_path / "a.flac"
+    sf.write(flac, np.sin(np.arange(16000) / 5.0).astype(np.float32), 16000)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"the cat sat\nthe dog\x00ran\n")
+    with pytest.raises(LMError, match=r"nul.txt line 2: not UTF-8 text \(byte 0x00 at column 8\)"):
+        list(read_sentences(nul))
+    out = tmp_path / "lm.arpa"
+    proc = run_cli_here(["lm", "build", "--text", str(flac), "--out", str(out)], cwd=tmp_path)
+    assert one_line_error(proc) is None, proc.stderr
+    assert f"LM text {flac} line 1: not UTF-8 text (byte 0x" in proc.stderr and "UTF-8" in proc.stderr
+    assert not out.exists()
 
 
 def test_bad_input_is_a_one_line_error(tmp_path):

@@ -25,7 +25,7 @@ from asr.data.augment import WaveAugment, item_generator
 from asr.data.feature_store import FeatureStore, computed_features
 from asr.features import FeatureExtractor
 from asr.settings import FILE_ID, file_id_problem
-from asr.text import ENGLISH_TEXT, TextCounts, TextNormalizer
+from asr.text import ENGLISH_TEXT, TextCounts, TextNormalizer, not_utf8_at
 
 # Audio file extensions the reader takes, any case; the first ones win when an id has several files.
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".caf", ".w64")
@@ -112,11 +112,7 @@ def _transcript_lines(trans_file: Path) -> Iterator[tuple[int, str | None, bytes
 
 
 def _not_utf8(trans: Path, number: int, line: bytes) -> LeftOut:
-    try:
-        line.decode("utf-8")
-        at = ""
-    except UnicodeDecodeError as e:
-        at = f" (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+    at = not_utf8_at(line) or ""
     words = line.split(maxsplit=1)
     file_id = words[0].decode("ascii", "replace") if words else ""
     file_id = file_id if FILE_ID.fullmatch(file_id) else ""
