@@ -205,7 +205,8 @@ class OptimConfig(Checked):
     precision: str = opt("auto", "autocast precision (weights and loss stay fp32); auto = bf16 on a GPU that has "
                          "it, on a CPU only if a probe of this model's step (cached) measures it 5% faster, else "
                          "fp32; fp16 is for GPUs", ("auto", "fp32", "bf16", "fp16"))
-    threads: int = opt(0, "torch intra-op threads (0 = one per physical core)", min=0)
+    threads: int = opt(0, "torch intra-op threads (0 = torch's default, one per physical core, less one per busy "
+                       "loader worker, at least 1)", min=0)
     seed: int = opt(0, "seed for weights, shuffling and augmentation", min=0)
 
 
@@ -216,7 +217,9 @@ class TrackingConfig(Checked):
     registered_model: str = opt(REGISTERED_MODEL, "Model Registry name every trained model is registered under",
                                 check=registered_model_problem)
     promote: str = opt("if-better", "promote the new version to Production: always, never, or only if its dev WER "
-                       "beats the current Production version's", ("if-better", "always", "never"))
+                       "beats the current Production version's (if-better compares only versions scored on the "
+                       "same dev set, their dev_digest tag; otherwise it does not promote, and says so)",
+                       ("if-better", "always", "never"))
     offline_ok: bool = opt(False, "when the tracking server is unreachable, train and log to the local store "
                            "sqlite:///mlflow.db instead, saying so (default: fail at once)")
     system_metrics: bool = opt(True, "log CPU, memory, disk, network and GPU use during training as the run's "
@@ -391,6 +394,9 @@ class TuneConfig(EvaluateConfig):
         check_grid(self)
 
 
+# The shortest pause that can end a streamed segment (--endpoint_ms of transcribe --stream, serve-stream, bench
+# stream): one feature hop at the default 10 ms; output frames, where quiet is seen, are coarser still (30 ms).
+ENDPOINT_MIN_MS = 10.0
 RAW_FORMATS = ("s16le", "s32le", "f32le")  # raw PCM on stdin that `asr transcribe --stream -` decodes (asr.live)
 MODEL_URI_HELP = ("models:/NAME@ALIAS or /VERSION, runs:/RUN_ID/model, a run id, a checkpoint (.pt) or its "
                   "OUTPUT_DIR/RUN_ID folder")
@@ -411,7 +417,7 @@ class TranscribeConfig(DecodeConfig):
                          "(default: as fast as it is read)", flag=True)
     chunk_ms: float = opt(100.0, "--stream: milliseconds of audio fed to the recognizer at a time", min=1.0)
     endpoint_ms: float = opt(800.0, "--stream: a segment ends after this many milliseconds of quiet following "
-                             "speech", min=1.0)
+                             "speech", min=ENDPOINT_MIN_MS)
     raw_format: str = opt("s16le", "--stream -: sample format of raw PCM on stdin (mono, little-endian; s16le is "
                           "what `ffmpeg -f s16le` and `arecord -f S16_LE` write)", RAW_FORMATS)
     raw_rate: int = opt(16000, "--stream -: sample rate of raw PCM on stdin (Hz; resampled to the model's)",
@@ -433,7 +439,7 @@ class StreamServerConfig(StreamDecodeConfig):
     max_session_seconds: float = opt(3600.0, "audio one connection may stream, seconds; the stream is then ended",
                                      min=1.0)
     endpoint_ms: float = opt(800.0, "a pause this long (milliseconds) ends a segment: its final text is sent",
-                             min=10.0)
+                             min=ENDPOINT_MIN_MS)
     max_segment_s: float = opt(30.0, "a segment is ended at this length (seconds) whatever the pauses", min=1.0)
     threads: int = opt(0, "threads the model runs in for all connections (0 = one per core, up to 4)", min=0)
 
@@ -567,7 +573,7 @@ class BenchStreamConfig(Checked):
     utterances: int = opt(4, "how many of them (the first, by file id)", min=1)
     chunk_ms: tuple[float, ...] = opt((20.0, 100.0, 500.0), "chunk sizes to stream in, milliseconds, comma-separated")
     streams: int = opt(4, "recognizers run round-robin in one thread for the CPU time per concurrent stream", min=1)
-    endpoint_ms: float = opt(800.0, "a pause this long (milliseconds) ends a segment", min=10.0)
+    endpoint_ms: float = opt(800.0, "a pause this long (milliseconds) ends a segment", min=ENDPOINT_MIN_MS)
     out: str = opt("BENCHMARKS.md", "Markdown file whose `stream` section is replaced")
     json_out: str = opt("", "JSON file the numbers are written to ('' = --out's name with .stream.json)")
 

@@ -248,6 +248,16 @@ def test_lm_tune_offers_only_the_options_it_uses():
         from_dict(TuneConfig, {"lm_weight": 2.0}, strict=True)
 
 
+def test_a_setting_several_commands_share_has_one_rule():
+    """--endpoint_ms had minimum 1 in transcribe and 10 in serve-stream: one setting, one range everywhere."""
+    rules = {cls.__name__: (f.default, f.metadata["min"]) for cls in set(COMMANDS.values())
+             for f in config.fields(cls) if f.name == "endpoint_ms"}
+    assert len(rules) == 3 and set(rules.values()) == {(800.0, settings.ENDPOINT_MIN_MS)}, rules
+    for command in (["transcribe", "--stream", "-"], ["serve-stream"]):
+        result = CliRunner().invoke(asr_cli, [*command, "--endpoint_ms", "5"])
+        assert result.exit_code != 0 and "--endpoint_ms must be at least 10, got 5" in result.output, result.output
+
+
 def test_list_settings_take_commas_or_json_lists_and_check_their_values(tmp_path):
     cfg = from_dict(TuneConfig, {"dataset": "a, b", "lm_weights": "0,1.5", "word_scores": [1, -1]})
     assert (cfg.dataset, cfg.lm_weights, cfg.word_scores) == (("a", "b"), (0.0, 1.5), (1.0, -1.0))
