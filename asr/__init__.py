@@ -33,3 +33,10 @@ def load(ref: str, decode=None):
     from asr.loading import load_transcriber
 
     return load_transcriber(ref, decode)
+
+
+def not_found(e: Exception) -> bool:
+    """Whether an MlflowException is the tracking store's answer for a model, version, alias or run that does not
+    exist, as opposed to a store that failed (unreachable, locked, refused)."""
+    code, message = getattr(e, "error_code", ""), getattr(e, "message", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in message)

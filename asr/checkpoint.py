@@ -104,12 +104,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     vocabulary: what a fine-tuning run starts from. Raises CheckpointError for a missing, unsafe or unreadable
     file."""
     if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file" if Path(path).is_dir()
+                              else f"checkpoint not found: {path}")
     _refuse_foreign(Path(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path} refused: it holds Python objects besides tensors and plain values, and "
                               "loading those could run code (only weights_only checkpoints are loaded)") from None

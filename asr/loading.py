@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from asr import UserError, redact
+from asr import UserError, not_found, redact
 from asr.checkpoint import MODEL, load_recognizer
 from asr.config import DecodeConfig, RecognizerConfig
 from asr.decoding import DECODER_FILE, read_model_decoder, with_overrides
@@ -71,7 +71,9 @@ def _missing(uri: str) -> str | None:
         run_id, _, path = uri[len("runs:/"):].partition("/")
         try:
             client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as e:
+            if not not_found(e):
+                raise
             return f"there is no run {run_id} in this tracking store"
         return f"run {run_id} has no model at '{path}' (a run logs its model when training finishes)"
     if not uri.startswith("models:/"):
@@ -83,7 +85,9 @@ def _missing(uri: str) -> str | None:
         return None  # a logged model by its id: MLflow's own line says it is not found
     try:
         model = client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if not not_found(e):
+            raise
         return f"there is no registered model {name} here (train and register one with `asr train`)"
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     aliases = sorted(model.aliases)

@@ -93,9 +93,9 @@ def allowed_roots() -> tuple[Path, ...]:
     roots = []
     for entry in filter(None, value.split(os.pathsep)):
         if not os.path.isabs(entry) or not os.path.isdir(entry):
-            raise RequestError(f"{ROOTS_ENV} on the server names {entry!r}, which is not an absolute path to a "
-                               f"folder; fix the setting ({os.pathsep}-separated absolute folders) or unset it, and "
-                               f"restart the server")
+            raise RequestError(f"{ROOTS_ENV} names {entry!r}, which is not an absolute path to a folder; fix the "
+                               f"setting ({os.pathsep}-separated absolute folders) or unset it (a server reads it "
+                               f"when it starts)")
         roots.append(Path(os.path.realpath(entry)))
     return tuple(roots)
 

@@ -339,7 +339,8 @@ class StreamingRecognizer:
 
     def _take(self, log_probs: torch.Tensor) -> StreamUpdate:
         """Adds output frames to the open segment, finalizing segments at endpoints. The partial (greedy text) is
-        kept up frame by frame, from the new frames' best labels only: its cost does not grow with the segment."""
+        kept up frame by frame, from the new frames' best labels only (the model is not re-run or re-decoded over
+        the segment; only the text join covers it)."""
         finals: list[Segment] = []
         log_probs = log_probs.float()
         best = log_probs.argmax(dim=-1).tolist() if log_probs.numel() else []

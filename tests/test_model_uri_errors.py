@@ -55,6 +55,15 @@ def test_a_file_no_torch_save_wrote_is_not_a_checkpoint(tmp_path, content):
         load_transcriber(str(path))
 
 
+def test_a_folder_read_as_a_checkpoint_is_named_a_folder_not_missing(tmp_path):
+    from asr.checkpoint import read_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file$"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"^checkpoint not found: "):
+        read_checkpoint(tmp_path / "none.pt")
+
+
 def test_transcribe_says_so_in_one_line(exports, tmp_path):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"")  # never read: the model is loaded first

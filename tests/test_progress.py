@@ -40,6 +40,11 @@ def test_plain_lines_are_rate_limited_and_a_step_without_leave_prints_no_last_li
     assert capsys.readouterr().err == "dev-clean.tar.gz: 3.00MB/4.00MB (75%), 00:00\n"
 
 
+def test_large_counts_are_written_out_not_in_scientific_notation():
+    bar = Lines(total=2_800_000, desc="featurize", unit="utt", initial=1_234_567)
+    assert bar.line(bar.started).startswith("featurize: 1,234,567/2,800,000 utt (44%), ")
+
+
 def test_disabled_progress_prints_nothing(capsys):
     for _ in progress_bar(range(10), desc="grid", enabled=False):
         pass

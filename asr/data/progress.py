@@ -94,7 +94,9 @@ class Lines:
         return int(100 * self.n / self.total // PERCENT_STEP) if self.total else 0
 
     def _amount(self, n: float) -> str:
-        return f"{tqdm.format_sizeof(n, divisor=1024)}{self.unit}" if self.unit_scale else f"{n:g}"
+        if self.unit_scale:
+            return f"{tqdm.format_sizeof(n, divisor=1024)}{self.unit}"
+        return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.1f}"  # 1,234,567 utt, not 1.23457e+06
 
     def _write(self, now: float) -> None:
         self.last_line = now

@@ -9,7 +9,7 @@ import subprocess
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import torch
@@ -27,8 +27,10 @@ from mlflow.utils.mlflow_tags import (
 
 import asr
 from asr.data.dataset import Utterance, split_digest
-from asr.loading import ModelSource
 from asr.tracking.registry import retrying
+
+if TYPE_CHECKING:  # the type only: asr.loading brings the model and torch
+    from asr.loading import ModelSource
 
 # MLflow's dataset input contexts (the `mlflow.data.context` input tag) of the three splits a training run reads,
 # and of the split `asr evaluate` scores

@@ -24,7 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from asr import first_line, redact
+from asr import first_line, not_found, redact
 from asr.tracking.store import TrackingError
 
 PRODUCTION_ALIAS = "production"
@@ -89,12 +89,6 @@ def set_version_description(name: str, version: str, text: str) -> None:
     except MlflowException as e:
         raise TrackingError(f"cannot set the description of {name} version {version} in the model registry "
                             f"({redact(mlflow.get_registry_uri())}): {first_line(e)}") from None
-
-
-def not_found(e: MlflowException) -> bool:
-    """The registry's answer for a model or alias that does not exist, as opposed to a store that failed."""
-    return e.error_code == "RESOURCE_DOES_NOT_EXIST" or (e.error_code == "INVALID_PARAMETER_VALUE"
-                                                           and "not found" in e.message)
 
 
 def current_production(client: MlflowClient, name: str):
