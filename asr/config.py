@@ -163,9 +163,9 @@ MODELS_OWN = "the model's own"  # what --help shows as the default of a decoder 
 
 
 @dataclass
-class StreamDecodeConfig(Checked):
-    """How log-probabilities become text, and what the acoustic model computes in: the inference settings a live
-    stream takes too (its audio comes in chunks of its own). A decoder setting left out keeps the model's own."""
+class DecodeConfig(Checked):
+    """How log-probabilities become text, and how audio reaches the model, at inference time. A decoder setting
+    left out keeps the model's own."""
     decoder: str = opt("greedy", "greedy (best path, fastest) or beam (CTC beam search; --lm/--lexicon imply it); a "
                        "model trained with an LM decodes with beam + LM by default", ("greedy", "beam"),
                        shown=f"{MODELS_OWN}, else greedy")
@@ -182,11 +182,6 @@ class StreamDecodeConfig(Checked):
     precision: str = opt("fp32", "acoustic model arithmetic: fp32, bf16 autocast, int8 (dynamic quantization), or "
                          "auto (bf16 only if a probe of this model's forward pass, cached, measures it 5% faster)",
                          ("fp32", "bf16", "int8", "auto"))
-
-
-@dataclass
-class DecodeConfig(StreamDecodeConfig):
-    """How log-probabilities become text, and how audio reaches the model, at inference time (whole files)."""
     chunk_seconds: float = opt(20.0, "longer audio is cut at its quietest points into pieces at most this long",
                                min=1.0)
 
@@ -213,8 +208,8 @@ def to_params(cfg: Any) -> dict[str, Any]:
     """Flat settings as MLflow params (lists comma-separated, as they were given), less those that mean nothing
     in this config: a setting whose `needs` (see opt) is off, e.g. --lookahead of a bidirectional model."""
     flat = to_dict(cfg)
-    needs = {f.name: f.metadata.get("needs") for f in fields(type(cfg))}
-    return {k: cli_value(v) for k, v in flat.items() if k in needs and (not needs[k] or flat[needs[k]])}
+    offered = {f.name: f.metadata.get("needs") for f in fields(type(cfg))}  # less the class's `unused`
+    return {k: cli_value(v) for k, v in flat.items() if k in offered and (not offered[k] or flat[offered[k]])}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from asr.config import (
     FeatureConfig,
     ModelConfig,
     RecognizerConfig,
-    StreamDecodeConfig,
     cli_value,
     fields,
     opt,
@@ -427,9 +426,10 @@ class TranscribeConfig(DecodeConfig):
 
 
 @dataclass
-class StreamServerConfig(StreamDecodeConfig):
+class StreamServerConfig(DecodeConfig):
     """`asr serve-stream`: live transcription over WebSocket (asr.stream_server describes the protocol). Only what a
     stream uses: no --chunk_seconds (whole files are cut into pieces, a stream comes in the client's messages)."""
+    unused: ClassVar[tuple[str, ...]] = ("chunk_seconds",)
     model_uri: str = opt(DEFAULT_MODEL_URI, f"model: {MODEL_URI_HELP}", check=model_uri_problem)
     host: str = opt("127.0.0.1", "interface to bind (0.0.0.0 exposes it to the network)")
     port: int = opt(8765, "port to listen on (0 = any free port, printed when it listens)", min=0, below=65536)
